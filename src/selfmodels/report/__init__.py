@@ -1,0 +1,1 @@
+"""Tables, plots and markdown reports, with the papers' reference numbers side by side."""

@@ -1,0 +1,1 @@
+"""Self-modeling as an auxiliary objective, its controls, the classifier training loop and sweeps."""
