@@ -81,7 +81,11 @@ class _GeluMLP(nn.Module):
     def __init__(self, d: int, hidden: int):
         super().__init__()
         self.fc, self.proj = nn.Linear(d, hidden), nn.Linear(hidden, d)
-        self.out = self.proj  # the output projection, zero-initialised by ForwardModel
+
+    @property
+    def out(self) -> nn.Linear:
+        """The output projection (zero-initialised by ForwardModel)."""
+        return self.proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.gelu(self.fc(x)))
@@ -93,7 +97,10 @@ class _SwiGLUMLP(nn.Module):
         self.gate = nn.Linear(d, hidden, bias=False)
         self.up = nn.Linear(d, hidden, bias=False)
         self.down = nn.Linear(hidden, d, bias=False)
-        self.out = self.down
+
+    @property
+    def out(self) -> nn.Linear:
+        return self.down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))

@@ -1,0 +1,171 @@
+"""Training the main GPT on a token stream, optionally co-training a forward model beside it.
+
+Co-training follows the paper: in each step the GPT's residuals at the source and target taps are
+taken from its own forward pass, **detached**, and the forward model takes one AdamW step on
+``MSE(fwd(source), target)`` with its own optimizer; the GPT takes its own step on the LM loss. No
+gradient of the forward loss reaches the GPT. Checkpoints (``checkpoint.safetensors``) hold both
+models, both optimizers and the data-order RNG, so an interrupted run resumes exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from selfmodels.artifacts import append_jsonl, read_jsonl, save_tensors, write_text
+from selfmodels.configs import option
+from selfmodels.errors import require
+from selfmodels.forward.checkpoint import load_checkpoint, make_adamw, save_checkpoint
+from selfmodels.nets.gpt import GPT
+
+
+@dataclass
+class LMTrainConfig:
+    """Optimisation of the main GPT (paper: AdamW lr 3e-4, wd 0.01, clip 1.0, batch 64 x 128, 10K steps)."""
+
+    steps: int = option(10_000, "optimizer steps for the main model")
+    batch_size: int = option(64, "sequences per step")
+    lr: float = option(3e-4, "main model learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay (matrices only)")
+    grad_clip: float = option(1.0, "gradient-norm clip")
+    eval_every: int = option(500, "steps between validation-loss evaluations (and checkpoints)")
+    eval_batches: int = option(8, "validation batches per evaluation")
+
+    def validate(self) -> None:
+        require(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
+        require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        require(self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}")
+
+
+@dataclass
+class CoTrain:
+    """A forward model trained beside the GPT from residual index ``source`` to index ``target``."""
+
+    model: torch.nn.Module
+    source: int
+    target: int
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+
+
+def sample_windows(tokens: torch.Tensor, batch: int, seq: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of the stream: inputs (B, T) and next-token targets (B, T)."""
+    require(tokens.numel() > seq + 1, f"the token stream ({tokens.numel()} tokens) is shorter than one window of {seq + 1}")
+    starts = torch.randint(0, tokens.numel() - seq - 1, (batch,), generator=generator)
+    idx = starts[:, None] + torch.arange(seq + 1)  # (B, T+1)
+    window = tokens[idx]
+    return window[:, :-1], window[:, 1:]
+
+
+def eval_windows(tokens: torch.Tensor, seq: int, max_sequences: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Consecutive non-overlapping windows from the start of a (validation) stream: (N, T), (N, T)."""
+    n = (tokens.numel() - 1) // seq
+    if max_sequences is not None:
+        n = min(n, max_sequences)
+    require(n >= 1, f"the validation stream ({tokens.numel()} tokens) is shorter than one window of {seq + 1}")
+    x = tokens[: n * seq].view(n, seq)
+    y = tokens[1 : n * seq + 1].view(n, seq)
+    return x, y
+
+
+@torch.no_grad()
+def validation_loss(gpt: GPT, val_tokens: torch.Tensor, batch_size: int, batches: int, device: torch.device) -> float:
+    """Mean next-token cross-entropy (nats) over the first ``batches * batch_size`` validation windows."""
+    gpt.eval()
+    x, y = eval_windows(val_tokens, gpt.cfg.block_size, batch_size * batches)
+    total, count = 0.0, 0
+    for i in range(0, x.shape[0], batch_size):
+        logits = gpt(x[i : i + batch_size].to(device))  # (b, T, V)
+        total += F.cross_entropy(logits.flatten(0, 1).float(), y[i : i + batch_size].to(device).flatten(), reduction="sum").item()
+        count += y[i : i + batch_size].numel()
+    gpt.train()
+    return total / count
+
+
+def _forward_with_residuals(gpt: GPT, x: torch.Tensor, wanted: tuple[int, ...]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Logits plus the residuals at the wanted indices, from one forward pass."""
+    h = gpt.embed(x)
+    saved = {0: h} if 0 in wanted else {}
+    for i, block in enumerate(gpt.blocks, start=1):
+        h = block(h)
+        if i in wanted:
+            saved[i] = h
+    return gpt.head(h), saved
+
+
+def train_lm(
+    gpt: GPT,
+    train_tokens: torch.Tensor,
+    val_tokens: torch.Tensor,
+    cfg: LMTrainConfig,
+    run_dir: Path,
+    device: torch.device,
+    seed: int,
+    cotrain: CoTrain | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train (or resume training) the GPT; returns ``{"val_loss", "train_loss", "steps"}``.
+
+    Writes ``metrics.jsonl`` (one line per logged step), ``checkpoint.safetensors`` every
+    ``eval_every`` steps and ``main.safetensors`` (and ``forward.safetensors`` when co-training) at the end.
+    """
+    cfg.validate()
+    run_dir = Path(run_dir)
+    gpt.to(device).train()
+    opt = make_adamw(gpt.parameters(), cfg.lr, cfg.weight_decay)
+    modules: dict[str, torch.nn.Module] = {"main": gpt}
+    optimizers: dict[str, torch.optim.Optimizer] = {"main": opt}
+    if cotrain is not None:
+        cotrain.model.to(device).train()
+        fwd_opt = make_adamw(cotrain.model.parameters(), cotrain.lr, cotrain.weight_decay)
+        modules["forward"], optimizers["forward"] = cotrain.model, fwd_opt
+    generator = torch.Generator().manual_seed(seed)
+    ckpt = run_dir / "checkpoint.safetensors"
+    metrics_path = run_dir / "metrics.jsonl"
+    start = 0
+    if ckpt.is_file():
+        start, _ = load_checkpoint(ckpt, modules, optimizers, {"data": generator})
+        # Keep only the curve up to the checkpoint: later lines will be written again.
+        kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= start]
+        write_text(metrics_path, "".join(__import__("json").dumps(r) + "\n" for r in kept))
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    wanted = () if cotrain is None else (cotrain.source, cotrain.target)
+    last_loss = float("nan")
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="main GPT", disable=not progress, leave=False)
+    for step in bar:
+        x, y = sample_windows(train_tokens, cfg.batch_size, gpt.cfg.block_size, generator)
+        x, y = x.to(device), y.to(device)
+        logits, saved = _forward_with_residuals(gpt, x, wanted)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(gpt.parameters(), cfg.grad_clip)
+        opt.step()
+        record = {"step": step + 1, "loss": loss.item()}
+        if cotrain is not None:
+            source, target = saved[cotrain.source].detach(), saved[cotrain.target].detach()  # no path back to the GPT
+            fwd_loss = F.mse_loss(cotrain.model(source), target)
+            fwd_opt.zero_grad(set_to_none=True)
+            fwd_loss.backward()
+            torch.nn.utils.clip_grad_norm_(cotrain.model.parameters(), cotrain.grad_clip)
+            fwd_opt.step()
+            record["forward_mse"] = fwd_loss.item()
+        last_loss = record["loss"]
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            record["val_loss"] = validation_loss(gpt, val_tokens, cfg.batch_size, cfg.eval_batches, device)
+            save_checkpoint(ckpt, step + 1, modules, optimizers, {"data": generator})
+        if (step + 1) % 10 == 0 or "val_loss" in record:
+            append_jsonl(metrics_path, record)
+            bar.set_postfix(loss=f"{last_loss:.3f}")
+    val = validation_loss(gpt, val_tokens, cfg.batch_size, cfg.eval_batches, device)
+    save_tensors(run_dir / "main.safetensors", gpt.state_dict())
+    if cotrain is not None:
+        save_tensors(run_dir / "forward.safetensors", cotrain.model.state_dict())
+    gpt.eval()
+    return {"val_loss": val, "train_loss": last_loss, "steps": cfg.steps}

@@ -1,0 +1,159 @@
+"""A nanoGPT-style GPT with named residual taps, for training and for forward self-models.
+
+Architecture: token + learned position embeddings; ``n_layer`` pre-LN blocks
+(``h = h + Attn(LN(h))``, ``h = h + MLP(LN(h))`` with a fused QKV projection and a 4x GELU MLP);
+final LayerNorm; an untied LM head. Weights start N(0, 0.02), biases and LayerNorm shifts zero; no
+dropout.
+
+Taps name the residual stream between blocks: ``post_embed`` (after the embeddings) and
+``post_block{i}`` (after block i). A tap's *residual index* is 0 for ``post_embed`` and i+1 for
+``post_block{i}``; :meth:`GPT.run_blocks` moves a residual from one index to a later one, so the
+model can stop after the last layer needed (activation collection) or continue from a given
+layer's residual (causal substitution).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfmodels.configs import option
+from selfmodels.errors import UserError, require
+
+
+@dataclass
+class GPTConfig:
+    """Shape of the main GPT (the paper's toy: 4 layers x 4 heads x 256, context 128)."""
+
+    vocab_size: int = option(4096, "vocabulary size (set from the tokenizer)")
+    block_size: int = option(128, "context length in tokens")
+    n_layer: int = option(4, "transformer blocks")
+    n_head: int = option(4, "attention heads per block")
+    d_model: int = option(256, "residual stream width")
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
+            require(getattr(self, name) >= 1, f"GPT {name} must be at least 1, got {getattr(self, name)}")
+        require(self.d_model % self.n_head == 0, f"GPT d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)  # fused Q, K, V
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=-1)
+        q, k, v = (t.view(B, T, self.n_head, d // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, dh)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, dh)
+        return self.proj(y.transpose(1, 2).reshape(B, T, d))  # (B, T, d)
+
+    def patterns(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention weights (B, H, T, T), for analyses."""
+        B, T, d = x.shape
+        q, k, _ = self.qkv(x).split(d, dim=-1)
+        q, k = (t.view(B, T, self.n_head, d // self.n_head).transpose(1, 2) for t in (q, k))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d // self.n_head)  # (B, H, T, T)
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        return scores.masked_fill(mask, float("-inf")).softmax(-1)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
+        self.fc_proj = nn.Linear(4 * cfg.d_model, cfg.d_model)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = h + self.attn(self.ln1(h))  # (B, T, d)
+        return h + self.fc_proj(F.gelu(self.fc(self.ln2(h))))  # (B, T, d)
+
+
+def tap_names(n_layer: int) -> list[str]:
+    """All taps in residual-index order: ``post_embed``, ``post_block0`` .. ``post_block{n-1}``."""
+    return ["post_embed"] + [f"post_block{i}" for i in range(n_layer)]
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+    # --- taps -------------------------------------------------------------------------------------
+    def tap_index(self, name: str) -> int:
+        """Residual index of a tap name (``post_embed`` -> 0, ``post_block{i}`` -> i + 1)."""
+        names = tap_names(self.cfg.n_layer)
+        if name not in names:
+            raise UserError(f"unknown tap {name!r} for a {self.cfg.n_layer}-layer GPT: use one of {', '.join(names)}")
+        return names.index(name)
+
+    # --- pieces of the forward pass ---------------------------------------------------------------
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Residual index 0: token + position embeddings, (B, T) -> (B, T, d)."""
+        T = idx.shape[1]
+        require(T <= self.cfg.block_size, f"sequence of {T} tokens is longer than the GPT's context {self.cfg.block_size}")
+        return self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))
+
+    def run_blocks(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Move the residual from index ``start`` to index ``stop`` (runs blocks start..stop-1)."""
+        for block in self.blocks[start:stop]:
+            h = block(h)
+        return h
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm and LM head: (B, T, d) -> logits (B, T, V)."""
+        return self.lm_head(self.ln_f(h))
+
+    def forward_from(self, h: torch.Tensor, index: int) -> torch.Tensor:
+        """Logits from a residual at ``index`` onwards (the remaining blocks and the head)."""
+        return self.head(self.run_blocks(h, index, self.cfg.n_layer))
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """Logits (B, T, V); with ``targets``, also the mean next-token cross-entropy."""
+        logits = self.forward_from(self.embed(idx), 0)
+        if targets is None:
+            return logits
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    def activations(self, idx: torch.Tensor, taps: list[str]) -> dict[str, torch.Tensor]:
+        """The residuals at ``taps``, stopping after the last block needed (no head)."""
+        wanted = {self.tap_index(t): t for t in taps}
+        out = {}
+        h = self.embed(idx)
+        if 0 in wanted:
+            out[wanted[0]] = h
+        for i in range(1, max(wanted) + 1):
+            h = self.blocks[i - 1](h)
+            if i in wanted:
+                out[wanted[i]] = h
+        return out
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, blocks: int | None = None, head: bool = True) -> int:
+        """Forward FLOPs per token (2 per weight, plus attention products at average causal length)."""
+        c = self.cfg
+        n = c.n_layer if blocks is None else blocks
+        per_block = 2 * 12 * c.d_model * c.d_model + 2 * 2 * (c.block_size // 2) * c.d_model
+        return n * per_block + (2 * c.d_model * c.vocab_size if head else 0)
