@@ -1,0 +1,265 @@
+"""The local learning coefficient (LLC, the local RLCT) of trained weights w*, estimated with SGLD.
+
+Estimator (Lau et al. 2023; the self-modeling paper's settings are in :func:`paper_llc_config`)::
+
+    λ̂ = nβ * ( E_{w ~ p_local}[ L_batch(w) ] - L(w*) ),   p_local(w) ∝ exp(-nβ L(w) - γ/2 |w - w*|²)
+
+- the expectation is the mean of the SGLD draws ``L_batch(w_t)`` after burn-in (default: the first
+  half of the draws is dropped), per chain; λ̂ is the mean over chains, its ``std`` the spread
+  across chains (ddof=1);
+- L(w*) (``init_loss``) is the mean loss over the first ``init_loss_batches`` minibatches;
+- nβ defaults to ``b / ln b`` with b the batch size (``use_dataset_size_for_nbeta``: ``n / ln n``);
+- SGLD: see :mod:`selfmodels.complexity.sgld` for the update and its argument names.
+
+Sampling mode, chosen explicitly: by default (``model_mode="eval"``) the model is sampled in eval
+mode, so BatchNorm uses its running statistics (a fixed function of w) and dropout is off; the data are
+used as given, with no augmentation. ``model_mode="train"`` reproduces the paper's code (BatchNorm on
+batch statistics; each chain keeps its own running statistics) and runs the chains sequentially.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from selfmodels.complexity.batches import as_batch_cycle
+from selfmodels.complexity.diagnostics import diagnose
+from selfmodels.complexity.sgld import SGLDChains
+from selfmodels.configs import option, to_dict
+from selfmodels.errors import UserError, require
+
+
+@dataclass
+class LLCConfig:
+    """Hyperparameters of the SGLD LLC estimator."""
+
+    epsilon: float = option(1e-4, "SGLD step size epsilon")
+    gamma: float = option(100.0, "localization strength gamma (pull towards the trained weights w*)")
+    nbeta: float | None = option(None, "inverse temperature n*beta; default b/ln(b), b = batch size")
+    use_dataset_size_for_nbeta: bool = option(False, "default n*beta = n/ln(n) with n the dataset size instead of b/ln(b)")
+    chains: int = option(4, "number of SGLD chains (chain c is seeded seed + c)")
+    draws: int = option(1000, "draws per chain (burn-in included)")
+    burn_in: int | None = option(None, "draws dropped from the start of each chain; default: the first half")
+    steps_between_draws: int = option(1, "SGLD steps per draw")
+    batch_size: int = option(512, "minibatch size b (ignored when a DataLoader is given)")
+    init_loss_batches: int = option(4, "L(w*) is the mean loss over this many first minibatches")
+    seed: int = option(42, "seed of the data order; chain c's noise uses seed + c")
+    shuffle: bool = option(True, "reshuffle the data each epoch with a seeded permutation (off: dataset order)")
+    batched: str = option("auto", "how chains advance: all at once (vmap), one by one (sequential), or auto",
+                          choices=("auto", "vmap", "sequential"))
+    model_mode: str = option("eval", "module mode while sampling: eval (BatchNorm running stats, no dropout) or train",
+                             choices=("eval", "train"))
+    convergence_tolerance: float = option(0.1, "flag not_converged when the kept trace's half means differ by more "
+                                          "than this times max(|estimate|, 1)")
+
+    def kept_from(self) -> int:
+        """Index of the first draw that enters the estimate."""
+        return self.draws // 2 if self.burn_in is None else self.burn_in
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` for values the estimator cannot use (never rewrites a field)."""
+        for name in ("epsilon", "gamma", "convergence_tolerance"):
+            value = getattr(self, name)
+            require(isinstance(value, (int, float)) and math.isfinite(value),
+                    f"LLC {name} must be a finite number, got {value!r}")
+        require(self.epsilon > 0, f"LLC epsilon must be > 0, got {self.epsilon}")
+        require(self.gamma >= 0, f"LLC gamma must be >= 0, got {self.gamma}")
+        if self.nbeta is not None:
+            require(isinstance(self.nbeta, (int, float)) and math.isfinite(self.nbeta) and self.nbeta > 0,
+                    f"LLC nbeta must be a finite number > 0 (or unset for b/ln b), got {self.nbeta!r}")
+        require(self.chains >= 1, f"LLC chains must be at least 1, got {self.chains}")
+        require(self.draws >= 1, f"LLC draws must be at least 1, got {self.draws}")
+        require(self.steps_between_draws >= 1, f"LLC steps_between_draws must be at least 1, got {self.steps_between_draws}")
+        require(self.batch_size >= 1, f"LLC batch_size must be at least 1, got {self.batch_size}")
+        require(self.init_loss_batches >= 1, f"LLC init_loss_batches must be at least 1, got {self.init_loss_batches}")
+        if self.burn_in is not None:
+            require(0 <= self.burn_in < self.draws,
+                    f"LLC burn_in must be in [0, draws) = [0, {self.draws}), got {self.burn_in}")
+        require(self.batched in ("auto", "vmap", "sequential"), f"LLC batched must be auto, vmap or sequential, got {self.batched!r}")
+        require(self.model_mode in ("eval", "train"), f"LLC model_mode must be eval or train, got {self.model_mode!r}")
+        require(not (self.model_mode == "train" and self.batched == "vmap"),
+                "LLC model_mode=train needs batched=sequential or auto (train-mode BatchNorm cannot be vmapped)")
+
+
+# The self-modeling paper's settings (../shared/reference/self-modeling-setup.md, "Complexity measures").
+_PAPER = {
+    "mnist": dict(epsilon=1e-4, gamma=100.0, chains=4, draws=1000),
+    "cifar10": dict(epsilon=1e-4, gamma=100.0, chains=4, draws=400),
+    "imdb": dict(epsilon=1e-3, gamma=10.0, chains=4, draws=1000),
+}
+
+
+def paper_llc_config(task: str, batch_size: int) -> LLCConfig:
+    """The paper's ε, γ, chains x draws for ``task`` (mnist, cifar10, imdb); nβ = b/ln b, seeds 42.."""
+    if task not in _PAPER:
+        raise UserError(f"no paper LLC settings for task {task!r}; known: {', '.join(_PAPER)}")
+    return LLCConfig(batch_size=batch_size, seed=42, **_PAPER[task])
+
+
+def default_nbeta(size: int) -> float:
+    """``size / ln(size)``: the default inverse temperature for a batch (or dataset) of ``size``."""
+    require(size > 1, f"default nbeta = b/ln(b) needs b > 1, got {size}; pass nbeta explicitly")
+    return size / math.log(size)
+
+
+@dataclass
+class LLCResult:
+    """An LLC estimate with everything needed to judge it.
+
+    ``mean`` is null (NaN) when the flags say the number is not an LLC (``not_at_minimum``,
+    ``no_valid_chains``); the raw value is then in ``diagnostics["raw_mean"]``.
+    """
+
+    mean: float
+    std: float
+    per_chain: list[float]
+    loss_traces: torch.Tensor  # (chains, draws): L_batch(w_t) at each draw, burn-in included
+    init_loss: float           # L(w*), the training loss the estimate starts from
+    nbeta: float
+    flags: list[str]
+    diagnostics: dict
+    config: dict = field(default_factory=dict)
+
+    def lambda_traces(self) -> torch.Tensor:
+        """nβ (L_batch(w_t) - L(w*)), (chains, draws)."""
+        return self.nbeta * (self.loss_traces.double() - self.init_loss)
+
+    def trace_windows(self, windows: int = 10) -> list[float]:
+        """The chain-averaged λ̂ trace (valid chains, burn-in included) as ``windows`` window means."""
+        valid = self.diagnostics.get("valid_chains") or list(range(self.loss_traces.shape[0]))
+        lam = self.lambda_traces()[valid].mean(dim=0)                     # (D,)
+        return [float(chunk.mean()) for chunk in torch.tensor_split(lam, min(windows, lam.numel()))]
+
+    def summary(self, prefix: str = "llc_") -> dict[str, Any]:
+        """A JSON-ready dict without the full traces (for results.json)."""
+        d = self.diagnostics
+        return {
+            f"{prefix}mean": self.mean,
+            f"{prefix}std": self.std,
+            f"{prefix}flags": list(self.flags),
+            f"{prefix}loss_at_wstar": self.init_loss,
+            f"{prefix}per_chain": list(self.per_chain),
+            f"{prefix}raw_mean": d.get("raw_mean"),
+            f"{prefix}nbeta": self.nbeta,
+            f"{prefix}fraction_below_init_loss": d.get("fraction_below_init_loss"),
+            f"{prefix}trace_first_half_mean": d.get("trace_first_half_mean"),
+            f"{prefix}trace_second_half_mean": d.get("trace_second_half_mean"),
+            f"{prefix}trace_windows": self.trace_windows(),
+            f"{prefix}path": d.get("path"),
+            f"{prefix}seconds": d.get("seconds"),
+            f"{prefix}config": dict(self.config),
+        }
+
+
+def _trainable_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _choose_path(config: LLCConfig) -> str:
+    if config.batched != "auto":
+        return config.batched
+    return "sequential" if config.model_mode == "train" else "vmap"
+
+
+def estimate_llc(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], config: LLCConfig,
+                 device: str | torch.device = "cpu", progress: bool = True) -> LLCResult:
+    """Estimate the LLC of ``model``'s current weights w* (see the module docstring for the estimator).
+
+    ``data``: a ``TensorDataset`` / tuple of tensors ``(inputs, *targets)`` (batched by
+    ``config.batch_size`` in a seeded order) or a ``DataLoader`` (its batches, replayed in order).
+    ``loss_fn(model(inputs), *targets)`` must return the mean loss of the batch. The model itself is
+    not modified (sampling runs on a copy).
+    """
+    config.validate()
+    require(_trainable_count(model) > 0, "the model has no trainable parameters: there is nothing to sample "
+            "(set requires_grad=True on the parameters whose LLC you want)")
+    device = torch.device(device)
+    batches = as_batch_cycle(data, config.batch_size, seed=config.seed, shuffle=config.shuffle, device=device)
+    if config.nbeta is not None:
+        nbeta = float(config.nbeta)
+    else:
+        nbeta = default_nbeta(batches.num_examples if config.use_dataset_size_for_nbeta else batches.batch_size)
+
+    model = copy.deepcopy(model).to(device)
+    model.train(config.model_mode == "train")
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)  # only train-mode dropout draws from the global generator
+        with torch.no_grad():  # L(w*): mean loss over the first few minibatches of the sampling order
+            stream = iter(batches)
+            n_init = min(config.init_loss_batches, batches.batches_per_epoch)
+            init = [loss_fn(model(b[0]), *b[1:]).double() for b in (next(stream) for _ in range(n_init))]
+            init_loss = float(torch.stack(init).mean())
+        require(math.isfinite(init_loss), f"the loss at the trained weights is {init_loss}: check the model and data")
+        traces, path, fallback = _sample(model, iter(batches), loss_fn, config, nbeta, progress)
+    seconds = time.perf_counter() - start
+
+    verdict = diagnose(traces, init_loss, nbeta, config.kept_from(), _trainable_count(model),
+                       config.convergence_tolerance)
+    verdict.diagnostics.update(path=path, seconds=seconds, batches_per_epoch=batches.batches_per_epoch,
+                               num_examples=batches.num_examples, batch_size=batches.batch_size,
+                               num_params=_trainable_count(model))
+    if fallback:
+        verdict.diagnostics["vmap_fallback_reason"] = fallback
+    return LLCResult(verdict.mean, verdict.std, verdict.per_chain, traces.cpu(), init_loss, nbeta,
+                     verdict.flags, verdict.diagnostics, {**to_dict(config), "nbeta_used": nbeta})
+
+
+def _sample(model, stream, loss_fn, config: LLCConfig, nbeta: float, progress: bool):
+    """Run the chains; return the (chains, draws) loss traces, the path used and a fallback reason."""
+    path = _choose_path(config)
+    sampler = SGLDChains(model, loss_fn, chains=config.chains, epsilon=config.epsilon, gamma=config.gamma,
+                         nbeta=nbeta, seeds=[config.seed + c for c in range(config.chains)], path=path)
+    first = next(stream)
+    fallback = None
+    try:
+        losses = sampler.step(first)
+    except (RuntimeError, NotImplementedError, ValueError) as exc:
+        if config.batched != "auto" or path != "vmap":
+            raise
+        # This model cannot be vmapped (e.g. an op without a batching rule): run the chains one by one.
+        # The failed step changed nothing (gradients come before the update), so the chains restart cleanly.
+        fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        path = sampler.path = "sequential"
+        losses = sampler.step(first)
+    k = config.steps_between_draws
+    total = config.draws * k
+    traces = torch.empty(config.chains, config.draws, dtype=losses.dtype, device=losses.device)  # (C, D)
+    bar = tqdm(total=total, desc=f"LLC SGLD ({config.chains} chains, {path})", disable=not progress, leave=False)
+    for i in range(total):
+        if i > 0:
+            losses = sampler.step(next(stream))
+        if (i + 1) % k == 0:  # draw d records the loss at w_i, i = (d + 1) k - 1 (as devinterp does)
+            traces[:, (i + 1) // k - 1] = losses
+        bar.update(1)
+    bar.close()
+    return traces, path, fallback
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of a classifier's logits (the loss of :func:`classifier_llc`)."""
+    return F.cross_entropy(logits, targets)
+
+
+def classifier_llc(model: nn.Module, dataset: Any, config: LLCConfig, device: str | torch.device = "cpu",
+                   progress: bool = False) -> dict:
+    """LLC of a classifier under mean cross-entropy on ``dataset`` = (inputs, labels); JSON-ready dict.
+
+    Keys: ``llc_mean`` (null when flagged not an LLC), ``llc_std``, ``llc_flags``, ``llc_loss_at_wstar``,
+    ``llc_per_chain``, ``llc_raw_mean``, ``llc_nbeta``, ``llc_fraction_below_init_loss``,
+    ``llc_trace_first_half_mean``, ``llc_trace_second_half_mean``, ``llc_trace_windows``, ``llc_path``,
+    ``llc_seconds``, ``llc_config``.
+    """
+    return estimate_llc(model, dataset, cross_entropy, config, device=device, progress=progress).summary()
+
+
+__all__ = ["LLCConfig", "LLCResult", "paper_llc_config", "estimate_llc", "classifier_llc", "default_nbeta",
+           "cross_entropy"]
