@@ -66,3 +66,5 @@ def preset(task: str) -> TaskPreset:
     if task not in PRESETS:
         raise UserError(f"unknown task {task!r}: choose one of {', '.join(PRESETS)}")
     return PRESETS[task]
+# With --llc in the quick reproduction: fewer SGLD draws per chain than the paper's 1,000.
+QUICK_LLC_DRAWS = 200

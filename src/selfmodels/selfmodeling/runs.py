@@ -161,6 +161,7 @@ def run_one(config: RunConfig, data, run_dir: str | Path, *, device: str | torch
         "strength": config.strength,
         "seed": config.seed,
         "epochs": config.optim.epochs,
+        "num_classes": data.num_classes,
         "test_accuracy": last["test_accuracy"],
         "val_accuracy": last["val_accuracy"],
         "weight_sd": last["weight_sd"],
@@ -174,7 +175,7 @@ def run_one(config: RunConfig, data, run_dir: str | Path, *, device: str | torch
         from selfmodels.complexity.llc import classifier_llc
 
         llc = classifier_llc(classifier, data.train, config.llc, device)
-        record.update({key: llc[key] for key in ("llc_mean", "llc_std", "llc_flags", "llc_loss_at_wstar")})
+        record.update({key: value for key, value in llc.items() if key not in ("llc_config", "llc_trace_windows")})
     write_json(run_dir / RESULT, record)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the final weights are saved above
     return record

@@ -1,0 +1,239 @@
+"""``selfmodels regularize``: a grid of runs (task x hidden x method x strength x seed) and its summary.
+
+The grid is resumable: each run lives in ``OUT/runs/<name>/``; a finished run (``result.json``
+present) is read back instead of trained again, an interrupted one resumes from its checkpoint.
+After the runs, ``OUT/results.json`` gets ``runs`` (one record per run), ``summary`` (one record per
+condition: mean and 95% CI over seeds), ``trends`` (see :mod:`~selfmodels.selfmodeling.statistics`)
+and ``grid`` (the resolved settings); ``OUT/report.md`` and the PNG plots are written from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from selfmodels.artifacts import write_json
+from selfmodels.configs import option, to_dict
+from selfmodels.errors import UserError
+from selfmodels.runtime import resolve_device, set_threads
+from selfmodels.selfmodeling import reference
+from selfmodels.selfmodeling.objectives import METHODS
+from selfmodels.selfmodeling.presets import preset
+from selfmodels.selfmodeling.runs import RunConfig, load_data, resolve_run, run_config_from_dict, run_config_to_dict, run_one
+from selfmodels.stats import mean_ci95
+
+LLC_CHOICES = ("none", "paper")
+
+
+@dataclass
+class GridConfig:
+    """A grid of runs. Empty lists and unset values take the paper's setting for the task."""
+
+    task: str = option("mnist", "classification task (mnist, fashion-mnist, cifar10, imdb)")
+    source: str = option("auto", "data source: auto (hub when reachable, else offline), hub or offline", choices=("auto", "hub", "offline"))
+    hidden: list[int] = option([], "hidden sizes H (default: the paper's grid for the task)")
+    methods: list[str] = option(list(METHODS), "methods to run", choices=METHODS)
+    strengths: list[float] = option([], "strengths w for every non-baseline method (default: the paper's auxiliary weights)")
+    seeds: list[int] = option([], "training seeds (default: 0..9, the paper's 10 runs)")
+    epochs: int | None = option(None, "epochs (default: the paper's for the task)")
+    lr: float | None = option(None, "learning rate (default: the paper's for the task)")
+    batch_size: int | None = option(None, "minibatch size (default: the paper's for the task)")
+    targets: list[str] = option([], "self-modeled / activation-regularised module names (default: the paper's)")
+    detach: bool = option(True, "self-model: stop-gradient on the target (--no-detach: gradient flows into the target too)")
+    val_is_test: bool = option(False, "validate on the test set, as the paper did")
+    llc: str = option("none", "estimate each run's LLC: none, or paper (the paper's SGLD settings)", choices=LLC_CHOICES)
+    llc_draws: int | None = option(None, "override the LLC draws per chain (default: the paper's)")
+    llc_chains: int | None = option(None, "override the number of LLC chains (default: the paper's 4)")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    threads: int = option(1, "torch threads per worker process")
+    workers: int = option(1, "runs trained in parallel (processes); 2 suits a 2-core machine")
+
+    def validate(self) -> None:
+        preset(self.task)  # unknown task -> UserError listing the known ones
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        bad = [s for s in self.strengths if not (0 <= s < float("inf"))]
+        if bad:
+            raise UserError(f"strengths must be finite and non-negative, got {', '.join(map(str, bad))}")
+        if any(h < 1 for h in self.hidden):
+            raise UserError(f"hidden sizes must be positive, got {self.hidden}")
+        if self.workers < 1:
+            raise UserError(f"--workers must be at least 1, got {self.workers}")
+        for name in ("epochs", "batch_size", "llc_draws", "llc_chains"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.lr is not None and not (self.lr > 0):
+            raise UserError(f"--lr must be positive, got {self.lr}")
+
+
+def llc_config(grid: GridConfig, batch_size: int):
+    """The LLC settings of a grid (None for ``--llc none``)."""
+    if grid.llc == "none":
+        return None
+    from selfmodels.complexity.llc import paper_llc_config
+
+    config = paper_llc_config(grid.task if grid.task != "fashion-mnist" else "mnist", batch_size)
+    overrides = {"draws": grid.llc_draws, "chains": grid.llc_chains}
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def expand(grid: GridConfig) -> list[RunConfig]:
+    """Every run of the grid, seed by seed (so an interrupted grid has whole seeds done first).
+
+    Each hidden size gets one baseline per seed; every other method runs at every strength > 0 (a
+    strength of 0 is the baseline itself).
+    """
+    grid.validate()
+    p = preset(grid.task)
+    hiddens = grid.hidden or list(p.hidden)
+    strengths = sorted({float(s) for s in (grid.strengths or p.strengths) if s > 0})
+    seeds = grid.seeds or list(range(p.seeds))
+    common = dict(
+        epochs=grid.epochs, lr=grid.lr, batch_size=grid.batch_size, targets=grid.targets or None,
+        detach=grid.detach, source=grid.source, val_is_test=grid.val_is_test,
+    )
+    runs = []
+    for seed in seeds:
+        for hidden in hiddens:
+            for method in grid.methods:
+                for strength in [0.0] if method == "baseline" else strengths:
+                    runs.append(resolve_run(grid.task, hidden=hidden, method=method, strength=strength, seed=seed, **common))
+    if not runs:
+        raise UserError("the grid is empty: give at least one method, and a strength > 0 for methods other than baseline")
+    batch = runs[0].optim.batch_size
+    for run in runs:
+        run.llc = llc_config(grid, batch)
+    return runs
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(data_config: dict, threads: int) -> None:
+    """Each worker process loads the data once."""
+    from selfmodels.selfmodeling.runs import DataConfig
+
+    set_threads(threads)
+    _WORKER["data"] = load_data(DataConfig(**data_config))
+
+
+def _run_in_worker(config: dict, run_dir: str, device: str) -> dict:
+    return run_one(run_config_from_dict(config), _WORKER["data"], run_dir, device=device, progress=False)
+
+
+def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=None) -> list[dict]:
+    """Train every run of the grid that is not finished yet; returns all run records.
+
+    ``data`` (a ClassificationData) skips loading, e.g. in tests with a synthetic dataset.
+    """
+    runs = expand(grid)
+    out = Path(out)
+    set_threads(grid.threads)
+    device = resolve_device(grid.device)
+    if data is None:
+        data = load_data(runs[0].data)
+    records: list[dict] = []
+    bar = tqdm(total=len(runs), desc="runs", disable=not progress, unit="run")
+    if grid.workers == 1 or device.type != "cpu":
+        for config in runs:
+            bar.set_postfix_str(config.name)
+            records.append(run_one(config, data, out / "runs" / config.name, device=device, progress=progress))
+            bar.update()
+    else:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+        init = (dataclasses.asdict(runs[0].data), grid.threads)
+        with ProcessPoolExecutor(grid.workers, mp_context=context, initializer=_init_worker, initargs=init) as pool:
+            futures = [pool.submit(_run_in_worker, run_config_to_dict(c), str(out / "runs" / c.name), str(device)) for c in runs]
+            for future in futures:
+                records.append(future.result())
+                bar.update()
+    bar.close()
+    return records
+
+
+# ---- summarising --------------------------------------------------------------------------------
+
+CONDITION = ("task", "hidden", "method", "strength")
+MEASURES = ("test_accuracy", "val_accuracy", "weight_sd", "identity_distance", "train_ce", "llc_mean")
+SHORT = {"test_accuracy": "accuracy", "llc_mean": "llc"}
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One record per condition: ``n`` and, per measure, ``<name>_mean`` and ``<name>_ci95``.
+
+    ``accuracy_*`` is the test accuracy at the last epoch; ``llc_*`` appear when LLCs were computed
+    (a flagged LLC is null and left out of the mean, ``llc_n`` counts the ones kept). ``paper_*`` give
+    the paper's value for the condition where one was published.
+    """
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for record in records:
+        groups[tuple(record[k] for k in CONDITION)].append(record)
+    method_order = {m: i for i, m in enumerate(METHODS)}
+    summary = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1], method_order[k[2]], k[3])):
+        rows = groups[key]
+        entry: dict[str, Any] = dict(zip(CONDITION, key))
+        entry["n"] = len(rows)
+        for measure in MEASURES:
+            if measure == "llc_mean" and not any("llc_mean" in r for r in rows):
+                continue
+            values = [r.get(measure) for r in rows if r.get(measure) is not None]
+            mean, half = mean_ci95(values)
+            name = SHORT.get(measure, measure)
+            entry[f"{name}_mean"], entry[f"{name}_ci95"] = mean, half
+            if measure == "llc_mean":
+                entry["llc_n"] = len(values)
+                flags = sorted({f for r in rows for f in (r.get("llc_flags") or [])})
+                entry["llc_flags"] = flags
+                entry["llc_loss_at_wstar_mean"] = mean_ci95([r.get("llc_loss_at_wstar") for r in rows if r.get("llc_loss_at_wstar") is not None])[0]
+        task, hidden, method, strength = key
+        for measure in ("weight_sd", "accuracy", "rlct"):
+            entry[f"paper_{measure}"] = reference.paper_value(measure, task, hidden, method, strength)
+        summary.append(entry)
+    return summary
+
+
+def write_results(out: str | Path, grid: GridConfig, records: list[dict], *, extra: dict | None = None) -> dict:
+    """Write ``OUT/results.json`` (runs, summary, trends, grid settings) and return it."""
+    from selfmodels.selfmodeling.statistics import trends
+
+    results = {
+        "grid": to_dict(grid),
+        "paper": reference.PAPER,
+        **(extra or {}),
+        "runs": records,
+        "summary": summarize(records),
+        "trends": trends(records),
+    }
+    write_json(Path(out) / "results.json", results)
+    return results
+
+
+def run_and_report(grid: GridConfig, out: str | Path, *, progress: bool = True, extra: dict | None = None, data=None) -> dict:
+    """Run the grid, then write results.json, report.md and the plots. Returns the results."""
+    from selfmodels.selfmodeling.report import write_report
+
+    records = run_grid(grid, out, progress=progress, data=data)
+    first = expand(grid)[0]
+    settings = {
+        "epochs": first.optim.epochs, "optimizer": to_dict(first.optim), "targets": first.targets,
+        "detach": first.detach, "data_source": records[0].get("data_source"), "threads": grid.threads,
+        "workers": grid.workers, "cpu_count": os.cpu_count(),
+        "llc_config": None if first.llc is None else to_dict(first.llc),
+    }
+    results = write_results(out, grid, records, extra={"settings": settings, **(extra or {})})
+    write_report(results, out)
+    return results

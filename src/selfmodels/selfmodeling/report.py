@@ -1,0 +1,120 @@
+"""``report.md`` for a grid: settings, findings in words generated from the numbers, tables with the
+paper's values beside ours, and the plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selfmodels.artifacts import write_text
+from selfmodels.report.markdown import fmt, fmt_ci, table
+from selfmodels.selfmodeling import plots, reference
+
+NAMES = {"weight_sd": "weight SD", "test_accuracy": "test accuracy", "llc_mean": "LLC"}
+
+
+def _ci(low: float | None, high: float | None, digits: int) -> str:
+    return f"[{fmt(low, digits)}, {fmt(high, digits)}]"
+
+
+def finding(trend: dict) -> str:
+    """One sentence: does the measure fall as strength rises, with slope and the largest-strength effect."""
+    digits = 4 if trend["measure"] == "weight_sd" else 3
+    measure = NAMES[trend["measure"]]
+    verb = {"falls": "falls", "rises": "rises", "no clear trend": "shows no clear linear trend"}[trend["direction"]]
+    text = (f"**{trend['method']}, H = {trend['hidden']}**: {measure} {verb} as the strength rises "
+            f"(slope {fmt(trend['slope'], 5)} per unit strength, 95% CI {_ci(trend['ci95_low'], trend['ci95_high'], 5)}, "
+            f"n = {trend['n']} runs)")
+    parts = []
+    for d in trend["differences"]:
+        parts.append(f"w = {d['strength']:g}: {fmt(d['difference'], digits)} {_ci(d['ci95_low'], d['ci95_high'], digits)}")
+    if parts:
+        text += "; difference from baseline (Welch 95% CI) " + ", ".join(parts)
+    if trend["collapsed"] and trend["measure"] != "test_accuracy":
+        text += (f". Training collapsed (accuracy nearer chance than baseline) at w = "
+                 f"{', '.join(f'{s:g}' for s in trend['collapsed'])}: those values describe a failed fit, not a simpler model")
+    return text + "."
+
+
+def _condition_rows(summary: list[dict], hidden: int, has_llc: bool) -> tuple[list[str], list[list]]:
+    headers = ["method", "w", "n", "accuracy", "paper acc.", "weight SD", "paper weight SD", "‖W_self − I‖_F"]
+    if has_llc:
+        headers += ["LLC", "LLC kept", "loss at w*", "LLC flags", "paper RLCT"]
+    else:
+        headers += ["paper RLCT"]
+    rows = []
+    for r in summary:
+        if r["hidden"] != hidden:
+            continue
+        row = [r["method"], fmt(r["strength"], 3 if r["strength"] < 1 else 0) if r["strength"] else "0", r["n"],
+               fmt_ci(r["accuracy_mean"], r["accuracy_ci95"]), fmt(r["paper_accuracy"], 3),
+               fmt_ci(r["weight_sd_mean"], r["weight_sd_ci95"], 4), fmt(r["paper_weight_sd"], 3),
+               fmt_ci(r["identity_distance_mean"], r["identity_distance_ci95"], 2)]
+        if has_llc:
+            row += [fmt_ci(r.get("llc_mean"), r.get("llc_ci95"), 1), f"{r.get('llc_n', 0)}/{r['n']}",
+                    fmt(r.get("llc_loss_at_wstar_mean"), 4), ", ".join(r.get("llc_flags") or []) or "none"]
+        row.append(fmt(r["paper_rlct"], 1))
+        rows.append(row)
+    return headers, rows
+
+
+def render(results: dict, images: dict[str, str | None]) -> str:
+    """The markdown text of the report."""
+    settings = results.get("settings", {})
+    grid = results["grid"]
+    summary, trends = results["summary"], results["trends"]
+    has_llc = any("llc_mean" in r for r in summary)
+    hiddens = sorted({r["hidden"] for r in summary})
+    optim = settings.get("optimizer", {})
+    lines = [f"# Self-modeling as an auxiliary objective: {grid['task']}", ""]
+    if results.get("note"):
+        lines += [results["note"], ""]
+    lines += [
+        f"- **Data**: {settings.get('data_source', 'unknown')}.",
+        f"- **Grid**: H in {{{', '.join(map(str, hiddens))}}}; methods {', '.join(grid['methods'])}; "
+        f"seeds {len({r['seed'] for r in results['runs']})} per condition; {len(results['runs'])} runs.",
+        f"- **Training**: {optim.get('optimizer', '?')} lr {optim.get('lr')} "
+        f"{'(momentum ' + str(optim.get('momentum')) + (', Nesterov' if optim.get('nesterov') else '') + ')' if optim.get('optimizer') == 'sgd' else ''}, "
+        f"batch {optim.get('batch_size')}, {optim.get('epochs')} epochs{', augmentation' if optim.get('augment') else ''}; "
+        f"targets {', '.join(settings.get('targets', []))} ({'detached' if settings.get('detach', True) else 'not detached'}).",
+        "- **Definitions**: accuracy = test accuracy after the last epoch (argmax over the class logits); "
+        "weight SD = standard deviation of the final layer's classification rows (self-model rows excluded); "
+        "‖W_self − I‖_F = Frobenius distance of the square self-model block (the rows predicting the head's own "
+        "input) from the identity; ± = half-width of the 95% Student-t CI over seeds. Methods: self-model "
+        "`CE + w·mse(pred, a)`, activation-l2 `CE + w·mean(a²)` on the same targets, weight-decay `CE + w/2·‖θ‖²`.",
+        f"- **Paper values** ({reference.PAPER}) are for the self-model method only, trained on the full "
+        "dataset; the controls have none.",
+        "",
+    ]
+    if not has_llc:
+        lines += ["**LLC not computed** (run with `--llc paper` to estimate each run's local learning coefficient).", ""]
+    lines += ["## Findings", ""]
+    for measure in ("weight_sd", "test_accuracy", "llc_mean"):
+        for t in (t for t in trends if t["measure"] == measure):
+            lines.append("- " + finding(t))
+    lines.append("")
+    for hidden in hiddens:
+        headers, rows = _condition_rows(summary, hidden, has_llc)
+        lines += [f"## H = {hidden}", "", table(headers, rows)]
+    lines += ["## Plots", ""]
+    for title, name in images.items():
+        if name:
+            lines += [f"### {title}", "", f"![{title}]({name})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict, out: str | Path) -> Path:
+    """Write the plots and ``report.md`` into ``out``; returns the report's path."""
+    out = Path(out)
+    summary = results["summary"]
+    images: dict[str, str | None] = {
+        "Weight SD against strength": plots.measure_vs_strength(summary, out, "weight_sd", "weight SD", "paper_weight_sd", "weight_sd_vs_strength.png"),
+        "Test accuracy against strength": plots.measure_vs_strength(summary, out, "accuracy", "test accuracy", "paper_accuracy", "accuracy_vs_strength.png"),
+    }
+    if any("llc_mean" in r for r in summary):
+        images["LLC against strength"] = plots.measure_vs_strength(summary, out, "llc", "LLC", "paper_rlct", "llc_vs_strength.png")
+    for hidden in sorted({r["hidden"] for r in summary}):
+        images[f"Training curves, H = {hidden}"] = plots.training_curves(results["runs"], out / "runs", out, hidden)
+    images["Self-model block vs identity"] = plots.identity_curves(results["runs"], out / "runs", out)
+    path = out / "report.md"
+    write_text(path, render(results, images))
+    return path
