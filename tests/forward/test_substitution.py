@@ -76,6 +76,7 @@ def test_categories_on_a_hand_made_sequence():
     y = torch.tensor([[7, 2, 5, 4, 2]])
     logits = torch.full((1, 5, 10), -10.0)
     logits[0, 0, 7] = 10.0  # confident and right at position 0
+    logits[0, 1:, 0] = 10.0  # confident and wrong elsewhere
     masks = cats.masks(x, y, logits)
     assert masks["punctuation"].tolist() == [[True, False, False, True, False]]  # "(" and ")"
     assert masks["bracket_closing"].tolist() == [[False, False, False, True, False]]
