@@ -14,7 +14,6 @@ exception right after the last layer needed, so later layers and the LM head are
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -73,16 +72,6 @@ def hooks(handles_factory: Callable[[], list]) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
-
-
-@dataclass
-class SubstitutionLogits:
-    """Logits of the four runs of the causal-substitution evaluation, all (B, T, vocab)."""
-
-    normal: torch.Tensor
-    substituted: torch.Tensor
-    skipped: torch.Tensor  # layers i+1..j replaced by the identity (the paper's "ablated")
-    zero: torch.Tensor  # the residual stream after layer j set to zero (zero-ablation)
 
 
 class HFAdapter:
@@ -252,63 +241,77 @@ class HFAdapter:
         with hooks(lambda: [self.layers[k].register_forward_hook(hook, with_kwargs=True) for k in range(source + 1, target + 1)]):
             yield
 
-    # --- causal substitution with the prefix computed once ------------------------------------------
-    @torch.no_grad()
-    def run_suffix(self, hidden: torch.Tensor, start: int, layer_kwargs: dict[int, dict]) -> torch.Tensor:
-        """Logits (B,T,V) from the residual ``hidden`` entering layer ``start``: layers start..L-1, norm, head.
-
-        ``layer_kwargs[k]`` are the keyword arguments (mask, rotary embeddings, ...) the model itself passed
-        to layer k, captured in the normal pass, so any architecture's per-layer masks are reused exactly.
-        """
-        dtype = next(self.model.parameters()).dtype
-        h = hidden.to(dtype)
-        for k in range(start, self.n_layers):
-            h = _hidden_of(self.layers[k](h, **layer_kwargs[k]))
-        return self.model.lm_head(self.model.model.norm(h)).float()
+    # --- running pieces of the model (causal substitution with the prefix computed once) ------------
+    def _check_uniform_attention(self, start: int) -> None:
+        """Layers from ``start`` on must share one attention type, so one captured mask serves them all."""
+        kinds = {getattr(layer, "attention_type", "full_attention") for layer in self.layers[start:]}
+        if len(kinds) > 1:
+            raise UserError(
+                f"{self.name} mixes attention types {sorted(kinds)} after layer {start}: layer-by-layer substitution "
+                "is supported only for models whose layers all use the same attention (no sliding-window mix)"
+            )
 
     @torch.no_grad()
-    def substitution(self, input_ids: torch.Tensor, source: int, target: int,
-                     predict: Callable[[torch.Tensor], torch.Tensor]) -> tuple[SubstitutionLogits, torch.Tensor, torch.Tensor]:
-        """Normal, substituted, skipped and zero-ablated logits, plus the source and target activations.
+    def prefix(self, input_ids: torch.Tensor, source: int) -> tuple[torch.Tensor, dict]:
+        """Residual after layer ``source`` (B,T,d) and the keyword arguments (attention mask, rotary position
+        embeddings, ...) the model passes to its layers, captured from layer ``source``'s call. Stops there."""
+        captured: dict = {}
 
-        One full normal pass captures h_source, h_target and the kwargs of layers target+1..L-1; each other
-        mode then runs only the suffix from a replaced h_target: substituted ``predict(h_source)``, skipped
-        ``h_source`` (layers source+1..target as identity), zero ``0``.
-        """
+        def pre(module, args, kwargs):
+            captured["kwargs"] = {key: v for key, v in kwargs.items() if key != "hidden_states"}
+
+        def post(module, args, output):
+            captured["hidden"] = _hidden_of(output)
+            raise _StopForward
+
+        block = self.layers[source]
+        with hooks(lambda: [block.register_forward_pre_hook(pre, with_kwargs=True), block.register_forward_hook(post)]):
+            try:
+                self.model.model(input_ids=input_ids, use_cache=False)
+            except _StopForward:
+                pass
+        return captured["hidden"], captured["kwargs"]
+
+    @torch.no_grad()
+    def run_layers(self, hidden: torch.Tensor, start: int, stop: int, layer_kwargs: dict) -> torch.Tensor:
+        """Decoder layers start..stop-1 applied to the residual ``hidden`` (B,T,d), with the model's own
+        layer keyword arguments (from :meth:`prefix`)."""
+        h = hidden.to(self.dtype)
+        for k in range(start, stop):
+            h = _hidden_of(self.layers[k](h, **layer_kwargs))
+        return h
+
+    @torch.no_grad()
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head: residual after the last layer (B,T,d) -> logits (B,T,V) float32."""
+        return self.model.lm_head(self.model.model.norm(hidden.to(self.dtype))).float()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def split(self, source: int, target: int):
+        """A :class:`selfmodels.forward.substitution.LayerSplit` of this model at layers source < target:
+        ``prefix(ids)`` -> residual after ``source`` (running no later layer), ``middle`` -> layers
+        source+1..target, ``suffix`` -> layers target+1..L-1, norm and head. The mask and rotary embeddings
+        captured by the last ``prefix`` call are reused by ``middle`` and ``suffix`` (same batch shape)."""
+        from selfmodels.forward.substitution import LayerSplit
+
         self.check_layers(source, target)
-        captured: dict[int, torch.Tensor] = {}
-        layer_kwargs: dict[int, dict] = {}
+        self._check_uniform_attention(source)
+        state: dict = {}
 
-        def grab(k: int):
-            def hook(module, args, output):
-                captured[k] = _hidden_of(output)
+        def prefix(ids: torch.Tensor) -> torch.Tensor:
+            hidden, state["kwargs"] = self.prefix(ids, source)
+            return hidden.float()
 
-            return hook
+        def middle(h: torch.Tensor) -> torch.Tensor:
+            return self.run_layers(h, source + 1, target + 1, state["kwargs"]).float()
 
-        def grab_kwargs(k: int):
-            def pre(module, args, kwargs):
-                layer_kwargs[k] = {key: v for key, v in kwargs.items() if key != "hidden_states"}
+        def suffix(h: torch.Tensor) -> torch.Tensor:
+            return self.head(self.run_layers(h, target + 1, self.n_layers, state["kwargs"]))
 
-            return pre
-
-        def register() -> list:
-            handles = [self.layers[k].register_forward_hook(grab(k)) for k in (source, target)]
-            handles += [self.layers[k].register_forward_pre_hook(grab_kwargs(k), with_kwargs=True)
-                        for k in range(target + 1, self.n_layers)]
-            return handles
-
-        with hooks(register):
-            normal = self.model(input_ids=input_ids, use_cache=False).logits.float()
-        h_source, h_target = captured[source], captured[target]
-        prediction = predict(h_source.float())
-        start = target + 1
-        logits = SubstitutionLogits(
-            normal=normal,
-            substituted=self.run_suffix(prediction, start, layer_kwargs),
-            skipped=self.run_suffix(h_source, start, layer_kwargs),
-            zero=self.run_suffix(torch.zeros_like(h_target), start, layer_kwargs),
-        )
-        return logits, h_source.float(), h_target.float()
+        return LayerSplit(prefix=prefix, middle=middle, suffix=suffix)
 
 
 def pack_tokens(token_ids: torch.Tensor, seq_len: int, bos_id: int | None = None) -> torch.Tensor:

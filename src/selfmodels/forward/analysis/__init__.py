@@ -1,0 +1,14 @@
+"""Analyses of a forward self-model against the layer(s) it predicts: pure functions over tensors.
+
+- :mod:`.decomposition`: a layer's update split into per-head contributions and the MLP output, and how
+  the forward model's residual lines up with each component.
+- :mod:`.attention`: attention-pattern similarity (per example and batch-averaged), attention entropy.
+- :mod:`.gauge`: raw Q/K/V weight cosines and gauge-invariant comparisons (QK / OV circuits, principal
+  angles of subspaces).
+- :mod:`.cka`: linear CKA between representations.
+- :mod:`.residual`: the residual's PCA ranks, both effective ranks, per-category effect sizes, correlations.
+- :mod:`.plots`: one matplotlib figure per analysis (Agg backend, PNG files).
+
+They work for any main model: our GPT (pass its attention patterns / weights) and Hugging Face models
+(tensors collected with :class:`selfmodels.nets.hf_adapter.HFAdapter`).
+"""
