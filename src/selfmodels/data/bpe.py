@@ -1,0 +1,137 @@
+"""Tokenizers for the LM corpora: our own byte-level BPE, or a pretrained one by name.
+
+The BPE is GPT-2 style: text is split into pre-tokens by the GPT-2 regex over UTF-8 bytes mapped to
+printable characters (``ByteLevel``), so every string encodes without an unknown token and
+``decode(encode(text)) == text``. Merges are learned with the ``tokenizers`` BPE trainer; the vocabulary
+is the 256 bytes, the special token ``<|endoftext|>`` (id 0), and ``vocab_size - 257`` merges.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm.auto import tqdm
+
+from selfmodels.artifacts import write_text
+from selfmodels.errors import UserError, require
+
+SPECIAL_TOKENS = ["<|endoftext|>"]
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+CHUNK_CHARS = 100_000  # encode_batch works on chunks this long: big enough to amortise, small enough to parallelise
+
+
+def chunk_text(text: str, chunk_chars: int) -> list[str]:
+    """Cut ``text`` into pieces of about ``chunk_chars`` whose concatenation is ``text``.
+
+    Cuts are made only just before a non-space character that follows a newline. With the GPT-2
+    pre-tokenizer no pre-token spans such a point (a newline never joins the letter after it, and the
+    whitespace run before it is already whole), so encoding the chunks one by one gives exactly the
+    tokens of encoding the whole text. A text with no such point for ``4 * chunk_chars`` characters is
+    left uncut there.
+    """
+    chunks, start = [], 0
+    while len(text) - start > chunk_chars:
+        cut, limit = start + chunk_chars, start + 4 * chunk_chars
+        while cut < min(limit, len(text)) and not (text[cut - 1] == "\n" and not text[cut].isspace()):
+            cut += 1
+        if cut >= min(limit, len(text)):  # no safe point nearby: keep going to the next one, however far
+            nl = text.find("\n", limit)
+            while nl != -1 and nl + 1 < len(text) and text[nl + 1].isspace():
+                nl = text.find("\n", nl + 1)
+            if nl == -1 or nl + 1 >= len(text):
+                break
+            cut = nl + 1
+        chunks.append(text[start:cut])
+        start = cut
+    chunks.append(text[start:])
+    return chunks
+
+
+def train_bpe(text: str, vocab_size: int = 4096, *, min_frequency: int = 2) -> Tokenizer:
+    """Train a byte-level BPE with ``vocab_size`` ids on ``text`` (deterministic for a given text).
+
+    ``min_frequency``: a pair must occur this often to be merged, so a small text may give fewer ids.
+    """
+    require(vocab_size >= MIN_VOCAB, f"vocab_size must be at least {MIN_VOCAB} (256 bytes + special tokens), got {vocab_size}")
+    require(text.strip() != "", "cannot train a tokenizer on empty text")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tokenizer.train_from_iterator(chunk_text(text, CHUNK_CHARS), trainer=trainer)
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:
+    """Write the tokenizer as JSON (``tokenizers`` format), atomically."""
+    write_text(path, tokenizer.to_str(pretty=False))
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Read a tokenizer saved by :func:`save_tokenizer`; missing or corrupt -> :class:`UserError`."""
+    path = Path(path)
+    require(path.is_file(), f"tokenizer file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+        json.loads(text)  # a clearer error than the Rust parser's for truncated files
+        return Tokenizer.from_str(text)
+    except Exception as exc:  # noqa: BLE001 - json and the Rust parser raise different types
+        raise UserError(f"tokenizer file {path} is corrupt ({type(exc).__name__}: {exc}): delete it and train it again") from None
+
+
+def pretrained_tokenizer(name: str, **kwargs):
+    """``transformers.AutoTokenizer.from_pretrained(name)``: a hub name (needs internet or the local hub
+    cache) or a local directory; extra keyword arguments (e.g. ``gguf_file``) are passed on."""
+    from transformers import AutoTokenizer  # slow import, only needed here
+
+    try:
+        return AutoTokenizer.from_pretrained(name, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the download boundary: network, missing repo, bad files
+        hint = ("HF_HUB_OFFLINE is set and it is not in the local cache: go online or give a local directory"
+                if _offline() else "check the name, or give a local directory holding tokenizer files")
+        raise UserError(f"could not load tokenizer {name!r} ({type(exc).__name__}: {exc}): {hint}") from None
+
+
+def _offline() -> bool:
+    from selfmodels.data.hub import hub_offline
+
+    return hub_offline()
+
+
+def _encode_chunks(tokenizer, chunks: list[str]) -> list[list[int]]:
+    if isinstance(tokenizer, Tokenizer):
+        return [enc.ids for enc in tokenizer.encode_batch(chunks, add_special_tokens=False)]
+    return tokenizer(chunks, add_special_tokens=False)["input_ids"]  # a transformers tokenizer
+
+
+def encode_corpus(tokenizer, corpus, *, progress: bool = True) -> torch.Tensor:
+    """The whole corpus as one 1-D int64 token stream (``corpus`` is a ``Corpus`` or a string).
+
+    The text is encoded in chunks (see :func:`chunk_text`) with ``encode_batch``; for our byte-level
+    BPE the result equals encoding the text in one piece. No special tokens are added.
+    """
+    text = corpus if isinstance(corpus, str) else corpus.text
+    require(text != "", "cannot encode an empty corpus")
+    chunks = chunk_text(text, CHUNK_CHARS)
+    ids: list[np.ndarray] = []
+    batch = 16
+    for i in tqdm(range(0, len(chunks), batch), desc="encode", unit="batch", disable=not progress or len(chunks) <= batch):
+        ids.extend(np.asarray(seq, dtype=np.int64) for seq in _encode_chunks(tokenizer, chunks[i : i + batch]))
+    return torch.from_numpy(np.concatenate(ids))  # (T,)
+
+
+def split_stream(tokens: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a token stream by position: the first ``1 - val_fraction`` for training, the rest for
+    validation (``n_val = round(val_fraction * T)``; both parts non-empty)."""
+    require(tokens.dim() == 1, f"split_stream wants a 1-D token stream, got shape {tuple(tokens.shape)}")
+    require(0.0 < val_fraction < 1.0, f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
+    n_val = int(round(val_fraction * len(tokens)))
+    require(0 < n_val < len(tokens), f"cannot hold out {val_fraction:g} of {len(tokens)} tokens: one part would be empty")
+    return tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
