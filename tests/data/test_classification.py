@@ -56,6 +56,15 @@ def test_val_is_test_reproduces_the_paper():
     assert torch.equal(data.val.tensors[0], data.test.tensors[0])
 
 
+def test_describe_is_json_for_config(tmp_path):
+    from selfmodels.artifacts import read_json, write_json
+
+    data = load_classification("mnist", source="offline", seed=3)
+    write_json(tmp_path / "data.json", data.describe())
+    record = read_json(tmp_path / "data.json")
+    assert record["source"] == data.source and record["split"]["seed"] == 3 and record["input_shape"] == [1, 28, 28]
+
+
 def test_stratified_split_rounding_and_order():
     labels = np.array([0] * 7 + [1] * 3)
     kept, held = stratified_split(labels, 0.3, seed=0)

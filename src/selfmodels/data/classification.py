@@ -37,6 +37,11 @@ class ClassificationData:
     split: dict
     vocab: list[str] | None = None  # text only: the word of each id (id 0 "<pad>", id 1 "<unk>")
 
+    def describe(self) -> dict:
+        """What a run records in ``config.json`` and shows in its report: task, source, split, shapes."""
+        return {"task": self.task, "source": self.source, "split": self.split, "num_classes": self.num_classes,
+                "input_shape": list(self.input_shape), "vocab_size": self.vocab_size}
+
 
 @dataclass(frozen=True)
 class Prepared:
