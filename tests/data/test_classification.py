@@ -173,6 +173,14 @@ def test_cifar_conversion_from_hub_format():
     assert np.array_equal(x, arrays.transpose(0, 3, 1, 2)) and y.tolist() == [i % 10 for i in range(20)]
 
 
+def test_grey_hub_images_get_a_channel_axis():
+    arrays = np.random.default_rng(1).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    dataset = Dataset.from_dict({"image": [PILImage.fromarray(a, mode="L") for a in arrays], "label": [3] * 5},
+                                features=Features({"image": Image(), "label": ClassLabel(num_classes=10)}))
+    x, y = images.hf_images_to_arrays(dataset, "image")
+    assert x.shape == (5, 1, 28, 28) and np.array_equal(x[:, 0], arrays) and y.tolist() == [3] * 5
+
+
 def test_cifar_hub_path_with_in_memory_dataset(monkeypatch):
     splits, arrays = cifar_fixture()
     seen = []

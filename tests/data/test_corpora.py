@@ -126,6 +126,29 @@ def test_local_text_file_and_bad_corpora(tmp_path):
         load_corpus("kjv", max_chars=0)
 
 
+def test_fineweb_streams_whole_documents_up_to_max_chars(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    calls = []
+
+    def fake_stream(repo, **kwargs):
+        calls.append((repo, kwargs))
+        return ({"text": f"document {i} " + "x" * 20} for i in range(1000))
+
+    monkeypatch.setattr(corpora, "load_hub_dataset", fake_stream)
+    corpus = load_corpus("fineweb-edu", max_chars=100)
+    assert calls == [("HuggingFaceFW/fineweb-edu", {"name": "sample-10BT", "split": "train", "streaming": True})]
+    assert corpus.text.startswith("document 0 ") and len(corpus.text) == 100 and corpus.source.startswith("hub:")
+
+    def broken_stream(repo, **kwargs):
+        yield {"text": "one document"}
+        raise ConnectionError("network went away")
+
+    monkeypatch.setattr(corpora, "load_hub_dataset", broken_stream)
+    with pytest.raises(UserError, match="streaming HuggingFaceFW/fineweb-edu failed after 14 characters"):
+        load_corpus("fineweb-edu", max_chars=100)
+
+
 # ------------------------------------------------------------------------------------------------- BPE
 def test_bpe_round_trip_size_and_determinism():
     tok = small_bpe()
