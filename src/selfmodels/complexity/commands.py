@@ -1,7 +1,136 @@
-"""Subcommands of the ``complexity`` area (filled in by that area's work)."""
+"""Subcommands of the complexity area.
+
+- ``selfmodels llc RUN_DIR [LLC flags]``: the LLC of a trained run's classifier (classifier only, mean
+  cross-entropy on its training set); writes ``RUN_DIR/llc.json`` and ``RUN_DIR/llc_trace.png``.
+- ``selfmodels llc calibrate RUN_DIR --epsilons ... --gammas ... [--nbetas ...]``: the same estimate
+  over a grid of SGLD settings; writes ``RUN_DIR/llc_calibration/`` (table, grid plot, records).
+
+Unless given on the command line, the SGLD settings are the ones stored with the run, else the
+paper's for the run's task (with the run's batch size).
+"""
+
+from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from selfmodels.configs import add_arguments, from_args, from_dict
+from selfmodels.errors import UserError, require
+
+CALIBRATE = "calibrate"
+
+
+def _base_config(run: dict):
+    """The LLC settings a run was meant to use: its own, else the paper's for its task."""
+    from selfmodels.complexity.llc import LLCConfig, paper_llc_config
+
+    if run.get("llc"):
+        return from_dict(LLCConfig, run["llc"])
+    task = run.get("data", {}).get("task", "mnist")
+    task = "mnist" if task == "fashion-mnist" else task
+    batch = int(run.get("optim", {}).get("batch_size", 512))
+    try:
+        return paper_llc_config(task, batch)
+    except UserError:
+        return LLCConfig(batch_size=batch)
+
+
+def _paper_reference(run: dict) -> dict:
+    """The paper's RLCT for this run's condition, where it published one."""
+    try:
+        from selfmodels.selfmodeling.reference import PAPER, paper_value
+    except ImportError:  # the self-modeling area is optional for this command
+        return {}
+    value = paper_value("rlct", run.get("data", {}).get("task", ""), run.get("model", {}).get("hidden", -1),
+                        run.get("method", ""), run.get("strength", 0.0))
+    return {"paper_llc": value, "paper_source": PAPER} if value is not None else {}
+
+
+def _load(run_dir: str, args: argparse.Namespace):
+    from selfmodels.complexity.llc import LLCConfig
+    from selfmodels.runtime import resolve_device, set_threads
+    from selfmodels.selfmodeling.runs import load_trained_classifier
+
+    require(Path(run_dir).is_dir(), f"run directory {run_dir} does not exist: give a finished run's directory")
+    set_threads(args.threads)
+    model, data, run = load_trained_classifier(run_dir)
+    config = from_args(LLCConfig, args, base=_base_config(run))
+    config.validate()
+    return model, data, run, config, resolve_device(args.device)
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from selfmodels.artifacts import write_json
+    from selfmodels.complexity.llc import cross_entropy, estimate_llc
+    from selfmodels.complexity.llc_plots import plot_trace
+
+    require(args.second is None, f"unexpected argument {args.second!r}: use `selfmodels llc RUN_DIR` or "
+            f"`selfmodels llc calibrate RUN_DIR`")
+    for name in ("epsilons", "gammas", "nbetas", "out"):
+        require(getattr(args, name) is None, f"--{name} belongs to `selfmodels llc calibrate RUN_DIR`; "
+                f"for one estimate use --epsilon/--gamma/--nbeta")
+    run_dir = Path(args.target)
+    model, data, run, config, device = _load(args.target, args)
+    result = estimate_llc(model, data.train, cross_entropy, config, device=device, progress=not args.quiet)
+    record = {
+        **result.summary(),
+        "llc_lambda_regular_d_over_2": result.diagnostics["lambda_d_over_2"],
+        "llc_diagnostics": result.diagnostics,
+        "llc_loss_traces": result.loss_traces.tolist(),
+        "loss": "mean cross-entropy of the classifier-only model on its training set",
+        "run": {k: run.get(k) for k in ("method", "strength", "seed")} | {"task": data.task},
+        **_paper_reference(run),
+    }
+    write_json(run_dir / "llc.json", record)
+    plot_trace(result, run_dir / "llc_trace.png", title=f"LLC of {run_dir.name}")
+    shown = "null (flagged)" if record["llc_mean"] is None or record["llc_mean"] != record["llc_mean"] else \
+        f"{result.mean:.3f} ± {result.std:.3f} (chain std)"
+    print(f"LLC {shown}; L(w*) = {result.init_loss:.4g}; flags: {', '.join(result.flags) or 'none'}; "
+          f"wrote {run_dir / 'llc.json'} and {run_dir / 'llc_trace.png'}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from selfmodels.complexity.calibrate import calibrate, parse_values
+    from selfmodels.complexity.llc import cross_entropy
+
+    require(args.second is not None, "usage: selfmodels llc calibrate RUN_DIR --epsilons ... --gammas ...")
+    epsilons, gammas = parse_values(args.epsilons, "epsilons"), parse_values(args.gammas, "gammas")
+    require(epsilons and gammas, "llc calibrate needs --epsilons and --gammas (e.g. --epsilons 1e-5 1e-4 --gammas 10 100)")
+    nbetas = parse_values(args.nbetas, "nbetas") if args.nbetas else [None]
+    model, data, run, config, device = _load(args.second, args)
+    out = Path(args.out) if args.out else Path(args.second) / "llc_calibration"
+    cells = calibrate(model, data.train, cross_entropy, config, epsilons, gammas, nbetas, out, device=device,
+                      progress=not args.quiet)
+    print(f"{len(cells)} settings; wrote {out / 'calibration.md'} and {out / 'calibration.png'}")
+    return 0
+
+
+def _llc(args: argparse.Namespace) -> int:
+    return _calibrate(args) if args.target == CALIBRATE else _estimate(args)
 
 
 def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParsersAction) -> None:
-    """Add this area's subcommands to ``selfmodels`` and its experiments to ``selfmodels reproduce``."""
+    """Add ``llc`` (and its ``calibrate`` form) to ``selfmodels``."""
+    from selfmodels.complexity.llc import LLCConfig
+
+    parser = commands.add_parser(
+        "llc", help="estimate a trained run's local learning coefficient (or: llc calibrate RUN_DIR)",
+        description="selfmodels llc RUN_DIR: LLC of the run's classifier (CE on its training data), written to "
+                    "RUN_DIR/llc.json and RUN_DIR/llc_trace.png. selfmodels llc calibrate RUN_DIR --epsilons ... "
+                    "--gammas ... [--nbetas ...]: sweep SGLD settings, written to RUN_DIR/llc_calibration/. "
+                    "Flags not given default to the run's stored LLC settings, else the paper's for its task.",
+    )
+    parser.add_argument("target", metavar="RUN_DIR|calibrate", help="a finished run directory, or the word calibrate")
+    parser.add_argument("second", metavar="RUN_DIR", nargs="?", default=None, help="(calibrate) the run directory")
+    add_arguments(parser, LLCConfig)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    group = parser.add_argument_group("calibrate")
+    group.add_argument("--epsilons", nargs="+", help="(calibrate) step sizes to try")
+    group.add_argument("--gammas", nargs="+", help="(calibrate) localization strengths to try")
+    group.add_argument("--nbetas", nargs="+", help="(calibrate) inverse temperatures to try (default: the config's)")
+    group.add_argument("--out", default=None, help="(calibrate) output directory (default: RUN_DIR/llc_calibration)")
+    parser.set_defaults(func=_llc)
+

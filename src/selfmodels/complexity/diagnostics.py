@@ -5,9 +5,10 @@ burn-in and the parameter count d. With ``lam[c, t] = nbeta * (trace[c, t] - ini
 the draws after burn-in, the rules (documented in docs/llc.md) are:
 
 - ``nonfinite_chain_<c>``: chain c produced a non-finite loss. It is left out of the estimate.
-- ``diverged_chain_<c>``: chain c's kept mean ``lam`` exceeds d/2, the learning coefficient of a
-  regular model with d parameters and an upper bound on any true LLC: the chain left the basin of w*
-  (step size too large or localization too weak). It is left out of the estimate.
+- ``diverged_chain_<c>``: chain c's kept mean ``lam`` exceeds d, twice the learning coefficient d/2
+  of a regular model with d parameters (an upper bound on any true LLC; twice, so that a regular
+  model's chains, which scatter around d/2, are not caught): the chain left the basin of w* (step
+  size too large or localization too weak). It is left out of the estimate.
 - ``no_valid_chains``: every chain was left out; the estimate is null.
 - ``not_at_minimum``: more than half of the kept draws (over the valid chains) have a loss below
   L(w*), or the estimate is negative. w* is then not a local minimum (e.g. a collapsed training run)
@@ -59,7 +60,7 @@ def diagnose(traces: torch.Tensor, init_loss: float, nbeta: float, burn_in: int,
     for c in range(chains):
         if not bool(finite[c]):
             flags.append(f"nonfinite_chain_{c}")
-        elif float(per_chain[c]) > num_params / 2:
+        elif float(per_chain[c]) > num_params:
             flags.append(f"diverged_chain_{c}")
         else:
             valid.append(c)

@@ -245,8 +245,12 @@ def _sample(model, stream, loss_fn, config: LLCConfig, nbeta: float, progress: b
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of a classifier's logits (the loss of :func:`classifier_llc`)."""
-    return F.cross_entropy(logits, targets)
+    """Mean cross-entropy ``-mean_i log softmax(logits_i)[y_i]`` (the loss of :func:`classifier_llc`).
+
+    Written with log_softmax + gather rather than ``F.cross_entropy``: under ``vmap`` the latter goes
+    through a decomposition whose first use costs seconds of imports; the numbers are the same.
+    """
+    return -F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).mean()
 
 
 def classifier_llc(model: nn.Module, dataset: Any, config: LLCConfig, device: str | torch.device = "cpu",
