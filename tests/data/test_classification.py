@@ -49,6 +49,16 @@ def test_mnist_splits_disjoint_and_seeded():
     assert not (train & val) and not (train & test) and not (val & test)
 
 
+def test_mnist_labels_match_images():
+    """A nearest-class-mean classifier scores far above chance (10 %) only if labels belong to their images."""
+    data = load_classification("mnist", source="offline")
+    x, y = (t.flatten(1) if t.dim() > 1 else t for t in data.train.tensors)
+    means = torch.stack([x[y == k].mean(0) for k in range(10)])  # (10, 784)
+    test_x, test_y = data.test.tensors
+    predicted = torch.cdist(test_x.flatten(1), means).argmin(1)
+    assert (predicted == test_y).float().mean() > 0.75
+
+
 def test_val_is_test_reproduces_the_paper():
     data = load_classification("mnist", source="offline", val_is_test=True)
     assert data.split["val_is_test"] is True and data.split["val_fraction"] is None
@@ -206,6 +216,10 @@ def test_imdb_offline_rotten_tomatoes():
     # a row is words then padding: no 0 before a non-zero id
     nonzero = (x != 0).long()
     assert torch.all(nonzero[:, 1:] <= nonzero[:, :-1])
+    # labels belong to their texts: "dull" is mostly rotten (0), "fun" mostly fresh (1)
+    for word, more_in in (("dull", 0), ("fun", 1)):
+        has = (x == data.vocab.index(word)).any(1)
+        assert (has & (y == more_in)).sum() > 2 * (has & (y != more_in)).sum()
 
 
 def test_imdb_vocab_from_train_only_via_hub_format(monkeypatch):
