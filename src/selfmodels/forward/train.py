@@ -106,7 +106,8 @@ def on_the_fly_batches(
         starts = torch.randint(0, tokens.numel() - seq_len, (batch_size,), generator=generator)
         ids = tokens[starts[:, None] + torch.arange(seq_len)]  # (B, T)
         with torch.no_grad():
-            yield collect(ids if device is None else ids.to(device))
+            pair = collect(ids if device is None else ids.to(device))
+        yield pair  # outside no_grad: grad mode is global, and the consumer trains while we are suspended
 
 
 def gpt_pair_collector(gpt, source: int, target: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:

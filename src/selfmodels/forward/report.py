@@ -1,0 +1,123 @@
+"""``report.md`` for a forward-self-models run: our numbers beside the paper's, with plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selfmodels.artifacts import atomic_path, read_jsonl, write_text
+from selfmodels.report.markdown import fmt, table
+
+
+def _plot(path: Path, draw) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = draw(plt)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path.name
+
+
+def _sweep_plot(rows, x_key, x_label, paper_rows, paper_x, title, logx):
+    def draw(plt):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+        xs = [r[x_key] for r in rows]
+        axes[0].plot(xs, [r["cosine"] for r in rows], "o-", label="ours")
+        axes[0].plot(xs, [r["identity_cosine"] for r in rows], "s:", color="grey", label="skip baseline (ours)")
+        if paper_rows:
+            axes[0].plot([p[paper_x] for p in paper_rows], [p["cosine"] for p in paper_rows], "x--", label="paper")
+        axes[0].set(xlabel=x_label, ylabel="cosine", title=f"{title}: cosine")
+        axes[1].plot(xs, [r["recovery"] for r in rows], "o-", label="ours")
+        if paper_rows and "recovery" in paper_rows[0]:
+            axes[1].plot([p[paper_x] for p in paper_rows], [p["recovery"] for p in paper_rows], "x--", label="paper")
+        axes[1].set(xlabel=x_label, ylabel="recovery", title=f"{title}: recovery")
+        for ax in axes:
+            if logx:
+                ax.set_xscale("log")
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+        return fig
+
+    return draw
+
+
+def _curve_plot(records):
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+        if train:
+            ax.plot(*zip(*train), label="train loss")
+        if val:
+            ax.plot(*zip(*val), "o-", label="validation loss")
+        ax.set(xlabel="step", ylabel="cross-entropy (nats)", title="main GPT")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        return fig
+
+    return draw
+
+
+def write_report(out: Path, r: dict) -> None:
+    out = Path(out)
+    p, s, ps = r["paper"], r["substitution"], r["paper"]["substitution"]
+    mm, fm = r["main_model"], r["forward_model"]
+    lines = [
+        "# Forward self-models on our GPT\n",
+        f"Main model: GPT {mm['n_layer']} layers x {mm['n_head']} heads x d={mm['d_model']}, context {mm['block_size']}, "
+        f"vocabulary {mm['vocab_size']}, {mm['params']:,} parameters, {mm['tokens_seen']:,} training tokens; "
+        f"**validation loss {fmt(mm['val_loss'])} nats**. Data: {r['data']['source']} ({r['data']['tokens']:,} tokens, last 10% held out).",
+        f"Paper: {p['source']}.\n",
+        f"Forward model: {r['pair']['source']} -> {r['pair']['target']}, {r['pair']['training']}, {fm['params']:,} parameters "
+        f"({100 * fm['share_of_main']:.1f}% of the main model). Evaluated on {r['data']['eval_tokens']:,} held-out tokens.\n",
+        "## Prediction\n",
+        table(["metric", "ours", "paper"], [
+            ["cosine", r["cosine"], p["cosine"]],
+            ["skip baseline cosine (source vs target)", r["identity_cosine"], None],
+            ["delta cosine (predicted vs true update)", r["delta_cosine"], None],
+            ["delta R² (update energy explained)", r["delta_r2"], None],
+            ["MSE", r["mse"], p["mse"]],
+            ["per-position MLP baseline cosine", r["baseline_mlp"]["cosine"], p["baseline_mlp_cosine"]],
+            ["per-position MLP baseline delta R²", r["baseline_mlp"]["delta_r2"], None],
+            ["per-position MLP baseline recovery", r["baseline_mlp"]["recovery"], None],
+        ], digits=4),
+        "\nThe skip baseline says how much cosine copying the source already earns; delta cosine and delta R² "
+        "measure only the layer's update. The paper reported neither.\n",
+        "## Causal substitution\n",
+        table(["mode", "accuracy (ours)", "accuracy (paper)", "KL vs normal (ours)", "KL (paper)", "CE (ours)"], [
+            ["normal", s["accuracy_normal"], ps["accuracy_normal"], "-", "-", s["ce_normal"]],
+            ["substituted (forward model)", s["accuracy_substituted"], ps["accuracy_substituted"], s["kl_substituted"], ps["kl_substituted"], s["ce_substituted"]],
+            ["skipped (paper: ablated)", s["accuracy_skipped"], ps["accuracy_skipped"], s["kl_skipped"], ps["kl_skipped"], s["ce_skipped"]],
+            ["zero-ablated", s["accuracy_zero"], None, s["kl_zero"], None, s["ce_zero"]],
+        ]),
+        f"\n**Recovery = 1 - mean KL_sub / mean KL_skip = {fmt(s['recovery'])}** (paper {fmt(ps['recovery'], 2)}); "
+        f"against zero-ablation: {fmt(s['recovery_vs_zero'])}.\n",
+        "### By category (KL in nats)\n",
+        table(["category", "tokens", "KL sub", "KL skip", "recovery"],
+              [[name, c["tokens"], c["kl_substituted"], c["kl_skipped"], c["recovery"]] for name, c in r["categories"].items()]),
+        f"\nPaper (toy): KL_sub {p['categories_kl_substituted']}. Category definitions: docs/forward-self-models.md.\n",
+    ]
+    cap_rows = [[c["name"], c["params"], f"{100 * c['share_of_main']:.1f}%", c["cosine"], c["identity_cosine"], c["delta_r2"], c["recovery"],
+                 next((q["cosine"] for q in p["capacity_sweep"] if q["name"] == c["name"]), None)] for c in r["capacity_sweep"]]
+    lines += ["## Capacity sweep (frozen, post_block0 -> post_block3)\n",
+              table(["config", "params", "% of main", "cosine", "skip cosine", "delta R²", "recovery", "paper cosine"], cap_rows)]
+    cap_png = _plot(out / "capacity_sweep.png", _sweep_plot(r["capacity_sweep"], "params", "forward-model parameters", p["capacity_sweep"], "params", "capacity", True))
+    lines += [f"\n![capacity sweep]({cap_png})\n"]
+    gap_rows = []
+    for g in r["layer_gap_sweep"]:
+        q = next((q for q in p["layer_gap_sweep"] if q["gap"] == g["gap"]), {})
+        gap_rows.append([g["gap"], g["params"], g["cosine"], q.get("cosine"), g["kl_substituted"], g["kl_skipped"], g["recovery"], q.get("recovery")])
+    lines += ["## Layer-gap sweep (frozen, from post_block0)\n",
+              table(["gap", "params", "cosine", "paper cosine", "KL sub", "KL skip", "recovery", "paper recovery"], gap_rows),
+              f"\n{p['layer_gap_note']}.\n"]
+    gap_png = _plot(out / "layer_gap_sweep.png", _sweep_plot(r["layer_gap_sweep"], "gap", "layers predicted", p["layer_gap_sweep"], "gap", "layer gap", False))
+    lines += [f"![layer-gap sweep]({gap_png})\n"]
+    records = read_jsonl(out / "metrics.jsonl")
+    if records:
+        lines += ["## Main-model training\n", f"![training curve]({_plot(out / 'training.png', _curve_plot(records))})\n"]
+    lines += ["## Definitions\n"] + [f"- `{k}`: {v}" for k, v in r["definitions"].items()]
+    lines += [f"\nWall time: {r['seconds']:.0f} s. Seed {r['seed']}.\n"]
+    write_text(out / "report.md", "\n".join(lines))
