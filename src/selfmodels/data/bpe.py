@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 
 from selfmodels.artifacts import write_text
+from selfmodels.data.hub import hub_offline
 from selfmodels.errors import UserError, require
 
 SPECIAL_TOKENS = ["<|endoftext|>"]
@@ -96,14 +97,8 @@ def pretrained_tokenizer(name: str, **kwargs):
         return AutoTokenizer.from_pretrained(name, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the download boundary: network, missing repo, bad files
         hint = ("HF_HUB_OFFLINE is set and it is not in the local cache: go online or give a local directory"
-                if _offline() else "check the name, or give a local directory holding tokenizer files")
+                if hub_offline() else "check the name, or give a local directory holding tokenizer files")
         raise UserError(f"could not load tokenizer {name!r} ({type(exc).__name__}: {exc}): {hint}") from None
-
-
-def _offline() -> bool:
-    from selfmodels.data.hub import hub_offline
-
-    return hub_offline()
 
 
 def _encode_chunks(tokenizer, chunks: list[str]) -> list[list[int]]:
