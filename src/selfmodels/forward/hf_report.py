@@ -39,7 +39,7 @@ def write_report(out: Path, r: dict) -> None:
         "",
         f"Main model: {m['source']} ({m['params']:,} parameters, {m['n_layers']} layers, d={m['d_model']}, "
         f"{m['n_heads']} query heads in {m['n_kv_heads']} KV groups, d_head={m['d_head']}, MLP {m['mlp_hidden']}), "
-        f"{m['dtype']}; held-out cross-entropy {fmt(m['val_ce'])} nats/token. Data: {r['data']['corpus']}; "
+        f"{m['dtype']}; held-out cross-entropy {fmt(m['val_loss'])} nats/token. Data: {r['data']['corpus']}; "
         f"{r['data']['train_tokens']:,} training tokens in chunks of {r['data']['seq_len']} "
         f"({'with' if r['data']['bos'] else 'no'} BOS); {r['data']['split']}.",
         "",

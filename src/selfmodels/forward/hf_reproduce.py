@@ -225,7 +225,7 @@ def run(main: str, out: Path, quick: bool, device: str, threads: int | None,
 
     results = {
         "main_model": {**adapter.describe(), "source": lm.source, "dtype": str(dtype).replace("torch.", ""),
-                       "val_ce": sub_fwd["ce_normal"]},
+                       "val_loss": sub_fwd["ce_normal"], "val_loss_tokens": sub_fwd["tokens"]},
         "layers": {"source": s, "target": t, "convention": "residual after decoder layer k (hidden_states[k+1])"},
         "data": {"corpus": corpus.source, "train_tokens": int(train_x.numel()), "val_tokens": int(settings.val_sequences * settings.seq_len),
                  "substitution_tokens": int(n_sub * settings.seq_len), "analysis_tokens": int(settings.analysis_sequences * settings.seq_len),
