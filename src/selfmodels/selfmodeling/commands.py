@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 from selfmodels.configs import add_arguments, from_args
@@ -74,7 +75,8 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     )
     rep.add_argument("--out", required=True, help="output directory")
     rep.add_argument("--quick", action="store_true", help="CPU-sized version on the offline MNIST subset")
-    rep.add_argument("--workers", type=int, default=1, help="runs trained in parallel (processes; 2 on a 2-core machine)")
+    rep.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                     help="runs trained in parallel, one thread each (default: 2, or 1 on a 1-core machine)")
     rep.add_argument("--llc", choices=LLC_CHOICES, default="none", help="estimate each run's LLC (paper: the paper's SGLD settings)")
     rep.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -120,12 +120,10 @@ def expand(grid: GridConfig) -> list[RunConfig]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(data_config: dict, threads: int) -> None:
-    """Each worker process loads the data once."""
-    from selfmodels.selfmodeling.runs import DataConfig
-
+def _init_worker(data, threads: int) -> None:
+    """Each worker process receives the data once (tensors travel through shared memory)."""
     set_threads(threads)
-    _WORKER["data"] = load_data(DataConfig(**data_config))
+    _WORKER["data"] = data
 
 
 def _run_in_worker(config: dict, run_dir: str, device: str) -> dict:
@@ -154,7 +152,7 @@ def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=N
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-        init = (dataclasses.asdict(runs[0].data), grid.threads)
+        init = (data, grid.threads)
         with ProcessPoolExecutor(grid.workers, mp_context=context, initializer=_init_worker, initargs=init) as pool:
             futures = [pool.submit(_run_in_worker, run_config_to_dict(c), str(out / "runs" / c.name), str(device)) for c in runs]
             for future in futures:

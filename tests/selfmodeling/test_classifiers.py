@@ -1,0 +1,53 @@
+"""The three classifiers and the CIFAR augmentation."""
+
+import pytest
+import torch
+
+from selfmodels.errors import UserError
+from selfmodels.nets.classifiers import ClassifierConfig, ResNet18Trunk, build_classifier
+from selfmodels.selfmodeling.augment import random_affine_flip
+
+
+def test_mlp_and_bag_shapes_and_names():
+    mlp = build_classifier(ClassifierConfig("mlp", 64), num_classes=10, input_shape=(1, 28, 28))
+    assert mlp(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert (mlp.hidden.in_features, mlp.head.in_features) == (784, 64)
+    bag = build_classifier(ClassifierConfig("bag", 128), num_classes=2, input_shape=(12,), vocab_size=50)
+    assert bag(torch.randint(0, 50, (4, 12))).shape == (4, 2)
+    assert "hidden_act" in dict(bag.named_modules())
+
+
+def test_bag_of_embeddings_leaves_padding_out_of_the_mean():
+    bag = build_classifier(ClassifierConfig("bag", 8, embed_dim=4), num_classes=2, input_shape=(5,), vocab_size=10)
+    tokens = torch.tensor([[3, 7, 0, 0, 0]])
+    expected = bag.embed.weight[[3, 7]].mean(0, keepdim=True)
+    torch.testing.assert_close(bag.embed(tokens), expected)
+
+
+def test_resnet18_trunk_has_the_papers_shapes():
+    trunk = ResNet18Trunk(3)
+    assert trunk(torch.randn(2, 3, 32, 32)).shape == (2, 512, 4, 4)  # 8,192 self-modeled units
+    params = sum(p.numel() for p in trunk.parameters())
+    assert 11_000_000 < params < 11_300_000  # ResNet-18's ~11.2M trunk parameters
+    with pytest.raises(UserError, match="image input"):
+        build_classifier(ClassifierConfig("resnet18", 20), num_classes=10, input_shape=(12,))
+
+
+def test_bad_classifier_configs_are_user_errors():
+    with pytest.raises(UserError, match="unknown architecture"):
+        build_classifier(ClassifierConfig("vit", 8), num_classes=2, input_shape=(4,))
+    with pytest.raises(UserError, match="positive"):
+        build_classifier(ClassifierConfig("mlp", 0), num_classes=2, input_shape=(4,))
+    with pytest.raises(UserError, match="vocabulary"):
+        build_classifier(ClassifierConfig("bag", 8), num_classes=2, input_shape=(4,))
+
+
+def test_augmentation_is_seeded_and_reduces_to_identity_or_flip_without_rotation_or_shift():
+    images = torch.randn(6, 3, 8, 8)
+    a = random_affine_flip(images, torch.Generator().manual_seed(0))
+    b = random_affine_flip(images, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == images.shape
+    plain = random_affine_flip(images, torch.Generator().manual_seed(1), degrees=0.0, translate=0.0)
+    for out, img in zip(plain, images):
+        same, flipped = torch.allclose(out, img, atol=1e-5), torch.allclose(out, img.flip(-1), atol=1e-5)
+        assert same or flipped
