@@ -78,3 +78,17 @@ def test_reproduction_bad_input(tmp_path):
         run(str(model_dir), tmp_path / "bad", True, "cpu", 1, settings=_settings(corpus, source=3, target=4))
     with pytest.raises(UserError, match="sequences"):
         run(str(model_dir), tmp_path / "bad2", True, "cpu", 1, settings=_settings(corpus, train_sequences=10_000))
+
+
+def test_tokenizing_in_pieces_cut_at_paragraphs_changes_no_token(tmp_path):
+    from transformers import AutoTokenizer
+
+    from selfmodels.forward.hf_collect import split_stream, tokenize
+
+    model_dir, _ = _model_dir(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    text = "\n\n".join(TEXT[i:i + 150] for i in range(0, 3000, 150))
+    whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenize(tokenizer, text, piece_chars=400).tolist() == whole
+    train, val = split_stream(torch.arange(100), 0.1)
+    assert train.tolist() == list(range(90)) and val.tolist() == list(range(90, 100))
