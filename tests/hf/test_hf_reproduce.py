@@ -92,3 +92,18 @@ def test_tokenizing_in_pieces_cut_at_paragraphs_changes_no_token(tmp_path):
     assert tokenize(tokenizer, text, piece_chars=400).tolist() == whole
     train, val = split_stream(torch.arange(100), 0.1)
     assert train.tolist() == list(range(90)) and val.tolist() == list(range(90, 100))
+
+
+def test_cli_refuses_an_unsupported_architecture(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from selfmodels.cli import main
+
+    directory = tmp_path / "gpt2-tiny"
+    GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=16)).save_pretrained(directory)
+    out = tmp_path / "out"
+    status = main(["reproduce", "forward-self-models", "--main", str(directory), "--quick", "--out", str(out)])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "not supported" in err and "llama" in err and "Traceback" not in err
+    assert not out.exists(), "nothing is written for refused input"
