@@ -98,3 +98,22 @@ def test_cifar_offline_is_a_clear_user_error(tmp_path, capsys, monkeypatch):
     argv = ["regularize", "--out", str(tmp_path), "--quiet", "--task", "cifar10", "--source", "offline", "--seeds", "0", "--epochs", "1"]
     status, err = _main(argv, capsys)
     assert status == 2 and "cifar10 needs internet" in err
+
+
+def test_llc_is_estimated_per_run_summarised_and_can_be_added_to_a_finished_grid(tiny_data, tmp_path, monkeypatch):
+    from selfmodels.complexity.llc import LLCConfig
+
+    small = dict(SMALL, methods=["baseline", "self-model"], strengths=[1.0])
+    results = run_and_report(GridConfig(**small), tmp_path, progress=False, data=tiny_data)
+    assert "llc_mean" not in results["runs"][0]
+    # Ask for the LLC afterwards: no run is trained again, only the LLC is estimated.
+    monkeypatch.setattr(runs_module, "train_objective", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(grid_module, "llc_config", lambda grid, batch: LLCConfig(chains=2, draws=20, batch_size=32, epsilon=1e-4, gamma=100.0))
+    results = run_and_report(GridConfig(**dict(small, llc="paper")), tmp_path, progress=False, data=tiny_data)
+    for run in results["runs"]:
+        assert {"llc_mean", "llc_std", "llc_flags", "llc_loss_at_wstar"} <= set(run)
+        assert run["llc_loss_at_wstar"] > 0 and isinstance(run["llc_flags"], list)
+    for row in results["summary"]:
+        assert {"llc_mean", "llc_ci95", "llc_n", "llc_flags"} <= set(row)
+    report = (tmp_path / "report.md").read_text()
+    assert "LLC not computed" not in report and "LLC flags" in report and (tmp_path / "llc_vs_strength.png").exists()

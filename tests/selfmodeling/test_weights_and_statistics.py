@@ -64,7 +64,7 @@ def test_welch_difference_matches_scipy():
 
 def test_direction_needs_the_whole_interval_on_one_side():
     assert direction(-2, -1) == "falls" and direction(1, 2) == "rises" and direction(-1, 1) == "no clear trend"
-    assert direction(float("nan"), float("nan")) == "no clear trend"
+    assert direction(float("nan"), float("nan")) == "not estimable"
 
 
 def _record(method, strength, seed, acc, sd):
@@ -75,7 +75,8 @@ def _record(method, strength, seed, acc, sd):
 def test_summary_and_trends_on_hand_made_records():
     records = [_record("baseline", 0.0, s, 0.9, 0.30 + 0.01 * s) for s in range(3)]
     records += [_record("self-model", 10.0, s, 0.9, 0.20 + 0.01 * s) for s in range(3)]
-    records += [_record("self-model", 50.0, s, 0.11, 0.10 + 0.01 * s) for s in range(3)]
+    records += [_record("self-model", 20.0, s, 0.9, 0.15 + 0.01 * s) for s in range(3)]
+    records += [_record("self-model", 50.0, s, 0.11, 0.90 + 0.01 * s) for s in range(3)]
     summary = summarize(records)
     base = summary[0]
     assert (base["method"], base["n"]) == ("baseline", 3)
@@ -84,6 +85,7 @@ def test_summary_and_trends_on_hand_made_records():
     assert base["paper_weight_sd"] is None  # the paper has no H = 8
     assert "llc_mean" not in base
     sd_trend = next(t for t in trends(records) if t["measure"] == "weight_sd")
+    # The collapsed strength (SD 0.9) is left out of the slope: 0.30 -> 0.20 -> 0.15 falls.
     assert sd_trend["direction"] == "falls" and sd_trend["n"] == 9
     assert sd_trend["differences"][0]["difference"] == pytest.approx(-0.10)
     assert sd_trend["collapsed"] == [50.0]  # 0.11 is nearer chance (0.1) than the baseline's 0.9

@@ -18,7 +18,7 @@ from selfmodels.selfmodeling import presets
 from selfmodels.selfmodeling.grid import LLC_CHOICES, GridConfig, run_and_report
 
 
-def quick_grid(workers: int = 1, llc: str = "none") -> GridConfig:
+def quick_grid(workers: int = 1, llc: str = "paper") -> GridConfig:
     """The quick reproduction's grid: MNIST offline, H 64 and 128, every method at w 1, 10, 50, 3 seeds."""
     return GridConfig(
         task=presets.QUICK_TASK, source="offline", hidden=list(presets.QUICK_HIDDEN), strengths=list(presets.QUICK_STRENGTHS),
@@ -31,7 +31,7 @@ QUICK_NOTE = (
     "Quick CPU reproduction: the offline 5,000-image MNIST subset (3,600 train / 400 validation / 1,000 test) "
     "instead of the full 60,000/10,000, and {epochs} epochs (8 steps each) instead of the paper's 50 epochs of "
     "118 steps. Expect lower accuracy and larger weight SDs than the paper's; compare the direction of the "
-    "effects, not their size."
+    "effects, not their size. LLCs (when computed) use {draws} SGLD draws per chain instead of the paper's 1,000."
 )
 
 
@@ -45,7 +45,7 @@ def _regularize(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     if args.quick:
         grid = quick_grid(args.workers, args.llc)
-        extra = {"note": QUICK_NOTE.format(epochs=presets.QUICK_EPOCHS), "mode": "quick"}
+        extra = {"note": QUICK_NOTE.format(epochs=presets.QUICK_EPOCHS, draws=presets.QUICK_LLC_DRAWS), "mode": "quick"}
     else:
         grid = GridConfig(task="mnist", workers=args.workers, llc=args.llc)
         extra = {"mode": "full (the paper's MNIST grid)"}
@@ -77,7 +77,9 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     rep.add_argument("--quick", action="store_true", help="CPU-sized version on the offline MNIST subset")
     rep.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                      help="runs trained in parallel, one thread each (default: 2, or 1 on a 1-core machine)")
-    rep.add_argument("--llc", choices=LLC_CHOICES, default="none", help="estimate each run's LLC (paper: the paper's SGLD settings)")
+    rep.add_argument("--llc", choices=LLC_CHOICES, default="paper",
+                     help="estimate each run's LLC with the paper's SGLD settings (--quick: "
+                     f"{presets.QUICK_LLC_DRAWS} draws per chain), or none (default: paper)")
     rep.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
     rep.set_defaults(func=_reproduce)

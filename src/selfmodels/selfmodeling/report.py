@@ -16,23 +16,62 @@ def _ci(low: float | None, high: float | None, digits: int) -> str:
     return f"[{fmt(low, digits)}, {fmt(high, digits)}]"
 
 
-def finding(trend: dict) -> str:
-    """One sentence: does the measure fall as strength rises, with slope and the largest-strength effect."""
-    digits = 4 if trend["measure"] == "weight_sd" else 3
-    measure = NAMES[trend["measure"]]
-    verb = {"falls": "falls", "rises": "rises", "no clear trend": "shows no clear linear trend"}[trend["direction"]]
-    text = (f"**{trend['method']}, H = {trend['hidden']}**: {measure} {verb} as the strength rises "
-            f"(slope {fmt(trend['slope'], 5)} per unit strength, 95% CI {_ci(trend['ci95_low'], trend['ci95_high'], 5)}, "
-            f"n = {trend['n']} runs)")
-    parts = []
-    for d in trend["differences"]:
-        parts.append(f"w = {d['strength']:g}: {fmt(d['difference'], digits)} {_ci(d['ci95_low'], d['ci95_high'], digits)}")
+def _effect(trend: dict, digits: int) -> str:
+    """'falls (slope ..., 95% CI [...])' for one measure of one method and hidden size."""
+    verb = {"falls": "falls", "rises": "rises", "no clear trend": "shows no clear linear trend",
+            "not estimable": "has no estimable trend"}[trend["direction"]]
+    text = f"{NAMES[trend['measure']]} {verb}"
+    if trend["direction"] != "not estimable":
+        text += f" (slope {fmt(trend['slope'], 5)} per unit w, 95% CI {_ci(trend['ci95_low'], trend['ci95_high'], 5)})"
+    parts = [f"w = {d['strength']:g}: {'+' if (d['difference'] or 0) > 0 else ''}{fmt(d['difference'], digits)} "
+             f"{_ci(d['ci95_low'], d['ci95_high'], digits)}" for d in trend["differences"]]
     if parts:
-        text += "; difference from baseline (Welch 95% CI) " + ", ".join(parts)
-    if trend["collapsed"] and trend["measure"] != "test_accuracy":
-        text += (f". Training collapsed (accuracy nearer chance than baseline) at w = "
-                 f"{', '.join(f'{s:g}' for s in trend['collapsed'])}: those values describe a failed fit, not a simpler model")
-    return text + "."
+        text += "; vs baseline " + ", ".join(parts)
+    return text
+
+
+def finding(trends_of_condition: list[dict]) -> str:
+    """One bullet for a method and hidden size: what weight SD, accuracy (and LLC) do as w rises."""
+    first = trends_of_condition[0]
+    collapsed = first["collapsed"]
+    fitted = "as w rises" + (" (collapsed strengths left out of the slope)" if collapsed else "")
+    text = f"**{first['method']}, H = {first['hidden']}**, {fitted}: "
+    by_measure = {t["measure"]: t for t in trends_of_condition}
+    pieces = [_effect(by_measure[m], 4 if m == "weight_sd" else 3) for m in ("weight_sd", "test_accuracy", "llc_mean") if m in by_measure]
+    text += "; ".join(pieces) + "."
+    if collapsed:
+        text += (f" Training collapsed (mean accuracy nearer chance than the baseline's) at w = "
+                 f"{', '.join(f'{s:g}' for s in collapsed)}: there a low weight SD or LLC reflects a failed fit, not a simpler model.")
+    return text
+
+
+def answer(trends: list[dict]) -> list[str]:
+    """The two questions of the issue, answered from the numbers: does weight SD fall as the auxiliary
+    weight rises, and what does the activation-regularisation control do at the same strengths?"""
+    lines = []
+    for method, question in (("self-model", "Does weight SD fall as the auxiliary weight rises?"),
+                             ("activation-l2", "What does activation regularisation do at the same strengths?"),
+                             ("weight-decay", "And weight decay at the same strengths?")):
+        rows = [t for t in trends if t["method"] == method and t["measure"] == "weight_sd"]
+        if not rows:
+            continue
+        said = []
+        for t in sorted(rows, key=lambda t: t["hidden"]):
+            ok = [d for d in t["differences"] if d["strength"] not in t["collapsed"]]
+            lower = [f"{d['strength']:g}" for d in ok if d["ci95_high"] is not None and d["ci95_high"] < 0]
+            higher = [f"{d['strength']:g}" for d in ok if d["ci95_low"] is not None and d["ci95_low"] > 0]
+            phrase = {"falls": "falls with w (slope CI below 0)", "rises": "rises with w (slope CI above 0)",
+                      "no clear trend": "no clear linear trend", "not estimable": "no trend estimable"}[t["direction"]]
+            bits = [phrase]
+            if lower:
+                bits.append(f"below baseline at w = {', '.join(lower)}")
+            if higher:
+                bits.append(f"above baseline at w = {', '.join(higher)}")
+            if t["collapsed"]:
+                bits.append(f"collapsed at w = {', '.join(f'{s:g}' for s in t['collapsed'])}")
+            said.append(f"H = {t['hidden']}: " + ", ".join(bits))
+        lines.append(f"- *{question}* Weight SD, {method}: " + "; ".join(said) + " (95% CIs in the findings below).")
+    return lines
 
 
 def _condition_rows(summary: list[dict], hidden: int, has_llc: bool) -> tuple[list[str], list[list]]:
@@ -87,11 +126,13 @@ def render(results: dict, images: dict[str, str | None]) -> str:
     ]
     if not has_llc:
         lines += ["**LLC not computed** (run with `--llc paper` to estimate each run's local learning coefficient).", ""]
-    lines += ["## Findings", ""]
-    for measure in ("weight_sd", "test_accuracy", "llc_mean"):
-        for t in (t for t in trends if t["measure"] == measure):
-            lines.append("- " + finding(t))
-    lines.append("")
+    lines += ["## Answers", ""] + answer(trends) + ["", "## Findings", ""]
+    order = {m: i for i, m in enumerate(("self-model", "activation-l2", "weight-decay"))}
+    keys = sorted({(t["hidden"], t["method"]) for t in trends}, key=lambda k: (k[0], order.get(k[1], 9)))
+    for hidden, method in keys:
+        lines.append("- " + finding([t for t in trends if t["hidden"] == hidden and t["method"] == method]))
+    lines += ["", "Differences are mean(condition) − mean(baseline) with Welch 95% CIs; slopes are OLS over runs "
+              "with t-based 95% CIs (definitions in docs/self-modeling.md).", ""]
     for hidden in hiddens:
         headers, rows = _condition_rows(summary, hidden, has_llc)
         lines += [f"## H = {hidden}", "", table(headers, rows)]

@@ -111,29 +111,58 @@ def build_model(config: RunConfig, data) -> nn.Module:
     return build_classifier(config.model, num_classes=data.num_classes, input_shape=data.input_shape, vocab_size=data.vocab_size)
 
 
+def _training_fields(run: dict) -> dict:
+    """A run's identity for resuming: everything but the LLC settings (the LLC is estimated after
+    training, so it can be added to or redone on a finished run)."""
+    return {k: v for k, v in run.items() if k != "llc"}
+
+
 def _check_same_config(run_dir: Path, wanted: dict) -> None:
     """Refuse to continue a run directory that holds a different run (nothing is overwritten)."""
     path = run_dir / "config.json"
     if not path.exists():
         return
-    stored = read_json(path).get("run")
-    if stored != json.loads(json.dumps(wanted)):
-        diffs = sorted(k for k in set(wanted) | set(stored or {}) if (stored or {}).get(k) != wanted.get(k))
+    stored = _training_fields(read_json(path).get("run") or {})
+    wanted = _training_fields(json.loads(json.dumps(wanted)))
+    if stored != wanted:
+        diffs = sorted(k for k in set(wanted) | set(stored) if stored.get(k) != wanted.get(k))
         raise UserError(
             f"{run_dir} already holds a different run (differs in: {', '.join(diffs) or 'format'}); "
             "choose another --out directory or delete that run directory"
         )
 
 
+def _add_llc(record: dict, classifier: nn.Module, data, config: RunConfig, device) -> dict:
+    """Estimate the pruned classifier's LLC on the training set; its keys go into the record."""
+    from selfmodels.complexity.llc import classifier_llc
+
+    llc = classifier_llc(classifier, data.train, config.llc, device)
+    record = {k: v for k, v in record.items() if not k.startswith("llc_")}
+    record.update({key: value for key, value in llc.items() if key not in ("llc_config", "llc_trace_windows")})
+    record["llc_settings"] = to_dict(config.llc)
+    return record
+
+
 def run_one(config: RunConfig, data, run_dir: str | Path, *, device: str | torch.device = "cpu", progress: bool = True,
             stop_after: int | None = None) -> dict | None:
-    """Train (or resume, or skip) one run; returns its record, or None when ``stop_after`` cut it short."""
+    """Train (or resume, or skip) one run; returns its record, or None when ``stop_after`` cut it short.
+
+    A finished run is not trained again; if LLC settings are given that its record lacks (or that
+    differ), only the LLC is estimated and the record updated.
+    """
     config.validate()
     run_dir = Path(run_dir)
     wanted = run_config_to_dict(config)
     _check_same_config(run_dir, wanted)
+    device = torch.device(device)
     if (run_dir / RESULT).exists():
-        return read_json(run_dir / RESULT)
+        record = read_json(run_dir / RESULT)
+        if config.llc is not None and record.get("llc_settings") != json.loads(json.dumps(to_dict(config.llc))):
+            classifier = build_model(config, data)
+            classifier.load_state_dict(load_tensors(run_dir / CLASSIFIER))
+            write_json(run_dir / RESULT, _add_llc(record, classifier.to(device), data, config, device))
+            record = read_json(run_dir / RESULT)
+        return record
     kind = "offline" if str(data.source).startswith("offline") else "hub"
     write_config(run_dir, {"run": wanted, "data_source": data.source, "data_source_kind": kind, "split": data.split})
 
@@ -172,13 +201,11 @@ def run_one(config: RunConfig, data, run_dir: str | Path, *, device: str | torch
         "run_dir": run_dir.name,
     }
     if config.llc is not None:
-        from selfmodels.complexity.llc import classifier_llc
-
-        llc = classifier_llc(classifier, data.train, config.llc, device)
-        record.update({key: value for key, value in llc.items() if key not in ("llc_config", "llc_trace_windows")})
+        record = _add_llc(record, classifier, data, config, device)
+    # result.json marks the run finished; the checkpoint is no longer needed once it is written.
     write_json(run_dir / RESULT, record)
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the final weights are saved above
-    return record
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    return read_json(run_dir / RESULT)  # as stored: non-finite values (a flagged LLC) become null
 
 
 def load_trained_classifier(run_dir: str | Path) -> tuple[nn.Module, Any, dict]:

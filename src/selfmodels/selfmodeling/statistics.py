@@ -3,9 +3,11 @@
 For each task, hidden size and non-baseline method, and for each measure (weight SD, test accuracy,
 LLC when present), using the baseline runs as strength 0:
 
-- ``slope``: the ordinary least-squares slope of the measure on the strength over all runs (one point
-  per run), with its 95% CI ``slope +- t_{0.975, n-2} * SE(slope)``. ``direction`` is ``falls`` when
-  the whole CI is below 0, ``rises`` when it is above, ``no clear trend`` otherwise.
+- ``slope``: the ordinary least-squares slope of the measure on the strength over the runs (one point
+  per run) of the baseline and of the strengths where training did not collapse (see below; a
+  collapsed fit would otherwise dominate the slope), with its 95% CI ``slope +- t_{0.975, n-2} * SE``.
+  ``direction`` is ``falls`` when the whole CI is below 0, ``rises`` when it is above, ``no clear
+  trend`` otherwise, and ``not estimable`` with fewer than 3 runs or a single strength left.
 - ``differences``: per strength, ``mean(condition) - mean(baseline)`` with Welch's 95% CI (unequal
   variances, Welch-Satterthwaite degrees of freedom).
 - ``collapsed``: the strengths whose mean test accuracy is closer to chance (1/C) than to the
@@ -57,7 +59,9 @@ def welch_difference(a: Sequence[float], b: Sequence[float]) -> dict:
 
 
 def direction(low: float, high: float) -> str:
-    """``falls`` / ``rises`` when the CI excludes zero, else ``no clear trend``."""
+    """``falls`` / ``rises`` when the CI excludes zero, else ``no clear trend`` (``not estimable`` if NaN)."""
+    if math.isnan(low) and math.isnan(high):
+        return "not estimable"
     if math.isfinite(high) and high < 0:
         return "falls"
     if math.isfinite(low) and low > 0:
@@ -88,7 +92,8 @@ def trends(records: list[dict]) -> list[dict]:
         for measure in TREND_MEASURES:
             if not any(r.get(measure) is not None for r in rows + base):
                 continue
-            points = [(r["strength"], r.get(measure)) for r in base + rows if r.get(measure) is not None]
+            kept = base + [r for r in rows if r["strength"] not in collapsed]
+            points = [(r["strength"], r.get(measure)) for r in kept if r.get(measure) is not None]
             fit = linear_trend([p[0] for p in points], [p[1] for p in points])
             diffs = []
             for s in strengths:
