@@ -97,14 +97,14 @@ class SGLDChains:
             losses, grads = self._losses_and_grads_sequential(x, targets)
         eps = self.epsilon
         with torch.no_grad():
-            if self.gamma != 0.0:  # w - (eps/2) gamma (w - w*) = (1 - eps gamma/2) w + (eps gamma/2) w*
-                torch._foreach_mul_(self.params, 1.0 - eps * self.gamma / 2)
-                torch._foreach_add_(self.params, self.w_star, alpha=eps * self.gamma / 2)
+            if self.gamma != 0.0:  # w - (eps/2) gamma (w - w*) = lerp(w, w*, eps gamma / 2): one pass
+                torch._foreach_lerp_(self.params, self.w_star, eps * self.gamma / 2)
             torch._foreach_add_(self.params, grads, alpha=-eps * self.nbeta / 2)
-            if self.noise_scale != 0.0:
+            if self.noise_scale != 0.0:  # sqrt(eps) * noise_scale * xi, the scale applied while drawing
+                std = math.sqrt(eps) * self.noise_scale
                 for c, generator in enumerate(self.generators):
-                    torch.randn(self.numel, generator=generator, out=self.noise[c])
-                torch._foreach_add_(self.params, self.noise_views, alpha=math.sqrt(eps) * self.noise_scale)
+                    self.noise[c].normal_(0.0, std, generator=generator)
+                torch._foreach_add_(self.params, self.noise_views)
         return losses
 
     def parameters_of_chain(self, c: int) -> dict[str, torch.Tensor]:
