@@ -93,6 +93,8 @@ def write_report(out: Path, r: dict) -> None:
             ["skipped (paper: ablated)", s["accuracy_skipped"], ps["accuracy_skipped"], s["kl_skipped"], ps["kl_skipped"], s["ce_skipped"]],
             ["zero-ablated", s["accuracy_zero"], None, s["kl_zero"], None, s["ce_zero"]],
         ]),
+        (f"\n> Skipping the predicted layer costs only {fmt(s['kl_skipped'])} nats (< 0.3): the main model barely uses it, "
+         "so recovery says little here. Train the main model longer or pick another layer pair.\n" if s["kl_skipped"] < 0.3 else ""),
         f"\n**Recovery = 1 - mean KL_sub / mean KL_skip = {fmt(s['recovery'])}** (paper {fmt(ps['recovery'], 2)}); "
         f"against zero-ablation: {fmt(s['recovery_vs_zero'])}.\n",
         "### By category (KL in nats)\n",
@@ -102,7 +104,8 @@ def write_report(out: Path, r: dict) -> None:
     ]
     cap_rows = [[c["name"], c["params"], f"{100 * c['share_of_main']:.1f}%", c["cosine"], c["identity_cosine"], c["delta_r2"], c["recovery"],
                  next((q["cosine"] for q in p["capacity_sweep"] if q["name"] == c["name"]), None)] for c in r["capacity_sweep"]]
-    lines += ["## Capacity sweep (frozen, post_block0 -> post_block3)\n",
+    c0 = r["capacity_sweep"][0]
+    lines += [f"## Capacity sweep (frozen, {c0['source']} -> {c0['target']}; paper: post_block0 -> post_block3)\n",
               table(["config", "params", "% of main", "cosine", "skip cosine", "delta R²", "recovery", "paper cosine"], cap_rows)]
     cap_png = _plot(out / "capacity_sweep.png", _sweep_plot(r["capacity_sweep"], "params", "forward-model parameters", p["capacity_sweep"], "params", "capacity", True))
     lines += [f"\n![capacity sweep]({cap_png})\n"]
@@ -110,7 +113,7 @@ def write_report(out: Path, r: dict) -> None:
     for g in r["layer_gap_sweep"]:
         q = next((q for q in p["layer_gap_sweep"] if q["gap"] == g["gap"]), {})
         gap_rows.append([g["gap"], g["params"], g["cosine"], q.get("cosine"), g["kl_substituted"], g["kl_skipped"], g["recovery"], q.get("recovery")])
-    lines += ["## Layer-gap sweep (frozen, from post_block0)\n",
+    lines += [f"## Layer-gap sweep (frozen, from {r['layer_gap_sweep'][0]['source']}; paper: from post_block0)\n",
               table(["gap", "params", "cosine", "paper cosine", "KL sub", "KL skip", "recovery", "paper recovery"], gap_rows),
               f"\n{p['layer_gap_note']}.\n"]
     gap_png = _plot(out / "layer_gap_sweep.png", _sweep_plot(r["layer_gap_sweep"], "gap", "layers predicted", p["layer_gap_sweep"], "gap", "layer gap", False))

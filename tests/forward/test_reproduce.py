@@ -1,0 +1,51 @@
+"""The reproduction end to end at toy size: results.json has the issue's keys, report.md is written."""
+
+import dataclasses
+import json
+
+import pytest
+
+from selfmodels.forward import experiment
+from selfmodels.forward.lm import LMTrainConfig
+from selfmodels.forward.pipeline import DataConfig
+from selfmodels.forward.train import ForwardTrainConfig
+from selfmodels.nets.gpt import GPTConfig
+
+TEXT = " ".join(f"The {w} sat on the mat (number {i}); the {w} was glad, and it said: 'again!'" for i in range(200) for w in ("cat", "dog"))
+
+
+def test_reproduction_writes_every_result_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFMODELS_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    cfg = dataclasses.replace(
+        experiment.quick(),
+        data=DataConfig(corpus=str(corpus), vocab_size=300),
+        gpt=GPTConfig(vocab_size=300, block_size=16, n_layer=4, n_head=2, d_model=16),
+        lm=LMTrainConfig(steps=12, batch_size=4, eval_every=6, eval_batches=1),
+        forward=ForwardTrainConfig(steps=3, batch_size=2),
+        cache_sequences=6, eval_sequences=4, eval_batch=2, cache_dtype="float32",
+    )
+    out = tmp_path / "out"
+    first = experiment.run(cfg, out, "cpu", progress=False)
+    r = json.loads((out / "results.json").read_text())
+    for key in ("cosine", "mse", "identity_cosine", "delta_cosine", "delta_r2"):
+        assert isinstance(r[key], float)
+    assert r["main_model"]["params"] > 0 and r["forward_model"]["params"] > 0 and r["main_model"]["val_loss"] > 0
+    assert {"accuracy_normal", "accuracy_substituted", "accuracy_skipped", "kl_substituted", "kl_skipped", "recovery"} <= set(r["substitution"])
+    assert isinstance(r["baseline_mlp"]["cosine"], float)
+    assert [c["name"] for c in r["capacity_sweep"]] == ["1%", "3%", "10%", "22%"]
+    assert [g["gap"] for g in r["layer_gap_sweep"]] == [1, 2, 3]
+    for row in r["capacity_sweep"] + r["layer_gap_sweep"]:
+        assert {"params", "cosine", "recovery"} <= set(row)
+    report = (out / "report.md").read_text()
+    assert "paper" in report and "capacity_sweep.png" in report and (out / "layer_gap_sweep.png").is_file()
+    # A second run reuses the cached main model (and its co-trained forward model) bit for bit.
+    import torch
+
+    gpt, fwd, *_, lm_result = experiment._main_model(cfg, torch.device("cpu"), progress=False)
+    assert lm_result["reused_from_cache"] and lm_result["val_loss"] == first["main_model"]["val_loss"]
+    from selfmodels.artifacts import load_tensors
+
+    saved = load_tensors(out / "main.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in gpt.state_dict().items())
