@@ -117,3 +117,10 @@ def test_llc_is_estimated_per_run_summarised_and_can_be_added_to_a_finished_grid
         assert {"llc_mean", "llc_ci95", "llc_n", "llc_flags"} <= set(row)
     report = (tmp_path / "report.md").read_text()
     assert "LLC not computed" not in report and "LLC flags" in report and (tmp_path / "llc_vs_strength.png").exists()
+
+
+def test_parallel_workers_give_the_same_runs_as_one_process(tiny_data, tmp_path):
+    small = dict(SMALL, methods=["baseline", "self-model"], seeds=[0], epochs=1)
+    serial = run_grid(GridConfig(**small), tmp_path / "serial", progress=False, data=tiny_data)
+    parallel = run_grid(GridConfig(**small, workers=2), tmp_path / "parallel", progress=False, data=tiny_data)
+    assert parallel == serial

@@ -141,6 +141,12 @@ def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=N
     device = resolve_device(grid.device)
     if data is None:
         data = load_data(runs[0].data)
+    # Fail fast on a bad target name, before any run starts (the message lists the module names).
+    from selfmodels.selfmodeling.runs import build_model
+    from selfmodels.selfmodeling.targets import resolve_modules
+
+    for config in {c.model.hidden: c for c in runs}.values():
+        resolve_modules(build_model(config, data), config.targets)
     records: list[dict] = []
     bar = tqdm(total=len(runs), desc="runs", disable=not progress, unit="run")
     if grid.workers == 1 or device.type != "cpu":
@@ -153,11 +159,18 @@ def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=N
 
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
         init = (data, grid.threads)
-        with ProcessPoolExecutor(grid.workers, mp_context=context, initializer=_init_worker, initargs=init) as pool:
+        pool = ProcessPoolExecutor(grid.workers, mp_context=context, initializer=_init_worker, initargs=init)
+        try:
             futures = [pool.submit(_run_in_worker, run_config_to_dict(c), str(out / "runs" / c.name), str(device)) for c in runs]
             for future in futures:
                 records.append(future.result())
                 bar.update()
+        except BaseException:
+            # Interrupted or failed: drop the queued runs instead of waiting for them (finished runs
+            # and the last checkpoints are on disk; the same command resumes).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     bar.close()
     return records
 
