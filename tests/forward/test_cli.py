@@ -97,3 +97,17 @@ def test_cache_from_another_model_is_refused(cached_run, tmp_path, capsys):
 def test_eval_of_a_missing_run_exits_2(tmp_path, capsys):
     assert main(["forward", "eval", str(tmp_path / "nothing"), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_forward_weights_of_another_width_are_refused(cached_run, tmp_path, capsys):
+    import shutil
+
+    from selfmodels.artifacts import save_tensors
+    from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+
+    run = tmp_path / "copy"
+    shutil.copytree(cached_run, run, ignore=shutil.ignore_patterns("cache"))
+    save_tensors(run / "forward.safetensors", ForwardModel(ForwardModelConfig(d_model=8, d_head=8)).state_dict())
+    assert main(["forward", "eval", str(run), "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "forward.safetensors does not fit" in err and "Traceback" not in err

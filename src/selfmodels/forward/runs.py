@@ -64,6 +64,14 @@ class TrainRunConfig:
         require(self.eval_sequences >= 1 and self.cache_sequences >= 1, "--eval-sequences and --cache-sequences must be at least 1")
 
 
+def load_weights(module: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights into ``module``; a file of another shape is a :class:`UserError` naming it."""
+    try:
+        module.load_state_dict(load_tensors(path))
+    except RuntimeError as exc:
+        raise UserError(f"{path} does not fit this model ({str(exc).splitlines()[-1].strip()}): it belongs to another configuration") from None
+
+
 def _load_run_config(run_dir: Path) -> TrainRunConfig:
     record = read_json(Path(run_dir) / "config.json")
     require(record.get("experiment") == "forward-train", f"{run_dir} is not a `selfmodels forward train` run directory")
@@ -86,8 +94,8 @@ def train_run(cfg: TrainRunConfig, out: Path, device_name: str = "auto", progres
     if config_path.is_file():
         previous = read_json(config_path).get("config")
         require(previous == to_dict(cfg), f"{out} holds a run with other settings: use another --out or the same settings to resume it")
+    tokenizer, train, val, info, gpt_cfg = _data_and_gpt(cfg, out, device, progress)  # bad data fails before config.json
     write_config(out, {"experiment": "forward-train", "config": to_dict(cfg), "device": str(device)})
-    tokenizer, train, val, info, gpt_cfg = _data_and_gpt(cfg, out, device, progress)
     seed_everything(cfg.seed)
     gpt = GPT(gpt_cfg)
     fwd = ForwardModel(cfg.fwd)
@@ -102,7 +110,7 @@ def train_run(cfg: TrainRunConfig, out: Path, device_name: str = "auto", progres
     gpt.eval().requires_grad_(False)
     cache = None
     if cfg.mode == "cotrain":
-        fwd.load_state_dict(load_tensors(out / "forward.safetensors"))
+        load_weights(fwd, out / "forward.safetensors")
     else:
         if cfg.mode == "cache":
             cache = collect_cache(gpt, _sequences(train, gpt_cfg.block_size, cfg.cache_sequences), [cfg.source, cfg.target], out / "cache",
@@ -130,10 +138,7 @@ def eval_run(run_dir: Path, device_name: str = "auto", eval_sequences: int | Non
     tokenizer, train, val, info, gpt_cfg = _data_and_gpt(cfg, run_dir, device, progress)
     gpt = load_gpt(run_dir / "main.safetensors", gpt_cfg, device)
     fwd = ForwardModel(cfg.fwd)
-    weights = load_tensors(run_dir / "forward.safetensors")
-    require(weights["blocks.0.ln1.weight"].shape[0] == gpt_cfg.d_model if "blocks.0.ln1.weight" in weights else False,
-            f"{run_dir / 'forward.safetensors'} is not a forward model of width {gpt_cfg.d_model}")
-    fwd.load_state_dict(weights)
+    load_weights(fwd, run_dir / "forward.safetensors")
     fwd.to(device).eval()
     batches = eval_batches(val, gpt_cfg.block_size, eval_sequences or cfg.eval_sequences, cfg.eval_batch)
     categories = TokenCategories(token_strings(tokenizer), torch.bincount(train, minlength=gpt_cfg.vocab_size))
@@ -151,7 +156,7 @@ def eval_run(run_dir: Path, device_name: str = "auto", eval_sequences: int | Non
     }
     if (run_dir / "baseline_mlp.safetensors").is_file():
         base = PerPositionMLP(gpt_cfg.d_model)
-        base.load_state_dict(load_tensors(run_dir / "baseline_mlp.safetensors"))
+        load_weights(base, run_dir / "baseline_mlp.safetensors")
         b = evaluate_pair(gpt, base.to(device).eval(), batches, cfg.source, cfg.target, device)
         results["baseline_mlp"] = {"params": base.num_params(), **{k: b[k] for k in ("cosine", "mse", "identity_cosine", "delta_cosine", "delta_r2")},
                                    "recovery": b["substitution"]["recovery"]}
