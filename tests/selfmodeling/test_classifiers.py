@@ -51,3 +51,27 @@ def test_augmentation_is_seeded_and_reduces_to_identity_or_flip_without_rotation
     for out, img in zip(plain, images):
         same, flipped = torch.allclose(out, img, atol=1e-5), torch.allclose(out, img.flip(-1), atol=1e-5)
         assert same or flipped
+
+
+def test_the_cifar_and_imdb_presets_build_trainable_self_modeling_objectives():
+    """The paper's CIFAR setup (two targets, one of them 512x4x4, augmentation) and IMDB setup, one step each."""
+    from selfmodels.selfmodeling.objectives import build_objective
+    from selfmodels.selfmodeling.presets import preset
+
+    torch.manual_seed(0)
+    cifar = preset("cifar10")
+    model = build_classifier(ClassifierConfig(cifar.arch, 16), num_classes=10, input_shape=(3, 32, 32))
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    obj = build_objective("self-model", model, 1.0, targets=cifar.targets, example_input=x[:2])
+    assert obj.wrapper.target_sizes == {"trunk": 8192, "fc_act": 16}
+    assert obj.wrapper.identity_rows == {"fc_act": (8192, 8208)}
+    x = random_affine_flip(x, torch.Generator().manual_seed(0))
+    obj.loss(x, y).total.backward()
+    assert model.trunk.stem[0].weight.grad is not None
+
+    imdb = preset("imdb")
+    model = build_classifier(ClassifierConfig(imdb.arch, 8), num_classes=2, input_shape=(6,), vocab_size=30)
+    tokens = torch.randint(0, 30, (5, 6))
+    obj = build_objective("activation-l2", model, 100.0, targets=imdb.targets, example_input=tokens[:2])
+    obj.loss(tokens, torch.randint(0, 2, (5,))).total.backward()
+    assert model.embed.weight.grad is not None

@@ -120,8 +120,8 @@ def render(results: dict, images: dict[str, str | None]) -> str:
         "‖W_self − I‖_F = Frobenius distance of the square self-model block (the rows predicting the head's own "
         "input) from the identity; ± = half-width of the 95% Student-t CI over seeds. Methods: self-model "
         "`CE + w·mse(pred, a)`, activation-l2 `CE + w·mean(a²)` on the same targets, weight-decay `CE + w/2·‖θ‖²`.",
-        f"- **Paper values** ({reference.PAPER}) are for the self-model method only, trained on the full "
-        "dataset; the controls have none.",
+        f"- **Paper values** ({reference.PAPER}) are for the self-model method only, trained on the paper's "
+        "full datasets (MNIST 60k, CIFAR-10, IMDB), which may differ from the data above; the controls have none.",
         "",
     ]
     if not has_llc:
