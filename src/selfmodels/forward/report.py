@@ -72,7 +72,8 @@ def write_report(out: Path, r: dict) -> None:
         f"**validation loss {fmt(mm['val_loss'])} nats**. Data: {r['data']['source']} ({r['data']['tokens']:,} tokens, last 10% held out).",
         f"Paper: {p['source']}.\n",
         f"Forward model: {r['pair']['source']} -> {r['pair']['target']}, {r['pair']['training']}, {fm['params']:,} parameters "
-        f"({100 * fm['share_of_main']:.1f}% of the main model). Evaluated on {r['data']['eval_tokens']:,} held-out tokens.\n",
+        f"({100 * fm['share_of_main']:.1f}% of the main model). Evaluated on {r['data']['eval_tokens']:,} held-out tokens. "
+        "The paper's headline values are for post_block0 -> post_block1 of its GPT.\n",
         "## Prediction\n",
         table(["metric", "ours", "paper"], [
             ["cosine", r["cosine"], p["cosine"]],
@@ -92,14 +93,14 @@ def write_report(out: Path, r: dict) -> None:
             ["substituted (forward model)", s["accuracy_substituted"], ps["accuracy_substituted"], s["kl_substituted"], ps["kl_substituted"], s["ce_substituted"]],
             ["skipped (paper: ablated)", s["accuracy_skipped"], ps["accuracy_skipped"], s["kl_skipped"], ps["kl_skipped"], s["ce_skipped"]],
             ["zero-ablated", s["accuracy_zero"], None, s["kl_zero"], None, s["ce_zero"]],
-        ]),
+        ], digits=4),
         (f"\n> Skipping the predicted layer costs only {fmt(s['kl_skipped'])} nats (< 0.3): the main model barely uses it, "
          "so recovery says little here. Train the main model longer or pick another layer pair.\n" if s["kl_skipped"] < 0.3 else ""),
         f"\n**Recovery = 1 - mean KL_sub / mean KL_skip = {fmt(s['recovery'])}** (paper {fmt(ps['recovery'], 2)}); "
         f"against zero-ablation: {fmt(s['recovery_vs_zero'])}.\n",
         "### By category (KL in nats)\n",
         table(["category", "tokens", "KL sub", "KL skip", "recovery"],
-              [[name, c["tokens"], c["kl_substituted"], c["kl_skipped"], c["recovery"]] for name, c in r["categories"].items()]),
+              [[name, c["tokens"], c["kl_substituted"], c["kl_skipped"], c["recovery"]] for name, c in r["categories"].items()], digits=4),
         f"\nPaper (toy): KL_sub {p['categories_kl_substituted']}. Category definitions: docs/forward-self-models.md.\n",
     ]
     cap_rows = [[c["name"], c["params"], f"{100 * c['share_of_main']:.1f}%", c["cosine"], c["identity_cosine"], c["delta_r2"], c["recovery"],
@@ -114,8 +115,8 @@ def write_report(out: Path, r: dict) -> None:
         q = next((q for q in p["layer_gap_sweep"] if q["gap"] == g["gap"]), {})
         gap_rows.append([g["gap"], g["params"], g["cosine"], q.get("cosine"), g["kl_substituted"], g["kl_skipped"], g["recovery"], q.get("recovery")])
     lines += [f"## Layer-gap sweep (frozen, from {r['layer_gap_sweep'][0]['source']}; paper: from post_block0)\n",
-              table(["gap", "params", "cosine", "paper cosine", "KL sub", "KL skip", "recovery", "paper recovery"], gap_rows),
-              f"\n{p['layer_gap_note']}.\n"]
+              table(["gap", "params", "cosine", "paper cosine", "KL sub", "KL skip", "recovery", "paper recovery"], gap_rows, digits=4),
+              f"\nNote: {p['layer_gap_note']}.\n"]
     gap_png = _plot(out / "layer_gap_sweep.png", _sweep_plot(r["layer_gap_sweep"], "gap", "layers predicted", p["layer_gap_sweep"], "gap", "layer gap", False))
     lines += [f"![layer-gap sweep]({gap_png})\n"]
     records = read_jsonl(out / "metrics.jsonl")
