@@ -23,7 +23,8 @@ PAPER_LLAMA = {
 # Toy GPT numbers the paper reports for analyses it ran only there.
 PAPER_TOY = {"attention_cosine": "0.989 / 0.998 / 0.995 / 0.916 (batch-averaged)", "cka": "0.98",
              "variance_ranks": "62 / 189 / 217 of 256", "eff_rank_s2": "199.8 of 256",
-             "entropy_corr": "+0.332", "before_closer": "+0.84", "sentence_start": "-0.85"}
+             "entropy_corr": "+0.332", "before_closer": "+0.84", "sentence_start": "-0.85",
+             "after_punctuation": "-0.62", "after_opener": "+0.62", "focused_attention": "-0.61"}
 
 
 def _pct(x) -> str:
@@ -141,7 +142,8 @@ def write_report(out: Path, r: dict) -> None:
         ]),
         f"![spectrum]({'plots/' + r['plots']['spectrum']}) ![entropy]({'plots/' + r['plots']['entropy']})", "",
         "Residual norm by token category: d vs overall = (category mean - overall mean) / overall std (what the "
-        "paper calls Cohen's d); pooled d = two-group Cohen's d (category vs the rest). " + a["positions"] + ".", "",
+        "paper calls Cohen's d); pooled d = two-group Cohen's d (category vs the rest). "
+        + a["positions"][0].upper() + a["positions"][1:] + ".", "",
         table(["category", "tokens", "mean residual norm", "d vs overall", "pooled d", "paper d (toy)"],
               [[n, c["tokens"], c["mean"], c["d_vs_overall"], c["d_pooled"],
                 PAPER_TOY.get(n, "-")] for n, c in a["residual_categories"].items()]),
