@@ -51,6 +51,8 @@ def write_report(out: Path, r: dict) -> None:
         f"{base['params']:,} parameters, {base['train']['steps']} steps in {base['train']['seconds']:.0f} s "
         "(steps chosen from its measured speed to match the forward model's training time).",
         "",
+        f"![training curves]({'plots/' + r['plots']['training']})",
+        "",
         "## Prediction and causal substitution (held-out text)",
         "",
         "`cosine`: mean per-token cosine; `skip cosine`: the source itself against the target (what copying "

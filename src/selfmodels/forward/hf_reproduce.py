@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfmodels.artifacts import load_tensors, read_json, save_tensors, write_config, write_json
+from selfmodels.artifacts import load_tensors, read_json, read_jsonl, save_tensors, write_config, write_json
 from selfmodels.configs import option, to_dict
 from selfmodels.errors import UserError
 from selfmodels.runtime import resolve_device, seed_everything, set_threads
@@ -223,6 +223,11 @@ def run(main: str, out: Path, quick: bool, device: str, threads: int | None,
     analyses = _stage(out, "analyses", lambda: analyze_layer(
         adapter, forward, val_x[: settings.analysis_sequences], s, t, token_strings, out / "plots"))
 
+    from selfmodels.forward.analysis.plots import plot_curves
+
+    (out / "plots").mkdir(exist_ok=True)
+    curves = plot_curves(read_jsonl(out / "metrics.jsonl"), out / "plots" / "training.png",
+                         {"forward_model": "forward model", "baseline_mlp": "per-position MLP"})
     results = {
         "main_model": {**adapter.describe(), "source": lm.source, "dtype": str(dtype).replace("torch.", ""),
                        "val_loss": sub_fwd["ce_normal"], "val_loss_tokens": sub_fwd["tokens"]},
@@ -243,7 +248,7 @@ def run(main: str, out: Path, quick: bool, device: str, threads: int | None,
         "sweeps_note": "capacity and layer-gap sweeps are not part of the pretrained-model run",
         "decomposition": analyses["decomposition"],
         "analysis": analyses["analysis"],
-        "plots": analyses["plots"],
+        "plots": {**analyses["plots"], "training": curves},
         "seconds": {"collection": collect_seconds, "total_this_invocation": time.perf_counter() - began},
     }
     write_json(out / "results.json", results)

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from selfmodels.artifacts import atomic_path  # noqa: E402
@@ -22,17 +23,19 @@ def _save(fig, path: Path) -> str:
 
 def plot_attention_similarity(sim: dict[str, torch.Tensor], path: Path) -> str:
     """Heatmaps (forward heads x layer heads) of the per-example and batch-averaged attention cosines."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 2.2 + 0.3 * sim["per_example"].shape[0]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 2.2 + 0.3 * sim["per_example"].shape[0]), constrained_layout=True)
     for ax, key in zip(axes, ("per_example", "batch_averaged")):
         m = sim[key].numpy()
         im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_title(f"attention cosine, {key.replace('_', ' ')}")
         ax.set_xlabel("predicted layer head")
         ax.set_ylabel("forward-model head")
-        for (i, j), v in __import__("numpy").ndenumerate(m):
+        ax.set_xticks(range(m.shape[1]))
+        ax.set_yticks(range(m.shape[0]))
+        for (i, j), v in np.ndenumerate(m):
             if m.size <= 64:
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=7)
-    fig.colorbar(im, ax=axes, shrink=0.8)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="cosine")
     return _save(fig, path)
 
 
