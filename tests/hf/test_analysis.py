@@ -190,3 +190,30 @@ def test_plots_write_png_files(tmp_path):
     names.append(plots.plot_entropy_scatter(torch.rand(100), torch.rand(100), 0.1, tmp_path / "ent.png"))
     for name in names:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_head_weights_fold_the_norm_gains():
+    from selfmodels.forward.hf_analyze import forward_model_heads, layer_heads
+    from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+
+    model = tiny_llama()
+    adapter = HFAdapter(model)
+    block = adapter.layers[1]
+    with torch.no_grad():
+        block.input_layernorm.weight.uniform_(0.5, 1.5)  # a non-trivial gain to fold in
+        x = torch.randn(5, 64, generator=_gen())
+        unit = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + block.input_layernorm.variance_epsilon)
+        q_all = block.self_attn.q_proj(block.input_layernorm(x))  # (5, H*dh)
+        k_all = block.self_attn.k_proj(block.input_layernorm(x))  # (5, KV*dh)
+    heads = layer_heads(adapter, 1)
+    torch.testing.assert_close(unit @ heads[3]["q"].T, q_all[:, 48:64])
+    torch.testing.assert_close(unit @ heads[3]["k"].T, k_all[:, 16:32])  # head 3 is in KV group 1
+    fwd = ForwardModel(ForwardModelConfig(d_model=64, n_head=2, d_head=8))
+    with torch.no_grad():
+        fwd.blocks[0].ln1.weight.uniform_(0.5, 1.5)
+        fwd.blocks[0].ln1.bias.zero_()
+        normed = torch.nn.functional.layer_norm(x, (64,))
+        qkv = fwd.blocks[0].attn.qkv(fwd.blocks[0].ln1(x)) - fwd.blocks[0].attn.qkv.bias
+    fh = forward_model_heads(fwd)
+    torch.testing.assert_close(normed @ fh[1]["q"].T, qkv[:, 8:16])
+    torch.testing.assert_close(normed @ fh[1]["v"].T, qkv[:, 32 + 8:32 + 16])
