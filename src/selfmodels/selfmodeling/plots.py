@@ -34,7 +34,7 @@ def measure_vs_strength(summary: list[dict], out: Path, measure: str, label: str
     """One panel per hidden size: ``<measure>_mean`` +- ``_ci95`` against strength, a line per method;
     the baseline is drawn at strength 0 on every method's line, the paper's self-model values dashed."""
     hiddens = _hiddens(summary)
-    fig, axes = plt.subplots(1, len(hiddens), figsize=(4.6 * len(hiddens), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(hiddens), figsize=(4.6 * len(hiddens), 3.6), squeeze=False, constrained_layout=True)
     for ax, hidden in zip(axes[0], hiddens):
         rows = [r for r in summary if r["hidden"] == hidden]
         base = [r for r in rows if r["method"] == "baseline"]
@@ -80,7 +80,7 @@ def training_curves(records: list[dict], runs_dir: Path, out: Path, hidden: int)
     strength (the baseline in black in every column)."""
     methods = [m for m in METHODS[1:] if any(r["method"] == m and r["hidden"] == hidden for r in records)]
     rows = [("weight_sd", "weight SD (classification rows)"), ("test_accuracy", "test accuracy")]
-    fig, axes = plt.subplots(len(rows), max(len(methods), 1), figsize=(4.6 * max(len(methods), 1), 3.2 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), max(len(methods), 1), figsize=(4.6 * max(len(methods), 1), 3.2 * len(rows)), squeeze=False, constrained_layout=True)
     mine = [r for r in records if r["hidden"] == hidden]
     for i, (key, label) in enumerate(rows):
         curves = _curves(mine, runs_dir, key)
@@ -110,7 +110,7 @@ def identity_curves(records: list[dict], runs_dir: Path, out: Path) -> str | Non
     curves = {k: v for k, v in curves.items() if np.isfinite(v).any()}
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
     for (hidden, _, strength), curve in sorted(curves.items()):
         ax.plot(np.arange(1, len(curve) + 1), curve / np.sqrt(hidden), label=f"H = {hidden}, w = {strength:g}")
     ax.set_xlabel("epoch")
