@@ -10,8 +10,8 @@ Prints one JSON line per repetition and, last, one JSON object:
 - ``speedup``: devinterp_s / ours_s;
 - ``ours_llc`` / ``devinterp_llc`` (+ ``_std``): the estimates (all draws kept, as devinterp does with
   no burn-in steps); ``agree``: |difference| <= sqrt(std_ours² + std_devinterp²) (chain stds);
-- ``peak_fraction``: model FLOPs of our sampling per second (at ``ours_s``) / fp32 matmul throughput
-  (1024 x 1024 x 1024, median, same process and threads). Model FLOPs per SGLD step per chain =
+- ``peak_fraction``: model FLOPs of our sampling per second / fp32 matmul throughput (1024 x 1024 x
+  1024, same process and threads, measured right before each of our runs), median over repetitions. Model FLOPs per SGLD step per chain =
   forward 2B(784·256 + 256·10) + weight gradients 2B(784·256 + 256·10) + input gradient of the second
   layer 2B(256·10) (the first layer's input gradient is not needed and not computed);
 - ``threads``: torch intra-op threads.
@@ -117,13 +117,15 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    ours_t, theirs_t, ours, theirs = [], [], [], []
-    peak = matmul_gflops(device)
+    ours_t, theirs_t, ours, theirs, peaks = [], [], [], [], []
     for rep in range(args.reps):
         for who in (("ours", "devinterp") if rep % 2 == 0 else ("devinterp", "ours")):
             sync()
             t = time.perf_counter()
             if who == "ours":
+                peaks.append(matmul_gflops(device))  # measured next to each of our runs: the machine may be busy
+                sync()
+                t = time.perf_counter()
                 r = estimate_llc(model, loader, cross_entropy, config, device=device, progress=False)
                 sync()
                 ours_t.append(time.perf_counter() - t)
@@ -141,7 +143,6 @@ def main() -> None:
         print(json.dumps({"rep": rep, "ours_s": ours_t[-1], "devinterp_s": theirs_t[-1],
                           "ours_llc": ours[-1].mean, "devinterp_llc": theirs[-1]["llc/mean"],
                           "ours_path": ours[-1].diagnostics["path"]}), flush=True)
-    peak = (peak + matmul_gflops(device)) / 2  # before and after, to even out a busy machine
     ours_s, theirs_s = statistics.median(ours_t), statistics.median(theirs_t)
     o, d = ours[-1], theirs[-1]
     flops = step_flops([len(b[0]) for b in loader])
@@ -149,7 +150,8 @@ def main() -> None:
         "ours_s": ours_s, "devinterp_s": theirs_s, "speedup": theirs_s / ours_s,
         "ours_llc": o.mean, "ours_llc_std": o.std, "devinterp_llc": d["llc/mean"], "devinterp_llc_std": d["llc/std"],
         "agree": abs(o.mean - d["llc/mean"]) <= math.sqrt(o.std ** 2 + d["llc/std"] ** 2),
-        "peak_fraction": flops / ours_s / 1e9 / peak, "ours_gflops": flops / ours_s / 1e9, "matmul_gflops": peak,
+        "peak_fraction": statistics.median(flops / t / 1e9 / p for t, p in zip(ours_t, peaks)),
+        "ours_gflops": flops / ours_s / 1e9, "matmul_gflops": statistics.median(peaks),
         "threads": torch.get_num_threads(), "device": str(device), "reps": args.reps, "data": source,
         "train_loss": train_loss, "ours_flags": o.flags,
     }))

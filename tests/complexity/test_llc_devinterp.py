@@ -39,12 +39,13 @@ def test_means_agree_with_devinterp():
             for p, g in zip(model.parameters(), grads):
                 p -= 0.5 * g
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=False)
-    # 4 chains: devinterp's L(w*) is the mean over its first num_chains batches, ours over the first 4.
-    epsilon, gamma, chains, draws = 1e-3, 100.0, 4, 200
+    # devinterp's L(w*) is the mean over its first num_chains batches: use all 8 batches in both.
+    epsilon, gamma, chains, draws = 1e-3, 100.0, 8, 200
     nbeta = 64 / math.log(64)
 
     ours = estimate_llc(model, loader, cross_entropy,
-                        LLCConfig(epsilon=epsilon, gamma=gamma, chains=chains, draws=draws, burn_in=0, seed=0),
+                        LLCConfig(epsilon=epsilon, gamma=gamma, chains=chains, draws=draws, burn_in=0, seed=0,
+                                  init_loss_batches=8),
                         progress=False)
 
     def evaluate(m, batch):

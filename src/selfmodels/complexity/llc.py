@@ -35,6 +35,7 @@ from selfmodels.complexity.diagnostics import diagnose
 from selfmodels.complexity.sgld import SGLDChains
 from selfmodels.configs import option, to_dict
 from selfmodels.errors import UserError, require
+from selfmodels.runtime import resolve_device
 
 
 @dataclass
@@ -181,7 +182,7 @@ def estimate_llc(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tenso
     config.validate()
     require(_trainable_count(model) > 0, "the model has no trainable parameters: there is nothing to sample "
             "(set requires_grad=True on the parameters whose LLC you want)")
-    device = torch.device(device)
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     batches = as_batch_cycle(data, config.batch_size, seed=config.seed, shuffle=config.shuffle, device=device)
     if config.nbeta is not None:
         nbeta = float(config.nbeta)
