@@ -23,8 +23,13 @@ def _effect(trend: dict, digits: int) -> str:
     text = f"{NAMES[trend['measure']]} {verb}"
     if trend["direction"] != "not estimable":
         text += f" (slope {fmt(trend['slope'], 5)} per unit w, 95% CI {_ci(trend['ci95_low'], trend['ci95_high'], 5)})"
-    parts = [f"w = {d['strength']:g}: {'+' if (d['difference'] or 0) > 0 else ''}{fmt(d['difference'], digits)} "
-             f"{_ci(d['ci95_low'], d['ci95_high'], digits)}" for d in trend["differences"]]
+    parts = []
+    for d in trend["differences"]:
+        if d["difference"] is None or d["difference"] != d["difference"]:  # no value (e.g. every LLC flagged)
+            parts.append(f"w = {d['strength']:g}: n/a")
+            continue
+        sign = "+" if d["difference"] > 0 else ""
+        parts.append(f"w = {d['strength']:g}: {sign}{fmt(d['difference'], digits)} {_ci(d['ci95_low'], d['ci95_high'], digits)}")
     if parts:
         text += "; vs baseline " + ", ".join(parts)
     return text
@@ -45,7 +50,7 @@ def finding(trends_of_condition: list[dict]) -> str:
     return text
 
 
-def answer(trends: list[dict]) -> list[str]:
+def answer(trends: list[dict], summary: list[dict]) -> list[str]:
     """The two questions of the issue, answered from the numbers: does weight SD fall as the auxiliary
     weight rises, and what does the activation-regularisation control do at the same strengths?"""
     lines = []
@@ -71,6 +76,18 @@ def answer(trends: list[dict]) -> list[str]:
                 bits.append(f"collapsed at w = {', '.join(f'{s:g}' for s in t['collapsed'])}")
             said.append(f"H = {t['hidden']}: " + ", ".join(bits))
         lines.append(f"- *{question}* Weight SD, {method}: " + "; ".join(said) + " (95% CIs in the findings below).")
+    for method in ("self-model", "activation-l2"):
+        rows = [t for t in trends if t["method"] == method and t["measure"] == "llc_mean"]
+        said = []
+        for t in sorted(rows, key=lambda t: t["hidden"]):
+            loss = {r["strength"]: r.get("llc_loss_at_wstar_mean") for r in summary
+                    if r["hidden"] == t["hidden"] and r["method"] in ("baseline", method)}
+            kept = sorted(w for w in loss if w not in t["collapsed"])
+            trail = ", ".join(f"{fmt(loss[w], 3)} at w = {w:g}" for w in kept)
+            said.append(f"H = {t['hidden']}: LLC {t['direction']} with w; training loss at w* {trail}")
+        if said:
+            lines.append(f"- *LLC, {method}* (an LLC difference means more when the training loss it starts from "
+                         "is the same): " + "; ".join(said) + ".")
     return lines
 
 
@@ -126,7 +143,7 @@ def render(results: dict, images: dict[str, str | None]) -> str:
     ]
     if not has_llc:
         lines += ["**LLC not computed** (run with `--llc paper` to estimate each run's local learning coefficient).", ""]
-    lines += ["## Answers", ""] + answer(trends) + ["", "## Findings", ""]
+    lines += ["## Answers", ""] + answer(trends, summary) + ["", "## Findings", ""]
     order = {m: i for i, m in enumerate(("self-model", "activation-l2", "weight-decay"))}
     keys = sorted({(t["hidden"], t["method"]) for t in trends}, key=lambda k: (k[0], order.get(k[1], 9)))
     for hidden, method in keys:
