@@ -51,7 +51,7 @@ def plot_trace(result, path: str | Path, title: str = "") -> None:
 def plot_calibration(cells: Sequence[dict], traces: dict, epsilons: Sequence[float], gammas: Sequence[float],
                      nbetas: Sequence[float], path: str | Path) -> None:
     """Grid: rows ε, columns γ; each panel shows every chain's λ̂ trace, one colour per nβ."""
-    fig, axes = plt.subplots(len(epsilons), len(gammas), figsize=(3.6 * len(gammas), 2.6 * len(epsilons)),
+    fig, axes = plt.subplots(len(epsilons), len(gammas), figsize=(max(6.5, 3.6 * len(gammas)), 2.6 * len(epsilons) + 0.6),
                              squeeze=False, sharex=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     by_key = {(c["epsilon"], c["gamma"], c["nbeta"]): c for c in cells}
