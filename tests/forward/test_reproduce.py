@@ -49,3 +49,11 @@ def test_reproduction_writes_every_result_key(tmp_path, monkeypatch):
 
     saved = load_tensors(out / "main.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in gpt.state_dict().items())
+
+
+def test_full_preset_has_the_papers_sizes():
+    cfg = experiment.full()
+    cfg.validate()
+    assert (cfg.gpt.n_layer, cfg.gpt.n_head, cfg.gpt.d_model, cfg.gpt.block_size) == (4, 4, 256, 128)
+    assert (cfg.lm.steps, cfg.lm.batch_size, cfg.lm.lr, cfg.forward.steps, cfg.forward.lr) == (10_000, 64, 3e-4, 10_000, 1e-3)
+    assert (cfg.source, cfg.target, cfg.sweep_source, cfg.capacity_target) == (0, 1, 0, 3)

@@ -85,7 +85,7 @@ def quick() -> ReproduceConfig:
         data=DataConfig(vocab_size=4096),
         gpt=GPTConfig(vocab_size=4096, block_size=128, n_layer=4, n_head=4, d_model=128),
         lm=LMTrainConfig(steps=1000, batch_size=16, lr=2e-3, eval_every=250, eval_batches=4),
-        forward=ForwardTrainConfig(steps=300, batch_size=16, lr=1e-3),
+        forward=ForwardTrainConfig(steps=200, batch_size=16, lr=1e-3),
         cache_sequences=512,
         eval_sequences=64,
         eval_batch=16,
