@@ -1,25 +1,12 @@
 """Fixtures for the self-modeling tests: a tiny synthetic classification dataset shaped like MNIST's loader output."""
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-
-@dataclass
-class TinyData:
-    """The fields of ``ClassificationData`` the self-modeling code reads."""
-
-    task: str
-    source: str
-    train: TensorDataset
-    val: TensorDataset
-    test: TensorDataset
-    num_classes: int
-    input_shape: tuple
-    vocab_size: int | None
-    split: dict
+# The real container, not a test-local class: worker processes unpickle it, and a class defined in a
+# conftest cannot be found by name there when several conftest modules are loaded.
+from selfmodels.data.classification import ClassificationData as TinyData
 
 
 def make_tiny_data(n_train: int = 96, classes: int = 3, shape=(1, 4, 4), seed: int = 0) -> TinyData:
