@@ -1,4 +1,6 @@
-"""The ``selfmodels`` command. It parses arguments and calls the same functions a notebook would.
+"""selfmodels: self-modeling objectives, local learning coefficients and forward self-models.
+
+The command parses arguments and calls the same functions a notebook would.
 
 Each area registers its own subcommands in its ``commands`` module (``register(subparsers,
 reproduce)``), so this file only assembles them. A :class:`~selfmodels.errors.UserError` anywhere
