@@ -83,15 +83,13 @@ def test_reproduction_bad_input(tmp_path):
 def test_tokenizing_in_pieces_cut_at_paragraphs_changes_no_token(tmp_path):
     from transformers import AutoTokenizer
 
-    from selfmodels.forward.hf_collect import split_stream, tokenize
+    from selfmodels.forward.hf_collect import tokenize
 
     model_dir, _ = _model_dir(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     text = "\n\n".join(TEXT[i:i + 150] for i in range(0, 3000, 150))
     whole = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenize(tokenizer, text, piece_chars=400).tolist() == whole
-    train, val = split_stream(torch.arange(100), 0.1)
-    assert train.tolist() == list(range(90)) and val.tolist() == list(range(90, 100))
 
 
 def test_cli_refuses_an_unsupported_architecture(tmp_path, capsys):

@@ -97,11 +97,16 @@ def full() -> ReproduceConfig:
     return ReproduceConfig()
 
 
+DATA_FORMAT = 2  # 2: the BPE is fitted on the training part of the text only
+
+
 def _main_model(cfg: ReproduceConfig, device: torch.device, progress: bool) -> tuple:
     """Train (or resume, or reuse) the main GPT co-trained with the headline forward model."""
-    key = config_key({"data": to_dict(cfg.data), "gpt": to_dict(cfg.gpt), "lm": to_dict(cfg.lm), "seed": cfg.seed,
+    # DATA_FORMAT is part of both keys: a change in how the tokenizer is fitted must not reuse old caches.
+    data_key = {**to_dict(cfg.data), "format": DATA_FORMAT}
+    key = config_key({"data": data_key, "gpt": to_dict(cfg.gpt), "lm": to_dict(cfg.lm), "seed": cfg.seed,
                       "cotrain": [cfg.source, cfg.target, cfg.cotrain_lr, cfg.gpt.d_model]})
-    data_dir = cache_root() / "forward-data" / config_key(to_dict(cfg.data))
+    data_dir = cache_root() / "forward-data" / config_key(data_key)
     work = cache_root() / "forward-gpt" / key
     tokenizer, train, val, info = prepare_data(cfg.data, data_dir, progress)
     require(train.numel() > cfg.gpt.block_size + 1 and val.numel() > cfg.gpt.block_size + 1,

@@ -38,12 +38,6 @@ def tokenize(tokenizer, text: str, piece_chars: int = 200_000) -> torch.Tensor:
     return stream
 
 
-def split_stream(stream: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """First (1 - val_fraction) of the stream for training, the rest for validation."""
-    cut = int(stream.numel() * (1 - val_fraction))
-    return stream[:cut], stream[cut:]
-
-
 def chunks(stream: torch.Tensor, seq_len: int, n: int, bos_id: int | None, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` packed chunks of ``seq_len + 1`` tokens -> inputs x (n, seq_len) and next tokens y (n, seq_len)."""
     packed = pack_tokens(stream, seq_len + 1, bos_id)  # (N, seq_len + 1)

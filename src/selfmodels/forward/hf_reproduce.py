@@ -140,7 +140,8 @@ def run(main: str, out: Path, quick: bool, device: str, threads: int | None,
     from selfmodels.forward.baseline import PerPositionMLP
     from selfmodels.forward.categories import TokenCategories
     from selfmodels.forward.hf_analyze import analyze_layer
-    from selfmodels.forward.hf_collect import cache_activations, chunks, layer_key, split_stream, tokenize
+    from selfmodels.data.bpe import split_stream
+    from selfmodels.forward.hf_collect import cache_activations, chunks, layer_key, tokenize
     from selfmodels.forward.hf_report import write_report
     from selfmodels.forward.model import ForwardModel, ForwardModelConfig
     from selfmodels.forward.substitution import substitution_eval

@@ -70,7 +70,10 @@ def prepare_data(cfg: DataConfig, store: Path, progress: bool = True) -> tuple[o
     else:
         corpus = load_corpus(cfg.corpus, max_chars=cfg.max_chars)
         if cfg.tokenizer is None:
-            tokenizer = train_bpe(corpus.text, cfg.vocab_size)
+            # Fit the BPE on the text before the validation cut, so held-out text plays no part in it
+            # (the token stream is split by position, so its last tenth comes from the text's last tenth).
+            train_chars = int(len(corpus.text) * (1 - cfg.val_fraction))
+            tokenizer = train_bpe(corpus.text[:train_chars], cfg.vocab_size)
             save_tokenizer(tokenizer, tok_path)
             tok_id = "bpe:" + sha256_file(tok_path)
         else:
