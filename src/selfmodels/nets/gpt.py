@@ -48,21 +48,24 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)  # fused Q, K, V
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """(B, T, d) -> (B, T, d); with ``return_attention``, also the weights (B, H, T, T).
+
+        The attention path computes softmax(mask(Q Kᵀ / sqrt(d_head))) V explicitly, so its output agrees
+        with the fused kernel of the normal path up to float rounding.
+        """
         B, T, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=-1)
         q, k, v = (t.view(B, T, self.n_head, d // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, dh)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, dh)
-        return self.proj(y.transpose(1, 2).reshape(B, T, d))  # (B, T, d)
-
-    def patterns(self, x: torch.Tensor) -> torch.Tensor:
-        """Attention weights (B, H, T, T), for analyses."""
-        B, T, d = x.shape
-        q, k, _ = self.qkv(x).split(d, dim=-1)
-        q, k = (t.view(B, T, self.n_head, d // self.n_head).transpose(1, 2) for t in (q, k))
-        scores = q @ k.transpose(-2, -1) / math.sqrt(d // self.n_head)  # (B, H, T, T)
-        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-        return scores.masked_fill(mask, float("-inf")).softmax(-1)
+        if return_attention:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(d // self.n_head)  # (B, H, T, T)
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+            attn = scores.masked_fill(mask, float("-inf")).softmax(-1)  # (B, H, T, T)
+            y = attn @ v  # (B, H, T, dh)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, dh)
+        y = self.proj(y.transpose(1, 2).reshape(B, T, d))  # (B, T, d)
+        return (y, attn) if return_attention else y
 
 
 class Block(nn.Module):
@@ -73,9 +76,13 @@ class Block(nn.Module):
         self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
         self.fc_proj = nn.Linear(4 * cfg.d_model, cfg.d_model)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = h + self.attn(self.ln1(h))  # (B, T, d)
-        return h + self.fc_proj(F.gelu(self.fc(self.ln2(h))))  # (B, T, d)
+    def forward(self, h: torch.Tensor, return_attention: bool = False):
+        """(B, T, d) -> (B, T, d); with ``return_attention``, also the attention weights (B, H, T, T)."""
+        a = self.attn(self.ln1(h), return_attention)
+        a, attn = a if return_attention else (a, None)
+        h = h + a  # (B, T, d)
+        h = h + self.fc_proj(F.gelu(self.fc(self.ln2(h))))  # (B, T, d)
+        return (h, attn) if return_attention else h
 
 
 def tap_names(n_layer: int) -> list[str]:
@@ -114,11 +121,19 @@ class GPT(nn.Module):
         require(T <= self.cfg.block_size, f"sequence of {T} tokens is longer than the GPT's context {self.cfg.block_size}")
         return self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))
 
-    def run_blocks(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Move the residual from index ``start`` to index ``stop`` (runs blocks start..stop-1)."""
+    def run_blocks(self, h: torch.Tensor, start: int, stop: int, return_attention: bool = False):
+        """Move the residual from index ``start`` to index ``stop`` (runs blocks start..stop-1).
+
+        With ``return_attention``, returns ``(h, patterns)``: one (B, H, T, T) attention tensor per block run.
+        """
+        patterns = []
         for block in self.blocks[start:stop]:
-            h = block(h)
-        return h
+            if return_attention:
+                h, attn = block(h, True)
+                patterns.append(attn)
+            else:
+                h = block(h)
+        return (h, patterns) if return_attention else h
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm and LM head: (B, T, d) -> logits (B, T, V)."""
@@ -128,12 +143,19 @@ class GPT(nn.Module):
         """Logits from a residual at ``index`` onwards (the remaining blocks and the head)."""
         return self.head(self.run_blocks(h, index, self.cfg.n_layer))
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """Logits (B, T, V); with ``targets``, also the mean next-token cross-entropy."""
-        logits = self.forward_from(self.embed(idx), 0)
-        if targets is None:
-            return logits
-        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_attention: bool = False):
+        """Logits (B, T, V); with ``targets``, also the mean next-token cross-entropy; with
+        ``return_attention``, also every block's attention weights (a list of (B, H, T, T)), last."""
+        h = self.embed(idx)
+        if return_attention:
+            h, patterns = self.run_blocks(h, 0, self.cfg.n_layer, return_attention=True)
+        else:
+            h = self.run_blocks(h, 0, self.cfg.n_layer)
+        logits = self.head(h)
+        out = (logits,) if targets is None else (logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten()))
+        if return_attention:
+            out = out + (patterns,)
+        return out[0] if len(out) == 1 else out
 
     def activations(self, idx: torch.Tensor, taps: list[str]) -> dict[str, torch.Tensor]:
         """The residuals at ``taps``, stopping after the last block needed (no head)."""
