@@ -24,7 +24,7 @@ def test_reproduction_writes_every_result_key(tmp_path, monkeypatch):
         gpt=GPTConfig(vocab_size=300, block_size=16, n_layer=4, n_head=2, d_model=16),
         lm=LMTrainConfig(steps=12, batch_size=4, eval_every=6, eval_batches=1),
         forward=ForwardTrainConfig(steps=3, batch_size=2),
-        cache_sequences=6, eval_sequences=4, eval_batch=2, cache_dtype="float32",
+        cache_sequences=6, eval_sequences=4, eval_batch=2, cache_dtype="float32", analysis_sequences=3,
     )
     out = tmp_path / "out"
     first = experiment.run(cfg, out, "cpu", progress=False)
@@ -38,7 +38,18 @@ def test_reproduction_writes_every_result_key(tmp_path, monkeypatch):
     assert [g["gap"] for g in r["layer_gap_sweep"]] == [1, 2, 3]
     for row in r["capacity_sweep"] + r["layer_gap_sweep"]:
         assert {"params", "cosine", "recovery"} <= set(row)
+    a = r["analysis"]
+    n_head = cfg.gpt.n_head
+    for key in ("attention_cosine_per_example", "attention_cosine_batch_averaged"):
+        assert len(a[key]) == n_head and all(-1 <= x <= 1 + 1e-6 for x in a[key])
+    assert {"prediction_vs_target", "post_attention", "source_vs_target", "source_vs_prediction"} == set(a["cka"])
+    for key in ("effective_rank_entropy_s2", "effective_rank_entropy_s", "residual_spectrum", "residual_categories", "entropy_correlation"):
+        assert key in a
+    assert len(a["gauge"]["per_layer_head"]) == n_head and "mean_qk_circuit_cosine" in a["gauge"]
+    assert a["tokens"] == cfg.analysis_sequences * cfg.gpt.block_size and a["compared_block"] == "block0"
+    assert all((out / path).is_file() for path in r["analysis_plots"].values())
     report = (out / "report.md").read_text()
+    assert "Analyses of the headline pair" in report and "not like for like" in report and "0.916" in report
     assert "paper" in report and "capacity_sweep.png" in report and (out / "layer_gap_sweep.png").is_file()
     # A second run reuses the cached main model (and its co-trained forward model) bit for bit.
     import torch

@@ -25,7 +25,8 @@ from selfmodels.configs import option, to_dict
 from selfmodels.errors import require
 from selfmodels.forward.baseline import PerPositionMLP
 from selfmodels.forward.categories import TokenCategories
-from selfmodels.forward.lm import CoTrain, LMTrainConfig, train_lm
+from selfmodels.forward.hf_report import PAPER_TOY
+from selfmodels.forward.lm import CoTrain, LMTrainConfig, eval_windows, train_lm
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
 from selfmodels.forward.pipeline import (
     DataConfig, cache_root, check_pair, collect_cache, config_key, copy_into, eval_batches, evaluate_pair, fit_forward,
@@ -57,6 +58,7 @@ class ReproduceConfig:
     eval_sequences: int = 256
     eval_batch: int = 32
     cache_dtype: str = "float16"
+    analysis_sequences: int = option(64, "held-out sequences for the analyses (64 x 128 = 8,192 tokens; the paper used ~8,000)")
     seed: int = 0
 
     def validate(self) -> None:
@@ -64,6 +66,7 @@ class ReproduceConfig:
         self.lm.validate()
         self.forward.validate()
         check_pair(self.gpt.n_layer, self.source, self.target)
+        require(self.analysis_sequences >= 2, f"analysis_sequences must be at least 2, got {self.analysis_sequences}")
         check_pair(self.gpt.n_layer, self.sweep_source, self.capacity_target)
         for gap in self.gaps:
             check_pair(self.gpt.n_layer, self.sweep_source, self.sweep_source + gap)
@@ -157,6 +160,12 @@ def run(cfg: ReproduceConfig, out: Path, device_name: str = "auto", progress: bo
     # Headline: the co-trained forward model.
     headline = evaluate_pair(gpt, fwd, batches, cfg.source, cfg.target, device, categories, progress)
 
+    # The paper's analyses of the headline pair, on held-out sequences.
+    from selfmodels.forward.gpt_analyze import analyze_gpt_pair
+
+    analysis_tokens, _ = eval_windows(val, gpt.cfg.block_size, cfg.analysis_sequences)  # (B, T)
+    analysis, analysis_plots = analyze_gpt_pair(gpt, fwd, analysis_tokens, cfg.source, cfg.target, token_strings(tokenizer), out / "plots")
+
     # Frozen activations for the baseline and the sweeps.
     blocks = sorted({cfg.source, cfg.target, cfg.sweep_source, cfg.capacity_target} | {cfg.sweep_source + g for g in cfg.gaps})
     cache = collect_cache(gpt, _sequences(train, gpt.cfg.block_size, cfg.cache_sequences), blocks, out / "cache",
@@ -201,6 +210,8 @@ def run(cfg: ReproduceConfig, out: Path, device_name: str = "auto", progress: bo
                          "recovery": base_metrics["substitution"]["recovery"]},
         "capacity_sweep": capacity,
         "layer_gap_sweep": gaps,
+        "analysis": analysis,
+        "analysis_plots": {k: f"plots/{v}" for k, v in analysis_plots.items()},
         "paper": PAPER,
         "seconds": time.perf_counter() - began,
         "seed": cfg.seed,
@@ -245,4 +256,7 @@ PAPER = {
                         {"gap": 2, "cosine": 0.977, "kl_substituted": 0.092, "kl_skipped": 0.542, "recovery": 0.83},
                         {"gap": 3, "cosine": 0.950, "kl_substituted": 0.213, "kl_skipped": 0.894, "recovery": 0.76}],
     "layer_gap_note": "the paper's gap sweep used a frozen 77M GPT (8x512) and a 1.18M forward model",
+    # The paper's analyses of its toy pair (post_block0 -> post_block1, 4 heads of 64, d=256).
+    "analysis": {**PAPER_TOY, "qkv_weight_cosine": "-0.056 .. +0.021 (~0)", "cka_source": "0.74-0.75",
+                 "eff_rank_s": "247 (1% model)", "top1_variance": "2.4%"},
 }

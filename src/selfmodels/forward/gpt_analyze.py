@@ -61,6 +61,7 @@ def analyze_gpt_pair(gpt: GPT, model: ForwardModel, tokens: torch.Tensor, source
     strings = [[token_strings[i] for i in row] for row in tokens.tolist()]
     analysis, names = pair_analyses(
         fwd_patterns[0], patterns[0], src, pred, target_act, target_act - src, gauge, strings, Path(plot_dir),
-        extra_cka={"post_attention": linear_cka(fwd_post_attn.cpu(), gpt_post_attn.cpu())}, first_position=first_position)
+        extra_cka={"post_attention": linear_cka(fwd_post_attn.cpu(), gpt_post_attn.cpu())}, first_position=first_position,
+        position0="whose attention is one-hot on itself")
     analysis["compared_block"] = f"block{source + 1}"
     return analysis, names

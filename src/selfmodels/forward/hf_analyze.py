@@ -103,14 +103,16 @@ def analyze_layer(adapter: HFAdapter, model: ForwardModel, ids: torch.Tensor, so
 
 def pair_analyses(forward_attn: torch.Tensor, layer_attn: torch.Tensor, src: torch.Tensor, pred: torch.Tensor,
                   target_act: torch.Tensor, update: torch.Tensor, gauge: list[list[dict]], tokens: list[list[str]],
-                  plot_dir: Path, extra_cka: dict[str, float] | None = None, first_position: int = 1) -> tuple[dict, dict]:
+                  plot_dir: Path, extra_cka: dict[str, float] | None = None, first_position: int = 1,
+                  position0: str = "the attention sink") -> tuple[dict, dict]:
     """The analyses shared by the HF and GPT reproductions, from tensors already computed.
 
     ``forward_attn`` (B, Hf, T, T): the forward model's attention; ``layer_attn`` (B, H, T, T): the
     predicted layer's; ``src``, ``pred``, ``target_act`` (B, T, d): source, prediction and target residuals;
     ``update`` (B, T, d): what the predicted layer(s) add (normalises the entropy correlation); ``gauge``:
     :func:`head_comparison` rows [forward head][layer head]; ``tokens``: B lists of T decoded strings.
-    Residual-structure statistics use positions ``first_position``..T-1. Returns (analysis dict, plot names).
+    Residual-structure statistics use positions ``first_position``..T-1 (``position0`` says why position 0 is
+    left out, for the record). Returns (analysis dict, plot names).
     """
     src, pred, target_act, update = (t.detach().cpu().float() for t in (src, pred, target_act, update))
     layer_attn = layer_attn.detach().cpu().float()
@@ -158,7 +160,7 @@ def pair_analyses(forward_attn: torch.Tensor, layer_attn: torch.Tensor, src: tor
             "per_layer_head": gauge[0],
             **{f"mean_{key}": mean(gauge[0], key) for key in gauge[0][0]},
         },
-        "positions": (f"residual structure over positions {p0}..T-1 (position 0, the attention sink, excluded)" if p0 == 1
+        "positions": (f"residual structure over positions {p0}..T-1 (position 0, {position0}, excluded)" if p0 == 1
                       else f"residual structure over positions {p0}..T-1"),
     }
     return analysis, names

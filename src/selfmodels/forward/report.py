@@ -119,9 +119,66 @@ def write_report(out: Path, r: dict) -> None:
               f"\nNote: {p['layer_gap_note']}.\n"]
     gap_png = _plot(out / "layer_gap_sweep.png", _sweep_plot(r["layer_gap_sweep"], "gap", "layers predicted", p["layer_gap_sweep"], "gap", "layer gap", False))
     lines += [f"![layer-gap sweep]({gap_png})\n"]
+    if "analysis" in r:
+        lines += _analysis_section(r)
     records = read_jsonl(out / "metrics.jsonl")
     if records:
         lines += ["## Main-model training\n", f"![training curve]({_plot(out / 'training.png', _curve_plot(records))})\n"]
     lines += ["## Definitions\n"] + [f"- `{k}`: {v}" for k, v in r["definitions"].items()]
     lines += [f"\nWall time: {r['seconds']:.0f} s. Seed {r['seed']}.\n"]
     write_text(out / "report.md", "\n".join(lines))
+
+
+def _analysis_section(r: dict) -> list[str]:
+    """The paper's analyses of the headline pair, ours beside the paper's toy-GPT values."""
+    a, p, plot = r["analysis"], r["paper"]["analysis"], r["analysis_plots"]
+    g, sp = a["gauge"], a["residual_spectrum"]
+    ranks = sp["variance_ranks"]
+    cosines = lambda xs: " / ".join(f"{x:.3f}" for x in xs)  # noqa: E731
+    pair = f"{r['pair']['source']} -> {r['pair']['target']}"
+    lines = [f"## Analyses of the headline pair ({pair}; {a['tokens']:,} held-out tokens)\n"]
+    if (r["pair"]["source"], r["pair"]["target"]) != ("post_block0", "post_block1"):
+        lines.append(f"> The paper analysed post_block0 -> post_block1 of a 4 x 256 GPT; this run predicts "
+                     f"{pair} (its forward model stands in for {a['compared_block']}, compared below), so the "
+                     "numbers describe a different block and are not like for like.\n")
+    lines += [
+        f"### Attention similarity (forward model vs each head of {a['compared_block']})\n",
+        "Best forward-model head per GPT head. Per example: each sequence's own pattern, then averaged. "
+        "Batch-averaged (the paper's way): patterns averaged over sequences first, which leaves mostly positional structure.\n",
+        table(["", "per GPT head (ours)", "paper"], [
+            ["per example", cosines(a["attention_cosine_per_example"]), "-"],
+            ["batch-averaged", cosines(a["attention_cosine_batch_averaged"]), p["attention_cosine"]]]),
+        f"\n![attention similarity]({plot['attention']})\n",
+        "### Gauge symmetry (forward head vs each GPT head, means over GPT heads)\n",
+        "Raw cosines of the Q/K/V read weights (slices of the fused QKV, LayerNorm gains folded in) are not "
+        "expected to match (any invertible R gives the same function); the QK circuit W_Qᵀ W_K and OV circuit "
+        "W_O W_V are gauge-invariant. Raw cosines need equal head widths ('-' where the forward model's d_head "
+        "differs from the GPT's). Overlaps: mean cos² of principal angles between read / write subspaces (null: random subspaces).\n",
+        table(["", "Q cos", "K cos", "V cos", "QK circuit cos", "OV circuit cos", "Q read overlap", "O write overlap", "null overlap"], [
+            ["ours", g["mean_q_cosine"], g["mean_k_cosine"], g["mean_v_cosine"], g["mean_qk_circuit_cosine"],
+             g["mean_ov_circuit_cosine"], g["mean_q_read_overlap"], g["mean_o_write_overlap"], g["mean_null_overlap"]],
+            ["paper", p["qkv_weight_cosine"], "", "", "-", "-", "-", "-", "-"]]),
+        "\n### Linear CKA\n",
+        table(["", "prediction vs target", "post-attention (forward vs GPT block)", "source vs target", "source vs prediction"], [
+            ["ours", a["cka"]["prediction_vs_target"], a["cka"]["post_attention"], a["cka"]["source_vs_target"], a["cka"]["source_vs_prediction"]],
+            ["paper", p["cka"], "-", p["cka_source"], p["cka_source"]]]),
+        "\nSource vs target is the baseline: how similar the representations already are before the block.\n",
+        "### Residual structure (r = target - prediction)\n",
+        table(["", "ours", "paper (toy GPT, d=256)"], [
+            ["ranks for 50 / 90 / 95% variance", f"{ranks['50%']} / {ranks['90%']} / {ranks['95%']} of {sp['max_rank']}", p["variance_ranks"]],
+            ["effective rank exp(H(S²/ΣS²))", f"{a['effective_rank_entropy_s2']:.1f} of {sp['max_rank']}", p["eff_rank_s2"]],
+            ["effective rank exp(H(S/ΣS))", f"{a['effective_rank_entropy_s']:.1f} of {sp['max_rank']}", p["eff_rank_s"]],
+            ["top-1 PC variance", f"{100 * sp['top1_variance']:.1f}%", p["top1_variance"]],
+            ["corr(residual norm, attention entropy)", a["entropy_correlation"]["raw"], "-"],
+            ["corr(residual norm / update norm, attention entropy)", a["entropy_correlation"]["normalised_by_update_norm"], p["entropy_corr"]],
+        ]),
+        f"\n![residual spectrum]({plot['spectrum']}) ![entropy vs residual]({plot['entropy']})\n",
+        "Residual norm by token category: d vs overall = (category mean - overall mean) / overall std (what the "
+        "paper calls Cohen's d); pooled d = two-group Cohen's d (category vs the rest). "
+        f"{a['positions'][0].upper() + a['positions'][1:]}; the update norm is ||target - source||; entropy is "
+        f"the head-mean attention entropy of {a['compared_block']}.\n",
+        table(["category", "tokens", "mean residual norm", "d vs overall", "pooled d", "paper d (toy)"],
+              [[n, c["tokens"], c["mean"], c["d_vs_overall"], c["d_pooled"], p.get(n, "-")] for n, c in a["residual_categories"].items()]),
+        f"\n![residual by category]({plot['categories']})\n",
+    ]
+    return lines
