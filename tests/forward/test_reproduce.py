@@ -61,6 +61,24 @@ def test_reproduction_writes_every_result_key(tmp_path, monkeypatch):
     saved = load_tensors(out / "main.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in gpt.state_dict().items())
 
+    # A finished run from before the analyses existed: re-running only adds them, training nothing.
+    from selfmodels.artifacts import read_json, write_json
+
+    old = {k: v for k, v in r.items() if k not in ("analysis", "analysis_plots")}
+    write_json(out / "results.json", old)
+    config = read_json(out / "config.json")
+    config["config"].pop("analysis_sequences")
+    write_json(out / "config.json", config)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("re-running a finished reproduction must not train")
+
+    monkeypatch.setattr(experiment, "train_lm", no_training)
+    monkeypatch.setattr(experiment, "fit_forward", no_training)
+    again = experiment.run(cfg, out, "cpu", progress=False)
+    assert json.loads((out / "results.json").read_text())["analysis"] == r["analysis"]  # same models, same tokens
+    assert again["capacity_sweep"] == r["capacity_sweep"] and "Analyses of the headline pair" in (out / "report.md").read_text()
+
 
 def test_full_preset_has_the_papers_sizes():
     cfg = experiment.full()

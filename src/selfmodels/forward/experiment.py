@@ -103,10 +103,14 @@ def full() -> ReproduceConfig:
 DATA_FORMAT = 2  # 2: the BPE is fitted on the training part of the text only
 
 
+def _data_key(cfg: ReproduceConfig) -> dict:
+    # DATA_FORMAT is part of both keys: a change in how the tokenizer is fitted must not reuse old caches.
+    return {**to_dict(cfg.data), "format": DATA_FORMAT}
+
+
 def _main_model(cfg: ReproduceConfig, device: torch.device, progress: bool) -> tuple:
     """Train (or resume, or reuse) the main GPT co-trained with the headline forward model."""
-    # DATA_FORMAT is part of both keys: a change in how the tokenizer is fitted must not reuse old caches.
-    data_key = {**to_dict(cfg.data), "format": DATA_FORMAT}
+    data_key = _data_key(cfg)
     key = config_key({"data": data_key, "gpt": to_dict(cfg.gpt), "lm": to_dict(cfg.lm), "seed": cfg.seed,
                       "cotrain": [cfg.source, cfg.target, cfg.cotrain_lr, cfg.gpt.d_model]})
     data_dir = cache_root() / "forward-data" / config_key(data_key)
@@ -140,11 +144,59 @@ def _sequences(tokens: torch.Tensor, seq_len: int, n: int) -> torch.Tensor:
     return tokens[: total * seq_len].view(total, seq_len)[pick]
 
 
+def _analyses(cfg: ReproduceConfig, gpt: GPT, fwd: ForwardModel, val: torch.Tensor, tokenizer, out: Path) -> dict:
+    """The paper's analyses of the headline pair on ``analysis_sequences`` held-out sequences."""
+    from selfmodels.forward.gpt_analyze import analyze_gpt_pair
+
+    tokens, _ = eval_windows(val, gpt.cfg.block_size, cfg.analysis_sequences)  # (B, T)
+    analysis, plots = analyze_gpt_pair(gpt, fwd, tokens, cfg.source, cfg.target, token_strings(tokenizer), out / "plots")
+    return {"analysis": analysis, "analysis_plots": {k: f"plots/{v}" for k, v in plots.items()}}
+
+
+def _finished_without_analysis(cfg: ReproduceConfig, out: Path) -> dict | None:
+    """The results of an earlier run in ``out`` with the same settings that predates the analyses, if its
+    saved models and tokenizer are there and the tokenizer is the one the data cache holds now; else None."""
+    files = [out / name for name in ("results.json", "config.json", "main.safetensors", "forward.safetensors", "tokenizer.json")]
+    cached_tokenizer = cache_root() / "forward-data" / config_key(_data_key(cfg)) / "tokenizer.json"
+    if not all(f.is_file() for f in files) or not cached_tokenizer.is_file():
+        return None
+    settings = lambda c: {k: v for k, v in c.items() if k != "analysis_sequences"}  # noqa: E731  (added with the analyses)
+    old = read_json(out / "config.json")
+    if old.get("experiment") != "forward-self-models" or settings(old.get("config", {})) != settings(to_dict(cfg)):
+        return None
+    if cached_tokenizer.read_bytes() != (out / "tokenizer.json").read_bytes():
+        return None
+    results = read_json(out / "results.json")
+    return None if "analysis" in results else results
+
+
+def add_analysis(cfg: ReproduceConfig, out: Path, results: dict, device: torch.device, progress: bool = True) -> dict:
+    """Add the analyses to a finished run from the models it saved in ``out``: no training."""
+    tokenizer, _, val, _ = prepare_data(cfg.data, cache_root() / "forward-data" / config_key(_data_key(cfg)), progress)
+    gpt = load_gpt(out / "main.safetensors", dataclasses.replace(cfg.gpt, vocab_size=vocab_size_of(tokenizer)), device)
+    fwd = ForwardModel(ForwardModelConfig(d_model=gpt.cfg.d_model))
+    fwd.load_state_dict(load_tensors(out / "forward.safetensors"))
+    fwd.to(device).eval()
+    results = {**results, **_analyses(cfg, gpt, fwd, val, tokenizer, out), "paper": PAPER}
+    write_json(out / "results.json", results)
+    from selfmodels.forward.report import write_report
+
+    write_report(out, results)
+    return results
+
+
 def run(cfg: ReproduceConfig, out: Path, device_name: str = "auto", progress: bool = True) -> dict:
+    """The whole reproduction into ``out``. A finished run there with the same settings whose results.json
+    predates the analyses only gets the analyses added (no training); otherwise everything runs (the main
+    model itself comes from the cache when it was trained before)."""
     cfg.validate()
     out = Path(out)
     device = resolve_device(device_name)
     began = time.perf_counter()
+    finished = _finished_without_analysis(cfg, out)
+    if finished is not None:
+        write_config(out, {"experiment": "forward-self-models", "config": to_dict(cfg), "device": str(device)})
+        return add_analysis(cfg, out, finished, device, progress)
     write_config(out, {"experiment": "forward-self-models", "config": to_dict(cfg), "device": str(device)})
     gpt, fwd, tokenizer, train, val, info, work, data_dir, lm_result = _main_model(cfg, device, progress)
     for src in (work / "main.safetensors", work / "forward.safetensors", work / "metrics.jsonl", data_dir / "tokenizer.json"):
@@ -161,10 +213,7 @@ def run(cfg: ReproduceConfig, out: Path, device_name: str = "auto", progress: bo
     headline = evaluate_pair(gpt, fwd, batches, cfg.source, cfg.target, device, categories, progress)
 
     # The paper's analyses of the headline pair, on held-out sequences.
-    from selfmodels.forward.gpt_analyze import analyze_gpt_pair
-
-    analysis_tokens, _ = eval_windows(val, gpt.cfg.block_size, cfg.analysis_sequences)  # (B, T)
-    analysis, analysis_plots = analyze_gpt_pair(gpt, fwd, analysis_tokens, cfg.source, cfg.target, token_strings(tokenizer), out / "plots")
+    analyses = _analyses(cfg, gpt, fwd, val, tokenizer, out)
 
     # Frozen activations for the baseline and the sweeps.
     blocks = sorted({cfg.source, cfg.target, cfg.sweep_source, cfg.capacity_target} | {cfg.sweep_source + g for g in cfg.gaps})
@@ -210,8 +259,7 @@ def run(cfg: ReproduceConfig, out: Path, device_name: str = "auto", progress: bo
                          "recovery": base_metrics["substitution"]["recovery"]},
         "capacity_sweep": capacity,
         "layer_gap_sweep": gaps,
-        "analysis": analysis,
-        "analysis_plots": {k: f"plots/{v}" for k, v in analysis_plots.items()},
+        **analyses,
         "paper": PAPER,
         "seconds": time.perf_counter() - began,
         "seed": cfg.seed,
