@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from selfmodels.artifacts import append_jsonl, load_tensors, read_json, save_tensors, write_config, write_json
+from selfmodels.artifacts import load_tensors, read_json, save_tensors, write_config, write_json
 from selfmodels.configs import option, to_dict
 from selfmodels.errors import require
 from selfmodels.forward.baseline import PerPositionMLP
@@ -30,7 +30,7 @@ from selfmodels.forward.lm import CoTrain, LMTrainConfig, eval_windows, train_lm
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
 from selfmodels.forward.pipeline import (
     DataConfig, cache_root, check_pair, collect_cache, config_key, copy_into, eval_batches, evaluate_pair, fit_forward,
-    load_gpt, model_id, prepare_data, regression_eval, tap, token_strings, vocab_size_of,
+    load_gpt, prepare_data, tap, token_strings, vocab_size_of,
 )
 from selfmodels.forward.train import ForwardTrainConfig
 from selfmodels.nets.gpt import GPT, GPTConfig
