@@ -1,6 +1,9 @@
 """The GPT's attention path and the analyses of a forward model on our GPT (tiny models, seconds)."""
 
+import pytest
 import torch
+
+from selfmodels.errors import UserError
 
 from selfmodels.forward.gpt_analyze import analyze_gpt_pair, gpt_block_heads
 from selfmodels.forward.hf_analyze import forward_model_heads
@@ -93,3 +96,13 @@ def test_gpt_heads_are_slices_of_the_fused_qkv_with_the_gain_folded_in():
     fwd = _copy_of_head(gpt, 0, 0)
     for key in "qkvo":
         torch.testing.assert_close(forward_model_heads(fwd)[0][key], heads[0][key])
+
+
+def test_bad_inputs_get_one_clear_message(tmp_path):
+    gpt = _gpt()
+    fwd = _copy_of_head(gpt, 0, 0)
+    strings = [str(i) for i in range(CFG.vocab_size)]
+    with pytest.raises(UserError, match="at least 2 sequences"):
+        analyze_gpt_pair(gpt, fwd, torch.zeros(1, 8, dtype=torch.long), -1, 0, strings, tmp_path)
+    with pytest.raises(UserError, match="--target"):
+        analyze_gpt_pair(gpt, fwd, torch.zeros(2, 8, dtype=torch.long), 1, 0, strings, tmp_path)

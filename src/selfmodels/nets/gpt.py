@@ -78,8 +78,10 @@ class Block(nn.Module):
 
     def forward(self, h: torch.Tensor, return_attention: bool = False):
         """(B, T, d) -> (B, T, d); with ``return_attention``, also the attention weights (B, H, T, T)."""
-        a = self.attn(self.ln1(h), return_attention)
-        a, attn = a if return_attention else (a, None)
+        if return_attention:
+            a, attn = self.attn(self.ln1(h), True)
+        else:
+            a, attn = self.attn(self.ln1(h)), None
         h = h + a  # (B, T, d)
         h = h + self.fc_proj(F.gelu(self.fc(self.ln2(h))))  # (B, T, d)
         return (h, attn) if return_attention else h
