@@ -63,6 +63,6 @@ def head_comparison(fwd: dict[str, torch.Tensor], layer: dict[str, torch.Tensor]
         "k_read_overlap": subspace_overlap(fwd["k"].T, layer["k"].T),
         "v_read_overlap": subspace_overlap(fwd["v"].T, layer["v"].T),
         "o_write_overlap": subspace_overlap(fwd["o"], layer["o"]),
-        # E[mean cos²] for random subspaces of dims k <= l in R^d is l/d.
-        "null_overlap": max(fwd["q"].shape[0], layer["q"].shape[0]) / fwd["q"].shape[1],
+        # E[mean cos²] for random subspaces of dims k <= l in R^d is l/d; a subspace has at most d dims.
+        "null_overlap": min(max(fwd["q"].shape[0], layer["q"].shape[0]), fwd["q"].shape[1]) / fwd["q"].shape[1],
     }
