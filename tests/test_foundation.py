@@ -20,6 +20,17 @@ def test_write_json_is_atomic_and_nan_becomes_null(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        artifacts.write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+
+
 def test_failed_write_leaves_the_old_file(tmp_path):
     path = tmp_path / "r.json"
     artifacts.write_json(path, {"old": 1})
