@@ -104,7 +104,7 @@ def _train(model, cache, source_key, target_key, steps, settings, device, out, n
 
 def _seconds_per_step(model, cache, source_key, target_key, settings, device, steps: int = 4) -> float:
     """Measured seconds per training step of a throwaway copy of ``model`` (first step is warm-up)."""
-    from selfmodels.forward.checkpoint import make_adamw
+    from selfmodels.forward.optim import make_adamw
 
     probe = copy.deepcopy(model).to(device).train()
     opt = make_adamw(probe.parameters(), settings.lr, 0.01)

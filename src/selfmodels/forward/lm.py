@@ -19,7 +19,8 @@ from tqdm import tqdm
 from selfmodels.artifacts import append_jsonl, read_jsonl, save_tensors, write_text
 from selfmodels.configs import option
 from selfmodels.errors import require
-from selfmodels.forward.checkpoint import load_checkpoint, make_adamw, save_checkpoint
+from selfmodels.checkpoint import load_checkpoint, save_checkpoint
+from selfmodels.forward.optim import make_adamw
 from selfmodels.nets.gpt import GPT
 
 

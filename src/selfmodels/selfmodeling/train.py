@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from selfmodels.artifacts import append_jsonl, load_tensors, read_jsonl, save_tensors, write_text
+from selfmodels.artifacts import append_jsonl, read_jsonl, write_text
+from selfmodels.checkpoint import load_checkpoint, save_checkpoint
 from selfmodels.configs import option
 from selfmodels.errors import UserError
 from selfmodels.selfmodeling.augment import random_affine_flip
@@ -73,44 +74,6 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 # ---- checkpoints: one safetensors file, tensors plus JSON metadata, written atomically ----------
 
-def save_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
-    """Model state, optimizer state (tensors here, the rest as JSON metadata) and the finished epoch."""
-    tensors = {f"model/{k}": v for k, v in module.state_dict().items()}
-    state = optimizer.state_dict()
-    plain: dict[str, dict] = {}
-    for index, entry in state["state"].items():
-        for key, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim/{index}/{key}"] = value
-            else:
-                plain.setdefault(str(index), {})[key] = value
-    meta = {"epoch": epoch, "param_groups": state["param_groups"], "optim_plain": plain}
-    save_tensors(path, tensors, metadata={"state": json.dumps(meta)})
-
-
-def load_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Restore a checkpoint written by :func:`save_checkpoint`; returns the epoch it finished."""
-    from safetensors import safe_open
-
-    tensors = load_tensors(path)  # corrupt or truncated -> UserError naming the file
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {})["state"])
-        model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-        optim_state: dict[int, dict] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim/"):
-                _, index, name = key.split("/", 2)
-                optim_state.setdefault(int(index), {})[name] = value
-        for index, entry in meta["optim_plain"].items():
-            optim_state.setdefault(int(index), {}).update(entry)
-        module.load_state_dict(model_state)
-        optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
-        return int(meta["epoch"])
-    except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} does not match this run ({exc}); delete it to start the run again") from None
-
-
 # ---- the loop ------------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -151,7 +114,7 @@ def train_objective(
 
     start = 0
     if checkpoint.exists():
-        start = load_checkpoint(checkpoint, module, optimizer)
+        start, _ = load_checkpoint(checkpoint, {"model": module}, {"optim": optimizer}, {})
     # Lines for epochs after the checkpoint come from an interrupted epoch: drop them.
     history = [m for m in read_jsonl(metrics_path) if m.get("epoch", 0) <= start]
     write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
@@ -192,7 +155,7 @@ def train_objective(
         }
         # Metrics line first, checkpoint second: a crash in between repeats this epoch on resume.
         append_jsonl(metrics_path, record)
-        save_checkpoint(checkpoint, module, optimizer, epoch + 1)
+        save_checkpoint(checkpoint, epoch + 1, {"model": module}, {"optim": optimizer}, {})
         history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record['val_accuracy']:.3f}")
     return history
