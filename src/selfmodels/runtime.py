@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +38,13 @@ def resolve_device(name: str = "auto") -> torch.device:
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA (where it helps); none on CPU (bf16 is several times slower there)."""
     return torch.bfloat16 if device.type == "cuda" else None
+
+
+def cache_dir() -> Path:
+    """The user's cache for converted models and reusable trained main models:
+    ``$SELFMODELS_CACHE`` if set, else ``~/.cache/selfmodels``."""
+    root = os.environ.get("SELFMODELS_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "selfmodels"
 
 
 def set_threads(threads: int | None) -> None:

