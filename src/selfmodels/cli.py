@@ -10,7 +10,6 @@ becomes one message on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 

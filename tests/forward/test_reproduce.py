@@ -3,8 +3,6 @@
 import dataclasses
 import json
 
-import pytest
-
 from selfmodels.forward import experiment
 from selfmodels.forward.lm import LMTrainConfig
 from selfmodels.forward.pipeline import DataConfig

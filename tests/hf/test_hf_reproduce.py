@@ -1,7 +1,6 @@
 """End to end: the pretrained-model reproduction on a tiny random Llama saved locally, with a tiny tokenizer."""
 
 import pytest
-import torch
 from hf_tiny_models import tiny_llama
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast

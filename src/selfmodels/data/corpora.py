@@ -209,7 +209,7 @@ def truncate(documents: list[str], max_chars: int) -> list[str]:
 def load_fineweb_edu(max_chars: int) -> list[str]:
     """Stream FineWeb-Edu (sample-10BT) documents until ``max_chars`` characters are gathered."""
     if hub_offline():
-        raise UserError(f"corpus 'fineweb-edu' streams from the Hugging Face hub, but HF_HUB_OFFLINE is set: "
+        raise UserError("corpus 'fineweb-edu' streams from the Hugging Face hub, but HF_HUB_OFFLINE is set: "
                         "go online (unset HF_HUB_OFFLINE) or use --corpus offline")
     stream = load_hub_dataset(FINEWEB_REPO, name=FINEWEB_CONFIG, split="train", streaming=True)
     documents, chars = [], 0

@@ -66,9 +66,7 @@ def _setup(args) -> bool:
 
 
 def _train(args) -> int:
-    from selfmodels.forward.model import ForwardModelConfig
     from selfmodels.forward.runs import TrainRunConfig, train_run
-    from selfmodels.errors import UserError
 
     progress = _setup(args)
     cfg = from_args(TrainRunConfig, args, base=TrainRunConfig())
