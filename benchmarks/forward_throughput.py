@@ -13,27 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+from _matmul import matmul_flops  # benchmarks/_matmul.py (this script's folder is on sys.path)
 
 from selfmodels.forward.cache import CacheSpec, write_cache
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
 from selfmodels.forward.train import ForwardTrainConfig, gpt_pair_collector, on_the_fly_batches, train_forward
 from selfmodels.nets.gpt import GPT, GPTConfig
-
-
-def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
-    """Best-of fp32 matmul FLOP/s for an n x n product (2 n^3 FLOPs)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def main() -> None:
@@ -47,7 +36,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    peak = matmul_peak()
+    peak = matmul_flops(summary=min)  # best case: the peak this machine can reach
     print(json.dumps({"bench": "matmul_peak_fp32", "threads": args.threads, "gflops": peak / 1e9}), flush=True)
     gpt = GPT(GPTConfig(vocab_size=4096, block_size=args.seq_len, n_layer=4, n_head=4, d_model=args.d_model)).eval().requires_grad_(False)
     tokens = torch.randint(0, 4096, (args.sequences * args.seq_len * 2,))

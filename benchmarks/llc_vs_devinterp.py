@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _matmul import matmul_flops  # benchmarks/_matmul.py (this script's folder is on sys.path)
+
 from selfmodels.complexity.llc import LLCConfig, cross_entropy, estimate_llc
 from selfmodels.nets.classifiers import MLPClassifier
 
@@ -61,21 +63,6 @@ def train_briefly(model: nn.Module, data: TensorDataset, epochs: int = 10) -> fl
             loss.backward()
             opt.step()
     return float(loss.detach())
-
-
-def matmul_gflops(device, n: int = 1024, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    times = []
-    for _ in range(reps + 3):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) / 5)
-    return 2 * n ** 3 / statistics.median(times[3:]) / 1e9
 
 
 def step_flops(batch_sizes: list[int]) -> float:
@@ -123,7 +110,7 @@ def main() -> None:
             sync()
             t = time.perf_counter()
             if who == "ours":
-                peaks.append(matmul_gflops(device))  # measured next to each of our runs: the machine may be busy
+                peaks.append(matmul_flops(device) / 1e9)  # measured next to each of our runs: the machine may be busy
                 sync()
                 t = time.perf_counter()
                 r = estimate_llc(model, loader, cross_entropy, config, device=device, progress=False)
