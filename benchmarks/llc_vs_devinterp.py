@@ -92,7 +92,8 @@ def main() -> None:
     model = model.to(device)
     # One fixed random order (the offline subset is sorted by class), the same for both estimators.
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))
-    loader = DataLoader(TensorDataset(*(t[order].to(device) for t in data.tensors)), batch_size=BATCH, shuffle=False)
+    loader = DataLoader(TensorDataset(*(t[order].to(device) for t in data.tensors)), batch_size=BATCH, shuffle=False,
+                        drop_last=True)  # every step a full batch of 512, as the setup specifies
     nbeta = BATCH / math.log(BATCH)
     config = LLCConfig(epsilon=EPSILON, gamma=GAMMA, chains=CHAINS, draws=DRAWS, burn_in=0, seed=0)
 

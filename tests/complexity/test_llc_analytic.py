@@ -162,7 +162,7 @@ def test_singular_product_potential_matches_exact_tempered_value():
 # ---------------------------------------------------------------------------------------------------
 # Limit case: no noise and no localization -> one SGLD step is one SGD step with lr = ε nβ / 2.
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("path", ["vmap", "sequential"])
+@pytest.mark.parametrize("path", ["stacked", "vmap", "sequential"])
 def test_noiseless_unlocalized_step_is_sgd(path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()

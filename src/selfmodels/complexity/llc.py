@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from selfmodels.complexity.batches import as_batch_cycle
 from selfmodels.complexity.diagnostics import diagnose
-from selfmodels.complexity.sgld import SGLDChains
+from selfmodels.complexity.losses import cross_entropy
+from selfmodels.complexity.sgld import PATHS, SGLDChains
 from selfmodels.configs import option, to_dict
 from selfmodels.errors import UserError, require
 from selfmodels.runtime import resolve_device
@@ -54,8 +54,9 @@ class LLCConfig:
     init_loss_batches: int = option(4, "L(w*) is the mean loss over this many first minibatches")
     seed: int = option(42, "seed of the data order; chain c's noise uses seed + c")
     shuffle: bool = option(True, "reshuffle the data each epoch with a seeded permutation (off: dataset order)")
-    batched: str = option("auto", "how chains advance: all at once (vmap), one by one (sequential), or auto",
-                          choices=("auto", "vmap", "sequential"))
+    batched: str = option("auto", "how chains advance: as stacked matrix products (stacked: plain MLPs only), "
+                          "all at once through torch.func.vmap (vmap), one by one (sequential), or the first of "
+                          "these that the model allows (auto)", choices=("auto", *PATHS))
     model_mode: str = option("eval", "module mode while sampling: eval (BatchNorm running stats, no dropout) or train",
                              choices=("eval", "train"))
     convergence_tolerance: float = option(0.1, "flag not_converged when the kept trace's half means differ by more "
@@ -84,10 +85,11 @@ class LLCConfig:
         if self.burn_in is not None:
             require(0 <= self.burn_in < self.draws,
                     f"LLC burn_in must be in [0, draws) = [0, {self.draws}), got {self.burn_in}")
-        require(self.batched in ("auto", "vmap", "sequential"), f"LLC batched must be auto, vmap or sequential, got {self.batched!r}")
+        require(self.batched in ("auto", *PATHS),
+                f"LLC batched must be one of auto, {', '.join(PATHS)}; got {self.batched!r}")
         require(self.model_mode in ("eval", "train"), f"LLC model_mode must be eval or train, got {self.model_mode!r}")
-        require(not (self.model_mode == "train" and self.batched == "vmap"),
-                "LLC model_mode=train needs batched=sequential or auto (train-mode BatchNorm cannot be vmapped)")
+        require(not (self.model_mode == "train" and self.batched not in ("auto", "sequential")),
+                "LLC model_mode=train needs batched=sequential or auto (train-mode BatchNorm cannot be batched)")
 
 
 # The self-modeling paper's settings (../shared/reference/self-modeling-setup.md, "Complexity measures").
@@ -164,10 +166,11 @@ def _trainable_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _choose_path(config: LLCConfig) -> str:
+def _candidate_paths(config: LLCConfig) -> tuple[str, ...]:
+    """The paths to try, fastest first; ``auto`` moves on when a path cannot run the model."""
     if config.batched != "auto":
-        return config.batched
-    return "sequential" if config.model_mode == "train" else "vmap"
+        return (config.batched,)
+    return ("sequential",) if config.model_mode == "train" else PATHS
 
 
 def estimate_llc(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor], config: LLCConfig,
@@ -209,28 +212,28 @@ def estimate_llc(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tenso
                                num_examples=batches.num_examples, batch_size=batches.batch_size,
                                num_params=_trainable_count(model))
     if fallback:
-        verdict.diagnostics["vmap_fallback_reason"] = fallback
+        verdict.diagnostics["fallback_reasons"] = fallback
     return LLCResult(verdict.mean, verdict.std, verdict.per_chain, traces.cpu(), init_loss, nbeta,
                      verdict.flags, verdict.diagnostics, {**to_dict(config), "nbeta_used": nbeta})
 
 
 def _sample(model, stream, loss_fn, config: LLCConfig, nbeta: float, progress: bool):
-    """Run the chains; return the (chains, draws) loss traces, the path used and a fallback reason."""
-    path = _choose_path(config)
-    sampler = SGLDChains(model, loss_fn, chains=config.chains, epsilon=config.epsilon, gamma=config.gamma,
-                         nbeta=nbeta, seeds=[config.seed + c for c in range(config.chains)], path=path)
+    """Run the chains; return the (chains, draws) loss traces, the path used and why faster paths were
+    passed over ({path: reason}, empty when the first candidate ran)."""
     first = next(stream)
-    fallback = None
-    try:
-        losses = sampler.step(first)
-    except (RuntimeError, NotImplementedError, ValueError) as exc:
-        if config.batched != "auto" or path != "vmap":
-            raise
-        # This model cannot be vmapped (e.g. an op without a batching rule): run the chains one by one.
-        # The failed step changed nothing (gradients come before the update), so the chains restart cleanly.
-        fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        path = sampler.path = "sequential"
-        losses = sampler.step(first)
+    candidates, fallback = _candidate_paths(config), {}
+    for path in candidates:
+        try:
+            sampler = SGLDChains(model, loss_fn, chains=config.chains, epsilon=config.epsilon, gamma=config.gamma,
+                                 nbeta=nbeta, seeds=[config.seed + c for c in range(config.chains)], path=path)
+            losses = sampler.step(first)
+            break
+        except (RuntimeError, NotImplementedError, ValueError) as exc:
+            if path == candidates[-1]:
+                raise
+            # This path cannot run the model (not a plain MLP; an op without a vmap rule): try the next.
+            # A failed first step changed nothing (gradients come before the update).
+            fallback[path] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     k = config.steps_between_draws
     total = config.draws * k
     traces = torch.empty(config.chains, config.draws, dtype=losses.dtype, device=losses.device)  # (C, D)
@@ -243,15 +246,6 @@ def _sample(model, stream, loss_fn, config: LLCConfig, nbeta: float, progress: b
         bar.update(1)
     bar.close()
     return traces, path, fallback
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy ``-mean_i log softmax(logits_i)[y_i]`` (the loss of :func:`classifier_llc`).
-
-    Written with log_softmax + gather rather than ``F.cross_entropy``: under ``vmap`` the latter goes
-    through a decomposition whose first use costs seconds of imports; the numbers are the same.
-    """
-    return -F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).mean()
 
 
 def classifier_llc(model: nn.Module, dataset: Any, config: LLCConfig, device: str | torch.device = "cpu",

@@ -9,16 +9,19 @@ For every chain c and step t, with w* the model's trained (trainable) parameters
     noise_scale  1 for SGLD; 0 turns the step into plain gradient descent (tests only)
 
 This samples the local tempered posterior ``p(w) ∝ exp(-nbeta L(w) - gamma/2 |w - w*|^2)``.
-``xi_t`` is drawn as one flat vector over all trainable parameters (in ``named_parameters`` order)
-from a generator seeded with ``seeds[c]``, so the batched and the sequential paths use the same noise.
+``xi_t`` is drawn from a generator seeded with ``seeds[c]``, one parameter tensor after another in
+``named_parameters`` order, so every path uses the same noise.
 
-Two ways to compute the gradients of all chains:
+Three ways to compute the gradients of all chains:
+- ``stacked``: for a plain MLP (Linear layers and element-wise activations), every chain's layers as
+  a few large matrix products with the backward written out (:mod:`selfmodels.complexity.stacked_mlp`);
+  the fastest on small models, where ``vmap``'s per-op overheads and autograd's bookkeeping show.
 - ``vmap``: the chains' parameters are stacked along a leading chain dimension and one
   ``torch.func.vmap(functional_call)`` forward runs every chain at once (one batched matmul per layer);
   one backward gives every chain's gradient.
 - ``sequential``: one forward/backward per chain. Needed when the forward cannot be vmapped (e.g.
   BatchNorm in train mode updates its running statistics in place).
-The parameter update is the same code for both.
+The parameter update is the same code for all three.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from selfmodels.complexity.stacked_mlp import StackedMLP
+
+PATHS = ("stacked", "vmap", "sequential")
 LossFn = Callable[..., torch.Tensor]  # loss_fn(model_output, *targets) -> scalar mean loss
 
 
@@ -38,8 +44,8 @@ class SGLDChains:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, chains: int, epsilon: float, gamma: float,
                  nbeta: float, seeds: Sequence[int], path: str = "vmap", noise_scale: float = 1.0):
-        if path not in ("vmap", "sequential"):
-            raise ValueError(f"path must be 'vmap' or 'sequential', got {path!r}")
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
         self.model, self.loss_fn, self.path = model, loss_fn, path
         self.chains = chains
         self.epsilon, self.gamma, self.nbeta, self.noise_scale = epsilon, gamma, nbeta, noise_scale
@@ -54,14 +60,11 @@ class SGLDChains:
         w_star = [p.detach() for _, p in trainable]
         self.w_star = [w.unsqueeze(0).expand(chains, *w.shape) for w in w_star]          # (C, *shape), no copy
         self.params = [w.unsqueeze(0).repeat(chains, *([1] * w.dim())).requires_grad_(True) for w in w_star]
-        self.numel = sum(w.numel() for w in w_star)
-        device, dtype = w_star[0].device, w_star[0].dtype
-        self.noise = torch.empty(chains, self.numel, device=device, dtype=dtype)       # (C, P)
-        self.noise_views, start = [], 0
-        for w in w_star:  # per-parameter views (C, *shape) into the flat noise
-            self.noise_views.append(self.noise[:, start:start + w.numel()].unflatten(1, w.shape))
-            start += w.numel()
+        device = w_star[0].device
+        self.noise = [torch.empty_like(p, requires_grad=False) for p in self.params]   # (C, *shape) each
         self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        # Raises stacked_mlp.Unsupported (a ValueError) when the model is not a plain MLP.
+        self.stacked = StackedMLP(model, self.names, loss_fn) if path == "stacked" else None
 
     # -- gradients -------------------------------------------------------------------------------------
     def _chain_loss(self, params: dict, constants: dict, x: torch.Tensor, targets: tuple) -> torch.Tensor:
@@ -75,7 +78,7 @@ class SGLDChains:
         return losses.detach(), list(grads)
 
     def _losses_and_grads_sequential(self, x, targets):
-        losses = torch.empty(self.chains, device=self.noise.device, dtype=self.noise.dtype)
+        losses = torch.empty(self.chains, device=self.params[0].device, dtype=self.params[0].dtype)
         grads = [torch.empty_like(p) for p in self.params]
         for c in range(self.chains):
             leaves = [p[c].detach().requires_grad_(True) for p in self.params]
@@ -91,21 +94,40 @@ class SGLDChains:
         """Advance every chain by one SGLD step on ``batch`` = (inputs, *targets); return the losses
         L_batch(w_t) of each chain *before* the step, shape (C,)."""
         x, targets = batch[0], tuple(batch[1:])
+        drift = -self.epsilon * self.nbeta / 2
+        if self.path == "stacked":  # noise first: the products then add the drift into it directly
+            self._draw_noise()
+            losses, _ = self.stacked.losses_and_grads(self.params, x, targets, into=self.noise, scale=drift)
+            with torch.no_grad():
+                self._localize()
+                torch._foreach_add_(self.params, self.noise)
+            return losses
         if self.path == "vmap":
             losses, grads = self._losses_and_grads_vmap(x, targets)
         else:
             losses, grads = self._losses_and_grads_sequential(x, targets)
-        eps = self.epsilon
         with torch.no_grad():
-            if self.gamma != 0.0:  # w - (eps/2) gamma (w - w*) = lerp(w, w*, eps gamma / 2): one pass
-                torch._foreach_lerp_(self.params, self.w_star, eps * self.gamma / 2)
-            torch._foreach_add_(self.params, grads, alpha=-eps * self.nbeta / 2)
-            if self.noise_scale != 0.0:  # sqrt(eps) * noise_scale * xi, the scale applied while drawing
-                std = math.sqrt(eps) * self.noise_scale
-                for c, generator in enumerate(self.generators):
-                    self.noise[c].normal_(0.0, std, generator=generator)
-                torch._foreach_add_(self.params, self.noise_views)
+            self._localize()
+            torch._foreach_add_(self.params, grads, alpha=drift)
+            if self.noise_scale != 0.0:
+                self._draw_noise()
+                torch._foreach_add_(self.params, self.noise)
         return losses
+
+    def _localize(self) -> None:
+        """w <- w - (eps/2) gamma (w - w*) = lerp(w, w*, eps gamma / 2): one pass."""
+        if self.gamma != 0.0:
+            torch._foreach_lerp_(self.params, self.w_star, self.epsilon * self.gamma / 2)
+
+    def _draw_noise(self) -> None:
+        """noise <- sqrt(eps) * noise_scale * xi; chain c draws from its generator, parameter by parameter."""
+        if self.noise_scale == 0.0:
+            torch._foreach_zero_(self.noise)
+            return
+        std = math.sqrt(self.epsilon) * self.noise_scale
+        for c, generator in enumerate(self.generators):
+            for noise in self.noise:
+                noise[c].normal_(0.0, std, generator=generator)
 
     def parameters_of_chain(self, c: int) -> dict[str, torch.Tensor]:
         """The current parameters of chain ``c`` (copies), by name."""
