@@ -94,6 +94,8 @@ def test_library_bad_input_raises_user_error():
                      LLCConfig(draws=2), progress=False)
     with pytest.raises(UserError, match="chains must be at least 1"):
         estimate_llc(model, (x, y), cross_entropy, LLCConfig(chains=0), progress=False)
+    with pytest.raises(UserError, match="chain_groups must be between 0"):
+        estimate_llc(model, (x, y), cross_entropy, LLCConfig(chains=2, chain_groups=3), progress=False)
     with pytest.raises(UserError, match="epsilon must be a finite number"):
         estimate_llc(model, (x, y), cross_entropy, LLCConfig(epsilon=float("nan")), progress=False)
     with pytest.raises(UserError, match="burn_in must be in"):

@@ -117,3 +117,17 @@ def test_steps_between_draws_and_burn_in():
     torch.testing.assert_close(thinned.loss_traces, every.loss_traces[:, 2::3], rtol=0, atol=0)
     assert thinned.diagnostics["kept_draws"] == 3
     assert every.diagnostics["kept_draws"] == 6  # default burn-in: the first half
+
+
+def test_chain_groups_in_parallel_threads_give_the_same_numbers():
+    model, data = _trained_mlp()
+    threads = torch.get_num_threads()
+    runs = {groups: estimate_llc(model, data, cross_entropy, _config(chain_groups=groups), progress=False)
+            for groups in (1, 2, 3)}
+    assert torch.get_num_threads() == threads  # the intra-op thread count is restored
+    assert [r.diagnostics["chain_groups"] for r in runs.values()] == [1, 2, 3]
+    for groups in (2, 3):
+        torch.testing.assert_close(runs[groups].loss_traces, runs[1].loss_traces, rtol=1e-12, atol=0)
+    # sequential (train-mode-capable) path in groups too
+    seq = estimate_llc(model, data, cross_entropy, _config(chain_groups=3, batched="sequential"), progress=False)
+    torch.testing.assert_close(seq.loss_traces, runs[1].loss_traces, rtol=1e-10, atol=1e-12)

@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -57,6 +61,9 @@ class LLCConfig:
     batched: str = option("auto", "how chains advance: as stacked matrix products (stacked: plain MLPs only), "
                           "all at once through torch.func.vmap (vmap), one by one (sequential), or the first of "
                           "these that the model allows (auto)", choices=("auto", *PATHS))
+    chain_groups: int = option(0, "run the chains as this many independent groups, each in its own thread with "
+                               "torch_threads/groups intra-op threads; 0 = automatic: min(chains, torch threads) "
+                               "on CPU, 1 on GPU")
     model_mode: str = option("eval", "module mode while sampling: eval (BatchNorm running stats, no dropout) or train",
                              choices=("eval", "train"))
     convergence_tolerance: float = option(0.1, "flag not_converged when the kept trace's half means differ by more "
@@ -85,6 +92,8 @@ class LLCConfig:
         if self.burn_in is not None:
             require(0 <= self.burn_in < self.draws,
                     f"LLC burn_in must be in [0, draws) = [0, {self.draws}), got {self.burn_in}")
+        require(isinstance(self.chain_groups, int) and 0 <= self.chain_groups <= self.chains,
+                f"LLC chain_groups must be between 0 (automatic) and chains = {self.chains}, got {self.chain_groups!r}")
         require(self.batched in ("auto", *PATHS),
                 f"LLC batched must be one of auto, {', '.join(PATHS)}; got {self.batched!r}")
         require(self.model_mode in ("eval", "train"), f"LLC model_mode must be eval or train, got {self.model_mode!r}")
@@ -203,12 +212,12 @@ def estimate_llc(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tenso
             init = [loss_fn(model(b[0]), *b[1:]).double() for b in (next(stream) for _ in range(n_init))]
             init_loss = float(torch.stack(init).mean())
         require(math.isfinite(init_loss), f"the loss at the trained weights is {init_loss}: check the model and data")
-        traces, path, fallback = _sample(model, iter(batches), loss_fn, config, nbeta, progress)
+        traces, path, fallback, groups = _sample(model, batches, loss_fn, config, nbeta, progress, device)
     seconds = time.perf_counter() - start
 
     verdict = diagnose(traces, init_loss, nbeta, config.kept_from(), _trainable_count(model),
                        config.convergence_tolerance)
-    verdict.diagnostics.update(path=path, seconds=seconds, batches_per_epoch=batches.batches_per_epoch,
+    verdict.diagnostics.update(path=path, seconds=seconds, chain_groups=groups, batches_per_epoch=batches.batches_per_epoch,
                                num_examples=batches.num_examples, batch_size=batches.batch_size,
                                num_params=_trainable_count(model))
     if fallback:
@@ -217,35 +226,94 @@ def estimate_llc(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tenso
                      verdict.flags, verdict.diagnostics, {**to_dict(config), "nbeta_used": nbeta})
 
 
-def _sample(model, stream, loss_fn, config: LLCConfig, nbeta: float, progress: bool):
-    """Run the chains; return the (chains, draws) loss traces, the path used and why faster paths were
-    passed over ({path: reason}, empty when the first candidate ran)."""
-    first = next(stream)
+def _chain_groups(config: LLCConfig, device: torch.device) -> list[list[int]]:
+    """The chains' seeds, split into groups that advance in parallel threads (one group on GPU)."""
+    seeds = [config.seed + c for c in range(config.chains)]
+    count = config.chain_groups or (min(config.chains, torch.get_num_threads()) if device.type == "cpu" else 1)
+    return [[int(seed) for seed in part] for part in np.array_split(seeds, count)]
+
+
+@contextmanager
+def _intra_op_threads(threads: int):
+    """torch's intra-op thread count set to ``threads`` inside the block (process-wide), then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sample(model, batches, loss_fn, config: LLCConfig, nbeta: float, progress: bool, device: torch.device):
+    """Run the chains; return the (chains, draws) loss traces, the path used, why faster paths were
+    passed over ({path: reason}) and the number of chain groups.
+
+    Chains are independent, so on a CPU with several threads they run as groups in parallel threads,
+    each group with its share of the intra-op threads: small products parallelize better across
+    chains than inside one product, and the Gaussian noise (drawn serially by torch's CPU generator)
+    is drawn for several groups at once. Each chain's numbers do not depend on the grouping.
+    """
+    groups = _chain_groups(config, device)
+    total = config.draws * config.steps_between_draws
+    bar = tqdm(total=total * len(groups), disable=not progress, leave=False,
+               desc=f"LLC SGLD ({config.chains} chains in {len(groups)} group{'s' * (len(groups) > 1)})")
+    lock = threading.Lock()
+
+    def advance():
+        with lock:
+            bar.update(1)
+
+    try:
+        # The first group picks the path, in this thread (torch.fx tracing is not thread-safe); every
+        # other group samples its own copy of the model (functional_call swaps a module's parameters).
+        stream = iter(batches)
+        first, path, fallback = _first_step(model, next(stream), loss_fn, config, nbeta, groups[0])
+        runs = [lambda: _run_chains(first[0], stream, config, advance, first_losses=first[1])]
+        for seeds in groups[1:]:
+            sampler = SGLDChains(copy.deepcopy(model), loss_fn, chains=len(seeds), epsilon=config.epsilon,
+                                 gamma=config.gamma, nbeta=nbeta, seeds=seeds, path=path, stacked=first[0].stacked)
+            runs.append(lambda sampler=sampler: _run_chains(sampler, iter(batches), config, advance))
+        if len(runs) == 1:
+            traces = [runs[0]()]
+        else:
+            with _intra_op_threads(max(1, torch.get_num_threads() // len(runs))), \
+                    ThreadPoolExecutor(len(runs), thread_name_prefix="llc-chains") as pool:
+                traces = list(pool.map(lambda run: run(), runs))
+    finally:
+        bar.close()
+    return torch.cat(traces), path, fallback, len(groups)
+
+
+def _first_step(model, batch, loss_fn, config: LLCConfig, nbeta: float, seeds: list[int]):
+    """Build the sampler for ``seeds`` on the fastest path that runs the model and take its first step:
+    ((sampler, losses), path, {passed-over path: reason})."""
     candidates, fallback = _candidate_paths(config), {}
     for path in candidates:
         try:
-            sampler = SGLDChains(model, loss_fn, chains=config.chains, epsilon=config.epsilon, gamma=config.gamma,
-                                 nbeta=nbeta, seeds=[config.seed + c for c in range(config.chains)], path=path)
-            losses = sampler.step(first)
-            break
+            sampler = SGLDChains(model, loss_fn, chains=len(seeds), epsilon=config.epsilon, gamma=config.gamma,
+                                 nbeta=nbeta, seeds=seeds, path=path)
+            return (sampler, sampler.step(batch)), path, fallback
         except (RuntimeError, NotImplementedError, ValueError) as exc:
             if path == candidates[-1]:
                 raise
             # This path cannot run the model (not a plain MLP; an op without a vmap rule): try the next.
             # A failed first step changed nothing (gradients come before the update).
             fallback[path] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    raise AssertionError("unreachable: the last candidate path raises")
+
+
+def _run_chains(sampler: SGLDChains, stream, config: LLCConfig, advance, first_losses=None) -> torch.Tensor:
+    """All draws of ``sampler``'s chains, (chains, draws); ``first_losses``: step 0 was already taken."""
     k = config.steps_between_draws
-    total = config.draws * k
-    traces = torch.empty(config.chains, config.draws, dtype=losses.dtype, device=losses.device)  # (C, D)
-    bar = tqdm(total=total, desc=f"LLC SGLD ({config.chains} chains, {path})", disable=not progress, leave=False)
-    for i in range(total):
-        if i > 0:
-            losses = sampler.step(next(stream))
+    traces = None
+    for i in range(config.draws * k):
+        losses = first_losses if i == 0 and first_losses is not None else sampler.step(next(stream))
+        if traces is None:
+            traces = torch.empty(len(losses), config.draws, dtype=losses.dtype, device=losses.device)  # (C, D)
         if (i + 1) % k == 0:  # draw d records the loss at w_i, i = (d + 1) k - 1 (as devinterp does)
             traces[:, (i + 1) // k - 1] = losses
-        bar.update(1)
-    bar.close()
-    return traces, path, fallback
+        advance()
+    return traces
 
 
 def classifier_llc(model: nn.Module, dataset: Any, config: LLCConfig, device: str | torch.device = "cpu",

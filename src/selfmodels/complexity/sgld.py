@@ -43,7 +43,8 @@ class SGLDChains:
     """``chains`` SGLD chains started at the model's parameters w*, advanced one step per :meth:`step`."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, chains: int, epsilon: float, gamma: float,
-                 nbeta: float, seeds: Sequence[int], path: str = "vmap", noise_scale: float = 1.0):
+                 nbeta: float, seeds: Sequence[int], path: str = "vmap", noise_scale: float = 1.0,
+                 stacked: StackedMLP | None = None):
         if path not in PATHS:
             raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
         self.model, self.loss_fn, self.path = model, loss_fn, path
@@ -63,8 +64,9 @@ class SGLDChains:
         device = w_star[0].device
         self.noise = [torch.empty_like(p, requires_grad=False) for p in self.params]   # (C, *shape) each
         self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-        # Raises stacked_mlp.Unsupported (a ValueError) when the model is not a plain MLP.
-        self.stacked = StackedMLP(model, self.names, loss_fn) if path == "stacked" else None
+        # Raises stacked_mlp.Unsupported (a ValueError) when the model is not a plain MLP. ``stacked``: one
+        # built before for the same architecture (tracing is not thread-safe; chain groups share it).
+        self.stacked = (stacked or StackedMLP(model, self.names, loss_fn)) if path == "stacked" else None
 
     # -- gradients -------------------------------------------------------------------------------------
     def _chain_loss(self, params: dict, constants: dict, x: torch.Tensor, targets: tuple) -> torch.Tensor:
