@@ -3,7 +3,9 @@
 Setup (issue 3): MLP 784-256-10 (``selfmodels.nets.classifiers.MLPClassifier``) briefly trained on
 the offline MNIST subset (falls back to random data of the same shape if that loader is missing), batch
 512, 4 chains x 200 draws, the paper's ε = 1e-4, γ = 100, nβ = 512 / ln 512. Both estimators read the
-same non-shuffling DataLoader (same data order) in the same process, alternating, ``--reps`` times.
+same non-shuffling DataLoader (same data order; ``drop_last``, so every step is a full batch of 512)
+in the same process, alternating, ``--reps`` times. Ours runs with its defaults (``batched="auto"``:
+the stacked-MLP path for this model; chain groups = min(chains, threads)).
 
 Prints one JSON line per repetition and, last, one JSON object:
 - ``ours_s`` / ``devinterp_s``: median wall-clock seconds of one full estimate (L(w*) included);
@@ -14,7 +16,7 @@ Prints one JSON line per repetition and, last, one JSON object:
   1024, same process and threads, measured right before each of our runs), median over repetitions. Model FLOPs per SGLD step per chain =
   forward 2B(784·256 + 256·10) + weight gradients 2B(784·256 + 256·10) + input gradient of the second
   layer 2B(256·10) (the first layer's input gradient is not needed and not computed);
-- ``threads``: torch intra-op threads.
+- ``threads``: torch intra-op threads; ``ours_path`` and ``ours_chain_groups``: how ours ran.
 
 Usage: ``python benchmarks/llc_vs_devinterp.py [--threads N] [--reps R] [--device cpu|cuda]``.
 """
@@ -141,7 +143,8 @@ def main() -> None:
         "peak_fraction": statistics.median(flops / t / 1e9 / p for t, p in zip(ours_t, peaks)),
         "ours_gflops": flops / ours_s / 1e9, "matmul_gflops": statistics.median(peaks),
         "threads": torch.get_num_threads(), "device": str(device), "reps": args.reps, "data": source,
-        "train_loss": train_loss, "ours_flags": o.flags,
+        "train_loss": train_loss, "ours_flags": o.flags, "ours_path": o.diagnostics["path"],
+        "ours_chain_groups": o.diagnostics["chain_groups"],
     }))
 
 
