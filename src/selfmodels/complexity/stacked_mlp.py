@@ -1,20 +1,22 @@
 """Every SGLD chain of a multilayer perceptron at once, as a few large matrix products.
 
 For a model that is a straight line of ``Linear`` layers and element-wise activations (checked by
-tracing it with ``torch.fx``), every chain's forward and backward pass is written out with batched
-products over the chain dimension C, on the stacked parameters ``W`` (C, out, in), ``b`` (C, out)::
+tracing it with ``torch.fx``), every chain's forward and backward pass is written out on the stacked
+parameters ``W`` (C, out, in), ``b`` (C, out), with activations kept feature-major, (C, features, B)::
 
-    forward    z_c = a_c W_c^T + b_c            (baddbmm; the first layer's a_c is the shared minibatch,
-                                                 broadcast to every chain without a copy)
-    backward   dW_c = dz_c^T a_c,  db_c = sum over the batch of dz_c,  da_c = dz_c W_c   (bmm)
+    first layer   Z = Wf x^T + bf            one product for all chains, Wf = W.view(C*out, in), x (B, in)
+                  dWf = dZ x                 one product; no input gradient is formed
+    later layers  z_c = W_c a_c + b_c        batched products (baddbmm)
+                  dW_c = dz_c a_c^T,  da_c = W_c^T dz_c,  db_c = sum over the batch of dz_c
 
 Activations use their closed-form derivatives on the saved output (ReLU: ``dz = da [a > 0]``, tanh:
 ``da (1 - a^2)``, sigmoid: ``da a (1 - a)``) or input (GELU). The loss and its gradient with respect to
 the logits are closed-form for the library's cross-entropy (:mod:`selfmodels.complexity.losses`) and
 come from autograd on the user's ``loss_fn`` otherwise, one chain at a time (the logits are small).
-Compared with ``vmap(functional_call)`` plus autograd this builds no graph, forms no input gradient
-for the first layer and fuses the biases into the products: on the paper's MNIST MLP most of a step
-is then the two big products of the first layer.
+Gradients are added, scaled, into buffers the caller gives (``C <- C + scale A B`` inside the
+product), which lets the SGLD step put its drift straight into the noise buffer. Compared with
+``vmap(functional_call)`` plus autograd this builds no graph per step and leaves the paper's MNIST MLP
+with little besides the first layer's two products.
 
 The numbers equal the ``vmap`` path's (tested to 1e-10 in float64); only the order of the
 floating-point sums differs. Models this cannot express raise :class:`Unsupported` at construction.
@@ -152,12 +154,12 @@ class StackedMLP:
     def losses_and_grads(self, params: Sequence[torch.Tensor], x: torch.Tensor, targets: tuple,
                          into: Sequence[torch.Tensor] | None = None,
                          scale: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Per-chain losses (C,) and gradients (each shaped like ``params[i]``, contiguous).
+        """Per-chain losses (C,) and ``into[i] + scale * gradient_i`` for every parameter, in place.
 
-        With ``into`` (contiguous tensors shaped like ``params``), adds ``scale * gradient`` to them in
-        place instead and returns them: the SGLD step accumulates its drift into the noise buffers this
-        way, inside the products (``C <- C + scale * A B``) rather than in a separate pass.
+        ``into``: contiguous tensors shaped like ``params`` (default: zeros, so the plain gradients
+        come back). The SGLD step passes its noise buffers and ``scale = -epsilon nbeta / 2``.
         """
+        into = [torch.zeros_like(p) for p in params] if into is None else list(into)
         with torch.no_grad():
             saved, out = self._forward(params, x, chains=params[0].shape[0])
         logits = out.transpose(1, 2).contiguous()  # (C, B, classes)
@@ -169,8 +171,8 @@ class StackedMLP:
                 losses = torch.stack([self.loss_fn(logits[c], *targets) for c in range(len(logits))])
                 (grad,) = torch.autograd.grad(losses.sum(), logits)
         with torch.no_grad():
-            grads = self._backward(params, saved, grad.transpose(1, 2), into, scale)
-        return losses.detach(), grads
+            self._backward(params, saved, grad.transpose(1, 2), into, scale)
+        return losses.detach(), into
 
     # After the first Linear, activations are kept feature-major, (C, features, B): then the first
     # layer's forward and weight gradient are each ONE matrix product over all chains,
@@ -186,8 +188,8 @@ class StackedMLP:
                 w, b = params[layer.weight], params[layer.bias] if layer.bias is not None else None
                 saved.append(a)
                 if a.dim() == 2:  # the first Linear: (B, in) -> (C, out, B)
-                    wide = w.reshape(chains * w.shape[1], w.shape[2])
-                    z = torch.addmm(b.reshape(-1, 1), wide, a.t()) if b is not None else wide @ a.t()
+                    rows = w.reshape(chains * w.shape[1], w.shape[2])  # every chain's rows, (C*out, in)
+                    z = torch.addmm(b.reshape(-1, 1), rows, a.t()) if b is not None else rows @ a.t()
                     a = z.view(chains, w.shape[1], -1)
                 elif a.dim() == 3:
                     a = torch.baddbmm(b.unsqueeze(2), w, a) if b is not None else torch.bmm(w, a)
@@ -204,29 +206,17 @@ class StackedMLP:
         return saved, a
 
     def _backward(self, params, saved, grad, into, scale):
-        """``grad`` = dL/d(model output), (C, out, B); the parameters' gradients (see losses_and_grads)."""
-        grads = [None] * len(params) if into is None else list(into)
-
-        def emit(i, product, accumulate):  # grads[i] = product(), or grads[i] += scale * product()
-            if into is None:
-                grads[i] = product()
-            else:
-                accumulate(grads[i])
-
+        """``grad`` = dL/d(model output), (C, out, B); adds ``scale`` x each parameter's gradient to ``into``."""
         for layer, keep in zip(reversed(self.layers), reversed(saved)):
             if layer.kind == "linear":
-                w, i = params[layer.weight], layer.weight
                 if layer.bias is not None:
-                    emit(layer.bias, lambda: grad.sum(2), lambda out: out.add_(grad.sum(2), alpha=scale))
-                if keep.dim() == 2:  # the first Linear, one product for all chains; nothing before it has parameters
-                    flat = grad.reshape(-1, grad.shape[2])                       # (C*out, B)
-                    emit(i, lambda: (flat @ keep).view_as(w),
-                         lambda out: out.view(-1, keep.shape[1]).addmm_(flat, keep, alpha=scale))
+                    into[layer.bias].add_(grad.sum(2), alpha=scale)
+                if keep.dim() == 2:  # the first Linear: one product for all chains, and nothing before it to reach
+                    rows = grad.reshape(-1, grad.shape[2])                                      # (C*out, B)
+                    into[layer.weight].view(rows.shape[0], -1).addmm_(rows, keep, alpha=scale)  # += dZ x
                     break
-                emit(i, lambda: torch.bmm(grad, keep.transpose(1, 2)),           # (C, out, in)
-                     lambda out: out.baddbmm_(grad, keep.transpose(1, 2), alpha=scale))
-                grad = torch.bmm(w.transpose(1, 2), grad)                       # (C, in, B)
+                into[layer.weight].baddbmm_(grad, keep.transpose(1, 2), alpha=scale)           # += dz_c a_c^T
+                grad = torch.bmm(params[layer.weight].transpose(1, 2), grad)                    # W_c^T dz_c
             elif layer.kind != "flatten":
                 z, a = keep
                 grad = _activation_backward(layer.kind, grad, z, a, layer.gelu_approximate)
-        return grads
