@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -116,6 +116,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             break
     return records
+
+
+def keep_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> None:
+    """Rewrite a JSONL file atomically with only the records for which ``keep`` is true (a resumed
+    training loop drops the lines it is about to write again); a missing file stays missing."""
+    path = Path(path)
+    if path.is_file():
+        write_text(path, "".join(json.dumps(r) + "\n" for r in read_jsonl(path) if keep(r)))
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

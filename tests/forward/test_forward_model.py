@@ -54,3 +54,32 @@ def test_attention_patterns_are_causal_and_match_fast_path():
 def test_width_mismatch_is_a_user_error():
     with pytest.raises(UserError, match="width"):
         ForwardModel(ForwardModelConfig(d_model=16))(torch.randn(1, 2, 8))
+
+
+def test_interrupted_training_resumes_without_repeating_its_curve(tmp_path):
+    """A crash between checkpoints leaves curve lines past the checkpoint: the resumed run drops them
+    (and only them: another run's lines in the same file stay)."""
+    from selfmodels.artifacts import append_jsonl, read_jsonl
+    from selfmodels.forward.train import ForwardTrainConfig, train_forward
+
+    metrics, ckpt = tmp_path / "metrics.jsonl", tmp_path / "checkpoint.safetensors"
+    append_jsonl(metrics, {"run": "other", "step": 5, "forward_mse": 1.0})
+    cfg = ForwardTrainConfig(steps=6, batch_size=2, log_every=1, checkpoint_every=4)
+
+    def batches(crash_at=None):
+        g = torch.Generator().manual_seed(0)
+        for i in range(100):
+            if i == crash_at:
+                raise KeyboardInterrupt
+            x = torch.randn(2, 3, 8, generator=g)
+            yield x, 2 * x
+
+    model = ForwardModel(ForwardModelConfig(d_model=8, n_head=2, d_head=4))
+    with pytest.raises(KeyboardInterrupt):  # dies during step 6: checkpoint at 4, curve lines 1..5
+        train_forward(model, batches(crash_at=5), cfg, torch.device("cpu"), metrics_path=metrics,
+                      checkpoint=ckpt, tag={"run": "mine"}, progress=False)
+    train_forward(model, batches(), cfg, torch.device("cpu"), metrics_path=metrics, checkpoint=ckpt,
+                  tag={"run": "mine"}, progress=False)
+    records = read_jsonl(metrics)
+    assert [r["step"] for r in records if r["run"] == "mine"] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records if r["run"] == "other"] == [5]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from selfmodels.artifacts import append_jsonl, read_jsonl, save_tensors, write_text
+from selfmodels.artifacts import append_jsonl, keep_jsonl, read_jsonl, save_tensors, write_text
 from selfmodels.configs import option
 from selfmodels.errors import require
 from selfmodels.checkpoint import load_checkpoint, save_checkpoint
@@ -131,11 +131,8 @@ def train_lm(
     start = 0
     if ckpt.is_file():
         start, _ = load_checkpoint(ckpt, modules, optimizers, {"data": generator})
-        # Keep only the curve up to the checkpoint: later lines will be written again.
-        kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= start]
-        write_text(metrics_path, "".join(__import__("json").dumps(r) + "\n" for r in kept))
-    elif metrics_path.exists():
-        metrics_path.unlink()
+    # Keep only the curve up to the checkpoint (none on a fresh start): later lines will be written again.
+    keep_jsonl(metrics_path, lambda r: r.get("step", 0) <= start)
     wanted = () if cotrain is None else (cotrain.source, cotrain.target)
     last_loss = float("nan")
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="main GPT", disable=not progress, leave=False)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from selfmodels.artifacts import append_jsonl
+from selfmodels.artifacts import append_jsonl, keep_jsonl
 from selfmodels.configs import option
 from selfmodels.errors import require
 from selfmodels.checkpoint import load_checkpoint, save_checkpoint
@@ -68,6 +68,11 @@ def train_forward(
     start = 0
     if checkpoint is not None and checkpoint.is_file():
         start, _ = load_checkpoint(checkpoint, {"forward": model}, {"forward": opt}, gens)
+    if metrics_path is not None:  # this run's lines past the checkpoint (all, on a fresh start) come again
+        def other_run_or_kept(record: dict) -> bool:
+            record_tag = {k: v for k, v in record.items() if k not in ("step", "forward_mse")}
+            return record_tag != (tag or {}) or record.get("step", 0) <= start
+        keep_jsonl(metrics_path, other_run_or_kept)
     tokens, last, began = 0, float("nan"), time.perf_counter()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc, disable=not progress, leave=False)
     for step in bar:
