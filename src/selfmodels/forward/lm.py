@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from selfmodels.artifacts import append_jsonl, keep_jsonl, read_jsonl, save_tensors, write_text
+from selfmodels.artifacts import append_jsonl, keep_jsonl, save_tensors
 from selfmodels.configs import option
 from selfmodels.errors import require
 from selfmodels.checkpoint import load_checkpoint, save_checkpoint
