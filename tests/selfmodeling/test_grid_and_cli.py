@@ -21,6 +21,20 @@ def test_expand_makes_one_baseline_per_seed_and_every_method_at_every_positive_s
     assert configs[0].optim.lr == 0.005 and configs[0].optim.nesterov  # the paper's MNIST optimiser
 
 
+def test_weight_decay_can_have_its_own_strengths_and_both_reproductions_give_it_them():
+    from selfmodels.selfmodeling.commands import quick_grid
+
+    configs = expand(GridConfig(**SMALL, weight_decay_strengths=[1e-3, 1e-2]))
+    by_method = {m: sorted({c.strength for c in configs if c.method == m}) for m in ("self-model", "activation-l2", "weight-decay")}
+    assert by_method == {"self-model": [1.0], "activation-l2": [1.0], "weight-decay": [1e-3, 1e-2]}
+    quick = expand(quick_grid())
+    assert len(quick) == 60
+    assert sorted({c.strength for c in quick if c.method == "weight-decay"}) == [1e-4, 1e-3, 1e-2]
+    assert sorted({c.strength for c in quick if c.method == "self-model"}) == [1.0, 10.0, 50.0]
+    with pytest.raises(Exception, match="finite and non-negative"):
+        GridConfig(**SMALL, weight_decay_strengths=[-1.0]).validate()
+
+
 def test_grid_writes_results_report_and_plots_and_skips_finished_runs(tiny_data, tmp_path, monkeypatch):
     results = run_and_report(GridConfig(**SMALL), tmp_path, progress=False, data=tiny_data)
     on_disk = json.loads((tmp_path / "results.json").read_text())

@@ -19,10 +19,11 @@ from selfmodels.selfmodeling.grid import LLC_CHOICES, GridConfig, run_and_report
 
 
 def quick_grid(workers: int = 1, llc: str = "paper") -> GridConfig:
-    """The quick reproduction's grid: MNIST offline, H 64 and 128, every method at w 1, 10, 50, 3 seeds."""
+    """The quick reproduction's grid: MNIST offline, H 64 and 128, self-model and activation-l2 at w 1, 10,
+    50, weight decay at 1e-4, 1e-3, 1e-2, 3 seeds."""
     return GridConfig(
         task=presets.QUICK_TASK, source="offline", hidden=list(presets.QUICK_HIDDEN), strengths=list(presets.QUICK_STRENGTHS),
-        seeds=list(presets.QUICK_SEEDS), epochs=presets.QUICK_EPOCHS, workers=workers, llc=llc,
+        weight_decay_strengths=list(presets.WEIGHT_DECAY_STRENGTHS), seeds=list(presets.QUICK_SEEDS), epochs=presets.QUICK_EPOCHS, workers=workers, llc=llc,
         llc_draws=presets.QUICK_LLC_DRAWS if llc != "none" else None,
     )
 
@@ -47,7 +48,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         grid = quick_grid(args.workers, args.llc)
         extra = {"note": QUICK_NOTE.format(epochs=presets.QUICK_EPOCHS, draws=presets.QUICK_LLC_DRAWS), "mode": "quick"}
     else:
-        grid = GridConfig(task="mnist", workers=args.workers, llc=args.llc)
+        grid = GridConfig(task="mnist", workers=args.workers, llc=args.llc,
+                          weight_decay_strengths=list(presets.WEIGHT_DECAY_STRENGTHS))
         extra = {"mode": "full (the paper's MNIST grid)"}
     if args.device:
         grid = dataclasses.replace(grid, device=args.device)
@@ -71,7 +73,8 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     rep = reproduce.add_parser(
         "self-modeling", help="the self-modeling paper's MNIST experiment (--quick: CPU-sized, offline)",
         description="Without --quick: the paper's full MNIST grid (H 64-512, AW 1-50, both controls, 10 seeds, "
-        "50 epochs; hub data when reachable). With --quick: offline MNIST subset, H 64 and 128, w 1, 10, 50, 3 seeds.",
+        "50 epochs; hub data when reachable). With --quick: offline MNIST subset, H 64 and 128, w 1, 10, 50, 3 seeds. "
+        "Weight decay runs at its own strengths, 1e-4, 1e-3, 1e-2, in both.",
     )
     rep.add_argument("--out", required=True, help="output directory")
     rep.add_argument("--quick", action="store_true", help="CPU-sized version on the offline MNIST subset")

@@ -41,6 +41,9 @@ class GridConfig:
     hidden: list[int] = option([], "hidden sizes H; [] = the paper's grid for the task")
     methods: list[str] = option(list(METHODS), "methods to run", choices=METHODS)
     strengths: list[float] = option([], "strengths w for every non-baseline method; [] = the paper's auxiliary weights")
+    weight_decay_strengths: list[float] = option(
+        [], "strengths of weight-decay only; [] = --strengths. w/2 |theta|^2 on every parameter collapses training at the "
+        "self-modeling weights (w >= 1): 0.0001 0.001 0.01 compare usefully")
     seeds: list[int] = option([], "training seeds; [] = 0..9, the paper's 10 runs")
     epochs: int | None = option(None, "epochs; None = the paper's for the task")
     lr: float | None = option(None, "learning rate; None = the paper's for the task")
@@ -60,7 +63,7 @@ class GridConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-        bad = [s for s in self.strengths if not (0 <= s < float("inf"))]
+        bad = [s for s in self.strengths + self.weight_decay_strengths if not (0 <= s < float("inf"))]
         if bad:
             raise UserError(f"strengths must be finite and non-negative, got {', '.join(map(str, bad))}")
         if any(h < 1 for h in self.hidden):
@@ -90,12 +93,15 @@ def expand(grid: GridConfig) -> list[RunConfig]:
     """Every run of the grid, seed by seed (so an interrupted grid has whole seeds done first).
 
     Each hidden size gets one baseline per seed; every other method runs at every strength > 0 (a
-    strength of 0 is the baseline itself).
+    strength of 0 is the baseline itself), weight-decay at its own strengths when given.
     """
     grid.validate()
     p = preset(grid.task)
     hiddens = grid.hidden or list(p.hidden)
     strengths = sorted({float(s) for s in (grid.strengths or p.strengths) if s > 0})
+    own = {"baseline": [0.0]}
+    if grid.weight_decay_strengths:
+        own["weight-decay"] = sorted({float(s) for s in grid.weight_decay_strengths if s > 0})
     seeds = grid.seeds or list(range(p.seeds))
     common = dict(
         epochs=grid.epochs, lr=grid.lr, batch_size=grid.batch_size, targets=grid.targets or None,
@@ -105,7 +111,7 @@ def expand(grid: GridConfig) -> list[RunConfig]:
     for seed in seeds:
         for hidden in hiddens:
             for method in grid.methods:
-                for strength in [0.0] if method == "baseline" else strengths:
+                for strength in own.get(method, strengths):
                     runs.append(resolve_run(grid.task, hidden=hidden, method=method, strength=strength, seed=seed, **common))
     if not runs:
         raise UserError("the grid is empty: give at least one method, and a strength > 0 for methods other than baseline")

@@ -50,7 +50,8 @@ def measure_vs_strength(summary: list[dict], out: Path, measure: str, label: str
             ref = sorted((r["strength"], r[paper_key]) for r in rows if r.get(paper_key) is not None and r["method"] in ("baseline", "self-model"))
             if ref:
                 ax.plot([p[0] for p in ref], [p[1] for p in ref], "s--", color="grey", alpha=0.7, label="paper (self-model)")
-        ax.set_xscale("symlog", linthresh=1.0)
+        positive = [r["strength"] for r in rows if r["strength"] > 0]
+        ax.set_xscale("symlog", linthresh=min([1.0, *positive]))  # log spacing down to the smallest strength
         ax.set_title(f"H = {hidden}")
         ax.set_xlabel("strength w (0 = baseline)")
         ax.set_ylabel(label)

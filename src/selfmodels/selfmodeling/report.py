@@ -56,7 +56,7 @@ def answer(trends: list[dict], summary: list[dict]) -> list[str]:
     lines = []
     for method, question in (("self-model", "Does weight SD fall as the auxiliary weight rises?"),
                              ("activation-l2", "What does activation regularisation do at the same strengths?"),
-                             ("weight-decay", "And weight decay at the same strengths?")):
+                             ("weight-decay", "And weight decay (at the strengths it ran with)?")):
         rows = [t for t in trends if t["method"] == method and t["measure"] == "weight_sd"]
         if not rows:
             continue
