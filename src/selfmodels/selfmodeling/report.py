@@ -101,7 +101,7 @@ def _condition_rows(summary: list[dict], hidden: int, has_llc: bool) -> tuple[li
     for r in summary:
         if r["hidden"] != hidden:
             continue
-        row = [r["method"], fmt(r["strength"], 3 if r["strength"] < 1 else 0) if r["strength"] else "0", r["n"],
+        row = [r["method"], f"{r['strength']:g}", r["n"],  # :g keeps 1e-4 and 0.5 readable
                fmt_ci(r["accuracy_mean"], r["accuracy_ci95"]), fmt(r["paper_accuracy"], 3),
                fmt_ci(r["weight_sd_mean"], r["weight_sd_ci95"], 4), fmt(r["paper_weight_sd"], 3),
                fmt_ci(r["identity_distance_mean"], r["identity_distance_ci95"], 2)]
