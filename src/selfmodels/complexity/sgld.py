@@ -21,7 +21,8 @@ Three ways to compute the gradients of all chains:
   one backward gives every chain's gradient.
 - ``sequential``: one forward/backward per chain. Needed when the forward cannot be vmapped (e.g.
   BatchNorm in train mode updates its running statistics in place).
-The parameter update is the same code for all three.
+The update is the same for all three (localization, drift, noise); the stacked path adds its drift
+into the freshly drawn noise inside its matrix products, the others in a separate pass.
 """
 
 from __future__ import annotations
