@@ -114,6 +114,15 @@ def test_auto_uses_stacked_for_mlps_and_vmap_otherwise():
     assert "stacked" in residual.diagnostics["fallback_reasons"]
 
 
+def test_asking_for_stacked_on_a_model_it_cannot_run_is_a_user_error():
+    from selfmodels.errors import UserError
+
+    x, y = _data()
+    config = LLCConfig(epsilon=1e-3, gamma=100.0, chains=2, draws=4, batch_size=16, batched="stacked")
+    with pytest.raises(UserError, match="batched=stacked cannot run this model.*does not simply continue"):
+        estimate_llc(Residual().double(), (x.flatten(1), y), cross_entropy, config, progress=False)
+
+
 def _frozen():
     model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
     model[0].weight.requires_grad_(False)

@@ -37,6 +37,7 @@ from selfmodels.complexity.batches import as_batch_cycle
 from selfmodels.complexity.diagnostics import diagnose
 from selfmodels.complexity.losses import cross_entropy
 from selfmodels.complexity.sgld import PATHS, SGLDChains
+from selfmodels.complexity.stacked_mlp import Unsupported
 from selfmodels.configs import option, to_dict
 from selfmodels.errors import UserError, require
 from selfmodels.runtime import resolve_device
@@ -295,6 +296,8 @@ def _first_step(model, batch, loss_fn, config: LLCConfig, nbeta: float, seeds: l
             return (sampler, sampler.step(batch)), path, fallback
         except (RuntimeError, NotImplementedError, ValueError) as exc:
             if path == candidates[-1]:
+                if isinstance(exc, Unsupported):  # asked for explicitly: a user error, not a crash
+                    raise UserError(f"batched=stacked cannot run this model: {exc}; use auto or vmap") from exc
                 raise
             # This path cannot run the model (not a plain MLP; an op without a vmap rule): try the next.
             # A failed first step changed nothing (gradients come before the update).
