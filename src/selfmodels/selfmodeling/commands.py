@@ -23,8 +23,8 @@ def quick_grid(workers: int = 1, llc: str = "paper") -> GridConfig:
     50, weight decay at 1e-4, 1e-3, 1e-2, 3 seeds."""
     return GridConfig(
         task=presets.QUICK_TASK, source="offline", hidden=list(presets.QUICK_HIDDEN), strengths=list(presets.QUICK_STRENGTHS),
-        weight_decay_strengths=list(presets.WEIGHT_DECAY_STRENGTHS), seeds=list(presets.QUICK_SEEDS), epochs=presets.QUICK_EPOCHS, workers=workers, llc=llc,
-        llc_draws=presets.QUICK_LLC_DRAWS if llc != "none" else None,
+        weight_decay_strengths=list(presets.WEIGHT_DECAY_STRENGTHS), seeds=list(presets.QUICK_SEEDS),
+        epochs=presets.QUICK_EPOCHS, workers=workers, llc=llc,
     )
 
 
@@ -32,7 +32,7 @@ QUICK_NOTE = (
     "Quick CPU reproduction: the offline 5,000-image MNIST subset (3,600 train / 400 validation / 1,000 test) "
     "instead of the full 60,000/10,000, and {epochs} epochs (8 steps each) instead of the paper's 50 epochs of "
     "118 steps. Expect lower accuracy and larger weight SDs than the paper's; compare the direction of the "
-    "effects, not their size. LLCs (when computed) use {draws} SGLD draws per chain instead of the paper's 1,000."
+    "effects, not their size. LLCs (when computed) use the paper's SGLD settings (4 chains x 1,000 draws)."
 )
 
 
@@ -46,7 +46,7 @@ def _regularize(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     if args.quick:
         grid = quick_grid(args.workers, args.llc)
-        extra = {"note": QUICK_NOTE.format(epochs=presets.QUICK_EPOCHS, draws=presets.QUICK_LLC_DRAWS), "mode": "quick"}
+        extra = {"note": QUICK_NOTE.format(epochs=presets.QUICK_EPOCHS), "mode": "quick"}
     else:
         grid = GridConfig(task="mnist", workers=args.workers, llc=args.llc,
                           weight_decay_strengths=list(presets.WEIGHT_DECAY_STRENGTHS))
@@ -81,8 +81,7 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     rep.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                      help="runs trained in parallel, one thread each (default: 2, or 1 on a 1-core machine)")
     rep.add_argument("--llc", choices=LLC_CHOICES, default="paper",
-                     help="estimate each run's LLC with the paper's SGLD settings (--quick: "
-                     f"{presets.QUICK_LLC_DRAWS} draws per chain), or none (default: paper)")
+                     help="estimate each run's LLC with the paper's SGLD settings, or none (default: paper)")
     rep.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
     rep.set_defaults(func=_reproduce)
