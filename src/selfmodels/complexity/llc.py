@@ -308,11 +308,10 @@ def _first_step(model, batch, loss_fn, config: LLCConfig, nbeta: float, seeds: l
 def _run_chains(sampler: SGLDChains, stream, config: LLCConfig, advance, first_losses=None) -> torch.Tensor:
     """All draws of ``sampler``'s chains, (chains, draws); ``first_losses``: step 0 was already taken."""
     k = config.steps_between_draws
-    traces = None
+    params = sampler.params[0]
+    traces = torch.empty(sampler.chains, config.draws, dtype=params.dtype, device=params.device)  # (C, D)
     for i in range(config.draws * k):
         losses = first_losses if i == 0 and first_losses is not None else sampler.step(next(stream))
-        if traces is None:
-            traces = torch.empty(len(losses), config.draws, dtype=losses.dtype, device=losses.device)  # (C, D)
         if (i + 1) % k == 0:  # draw d records the loss at w_i, i = (d + 1) k - 1 (as devinterp does)
             traces[:, (i + 1) // k - 1] = losses
         advance()

@@ -62,6 +62,8 @@ QUICK_SEEDS = (0, 1, 2)
 # 3,600 training images at batch 512 are 8 steps an epoch; 100 epochs (800 steps) bring the
 # baseline to ~0.9 test accuracy and the 60 runs within the 10-minute budget on 2 cores (2 workers).
 QUICK_EPOCHS = 100
+# The quick reproduction's LLCs use the paper's SGLD settings, 1,000 draws per chain included: at 200
+# draws the chains had not settled (an H 64 baseline gave 24 at 200 draws, 27 at 400, 29 at 1,000).
 
 
 def preset(task: str) -> TaskPreset:
@@ -69,5 +71,3 @@ def preset(task: str) -> TaskPreset:
     if task not in PRESETS:
         raise UserError(f"unknown task {task!r}: choose one of {', '.join(PRESETS)}")
     return PRESETS[task]
-# The quick reproduction's LLCs use the paper's SGLD settings, 1,000 draws per chain included: at 200
-# draws the chains had not settled (an H 64 baseline gave 24 at 200 draws, 27 at 400, 29 at 1,000).
