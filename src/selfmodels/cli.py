@@ -2,9 +2,9 @@
 
 The command parses arguments and calls the same functions a notebook would.
 
-Each area registers its own subcommands in its ``commands`` module (``register(subparsers,
-reproduce)``), so this file only assembles them. A :class:`~selfmodels.errors.UserError` anywhere
-becomes one message on stderr and exit status 2.
+Each area registers its own subcommands from its command modules (``register(subparsers,
+reproduce)``; listed in :data:`COMMAND_MODULES`), so this file only assembles them. A
+:class:`~selfmodels.errors.UserError` anywhere becomes one message on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from selfmodels.errors import UserError
 # The modules that contribute subcommands, in --help order.
 COMMAND_MODULES = (
     "selfmodels.selfmodeling.commands",
-    "selfmodels.complexity.commands",
+    "selfmodels.selfmodeling.llc_commands",
     "selfmodels.forward.commands",
 )
 

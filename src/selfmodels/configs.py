@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         kwargs: dict[str, Any] = {"dest": (prefix + field.name).replace(".", "__"), "default": argparse.SUPPRESS}
         help_text = field.metadata.get("help", "")
-        kwargs["help"] = f"{help_text} (default: {default})"
+        kwargs["help"] = f"{help_text} (default: {default})".replace("%", "%%")  # argparse %-formats help
         if field.metadata.get("choices"):
             kwargs["choices"] = field.metadata["choices"]
         if annotation is bool:

@@ -40,7 +40,7 @@ def test_llc_command_writes_json_and_plot(run_dir, capsys):
 
 
 def test_paper_value_travels_with_the_estimate():
-    from selfmodels.complexity.commands import _paper_reference
+    from selfmodels.selfmodeling.llc_commands import _paper_reference
 
     run = {"data": {"task": "mnist"}, "model": {"hidden": 64}, "method": "baseline", "strength": 0.0}
     assert _paper_reference(run)["paper_llc"] == 33

@@ -10,7 +10,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
 from selfmodels.data import images, sentiment
-from selfmodels.data.classification import load_classification, task_names
+from selfmodels.data.classification import get_task, load_classification, task_names
 from selfmodels.data.hub import HubUnavailable
 from selfmodels.data.splits import stratified_split
 from selfmodels.errors import UserError
@@ -110,15 +110,17 @@ def test_hub_source_offline_is_a_clear_error():
 def test_auto_falls_back_to_offline_when_hub_unreachable(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    asked = []
 
-    def unreachable(repo, column):
-        raise HubUnavailable("could not load 'ylecun/mnist' from the Hugging Face hub: ConnectionError")
+    def unreachable(repo):
+        asked.append(repo)
+        raise HubUnavailable(f"could not load {repo!r} from the Hugging Face hub: ConnectionError")
 
-    monkeypatch.setattr(images, "load_hub_images", unreachable)
-    data = load_classification("mnist", source="auto")
+    data = load_classification("mnist", source="auto", hub=unreachable)
+    assert asked == ["ylecun/mnist"]
     assert data.source.startswith("offline: real MNIST") and "hub unavailable" in data.source
     with pytest.raises(HubUnavailable):
-        load_classification("mnist", source="hub")
+        load_classification("mnist", source="hub", hub=unreachable)
 
 
 # ------------------------------------------------------------------------------------ IDX / Fashion-MNIST
@@ -144,22 +146,22 @@ def test_read_idx_on_fixtures(tmp_path):
         images.read_idx(tmp_path / "short")
 
 
-def test_fashion_mnist_from_idx_directory(tmp_path, monkeypatch):
+def test_fashion_mnist_from_idx_directory(tmp_path):
     rng = np.random.default_rng(0)
     for split, n in (("train", 40), ("test", 10)):
         image_name, label_name = images.FASHION_MNIST_FILES[split]
         write_idx(tmp_path / image_name, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 0x08)
         write_idx(tmp_path / label_name, np.arange(n, dtype=np.uint8) % 10, 0x08)
-    monkeypatch.setattr(images, "FASHION_MNIST_DIRS", (tmp_path,))
-    data = load_classification("fashion-mnist", source="offline")
-    assert data.split["sizes"] == {"train": 36, "val": 4, "test": 10}
-    assert data.input_shape == (1, 28, 28) and str(tmp_path) in data.source
+    raw = images.load_fashion_mnist_offline(dirs=(tmp_path / "elsewhere", tmp_path))  # the first complete one
+    assert raw.train_x.shape == (40, 1, 28, 28) and raw.test_x.shape == (10, 1, 28, 28)
+    assert raw.train_y.dtype == np.int64 and raw.train_y.tolist() == [i % 10 for i in range(40)]
+    assert str(tmp_path) in raw.source and raw.test_from == "official test split"
+    assert get_task("fashion-mnist").load_offline is images.load_fashion_mnist_offline  # what the task loads offline
 
 
-def test_fashion_mnist_offline_without_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(images, "FASHION_MNIST_DIRS", (tmp_path,))
+def test_fashion_mnist_offline_without_package(tmp_path):
     with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
-        load_classification("fashion-mnist", source="offline")
+        images.load_fashion_mnist_offline(dirs=(tmp_path,))
 
 
 # ------------------------------------------------------------------------------ hub format, in memory
@@ -191,11 +193,10 @@ def test_grey_hub_images_get_a_channel_axis():
     assert x.shape == (5, 1, 28, 28) and np.array_equal(x[:, 0], arrays) and y.tolist() == [3] * 5
 
 
-def test_cifar_hub_path_with_in_memory_dataset(monkeypatch):
+def test_cifar_hub_path_with_in_memory_dataset():
     splits, arrays = cifar_fixture()
     seen = []
-    monkeypatch.setattr(images, "load_hub_dataset", lambda repo: seen.append(repo) or splits)
-    data = load_classification("cifar10", source="hub", val_fraction=0.5)
+    data = load_classification("cifar10", source="hub", val_fraction=0.5, hub=lambda repo: seen.append(repo) or splits)
     assert seen == ["uoft-cs/cifar10"] and data.source == "hub: uoft-cs/cifar10"
     assert data.input_shape == (3, 32, 32) and data.split["sizes"] == {"train": 10, "val": 10, "test": 10}
     x = data.train.tensors[0]
@@ -222,15 +223,14 @@ def test_imdb_offline_rotten_tomatoes():
         assert (has & (y == more_in)).sum() > 2 * (has & (y != more_in)).sum()
 
 
-def test_imdb_vocab_from_train_only_via_hub_format(monkeypatch):
+def test_imdb_vocab_from_train_only_via_hub_format():
     train_texts = ["a great great film", "an awful film<br />truly awful", "great fun", "awful awful"] * 5
     test_texts = ["zebra zebra zebra film", "great"] * 5  # "zebra" never appears in training text
     splits = DatasetDict(
         train=Dataset.from_dict({"text": train_texts, "label": [1, 0, 1, 0] * 5}),
         test=Dataset.from_dict({"text": test_texts, "label": [0, 1] * 5}),
     )
-    monkeypatch.setattr(sentiment, "load_hub_dataset", lambda repo: splits)
-    data = load_classification("imdb", source="hub", val_fraction=0.5)
+    data = load_classification("imdb", source="hub", val_fraction=0.5, hub=lambda repo: splits)
     assert data.source == "hub: stanfordnlp/imdb" and data.input_shape == (256,)
     assert "zebra" not in data.vocab and "br" not in data.vocab  # HTML tags are dropped
     assert data.test.tensors[0][0, :4].tolist() == [1, 1, 1, data.vocab.index("film")]

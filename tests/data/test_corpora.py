@@ -87,12 +87,10 @@ def test_interleave_keeps_order_and_proportion():
     assert merged.index(b[0]) == 2 and merged.index(b[1]) == 6  # by midpoint; ties put corpus a first
 
 
-def test_offline_corpus_is_both_interleaved(monkeypatch):
-    monkeypatch.setattr(corpora, "load_kjv", lambda: ["Genesis text"])
-    monkeypatch.setattr(corpora, "load_wikipedia", lambda: ["Article one", "Article two"])
+def test_offline_corpus_is_both_interleaved():
     corpus = load_corpus("offline")
-    assert corpus.documents == ["Article one", "Genesis text", "Article two"]
-    assert corpus.text == "Article one\n\nGenesis text\n\nArticle two"
+    assert corpus.documents == interleave(corpora.load_kjv(), corpora.load_wikipedia())  # KJV first on ties
+    assert corpus.text == "\n\n".join(corpus.documents)
     assert "King James" in corpus.source and "Wikipedia" in corpus.source
 
 
@@ -135,8 +133,7 @@ def test_fineweb_streams_whole_documents_up_to_max_chars(monkeypatch):
         calls.append((repo, kwargs))
         return ({"text": f"document {i} " + "x" * 20} for i in range(1000))
 
-    monkeypatch.setattr(corpora, "load_hub_dataset", fake_stream)
-    corpus = load_corpus("fineweb-edu", max_chars=100)
+    corpus = load_corpus("fineweb-edu", max_chars=100, hub=fake_stream)
     assert calls == [("HuggingFaceFW/fineweb-edu", {"name": "sample-10BT", "split": "train", "streaming": True})]
     assert corpus.text.startswith("document 0 ") and len(corpus.text) == 100 and corpus.source.startswith("hub:")
 
@@ -144,9 +141,8 @@ def test_fineweb_streams_whole_documents_up_to_max_chars(monkeypatch):
         yield {"text": "one document"}
         raise ConnectionError("network went away")
 
-    monkeypatch.setattr(corpora, "load_hub_dataset", broken_stream)
     with pytest.raises(UserError, match="streaming HuggingFaceFW/fineweb-edu failed after 14 characters"):
-        load_corpus("fineweb-edu", max_chars=100)
+        load_corpus("fineweb-edu", max_chars=100, hub=broken_stream)
 
 
 # ------------------------------------------------------------------------------------------------- BPE
@@ -176,13 +172,12 @@ def test_tokenizer_save_load_and_corruption(tmp_path):
         load_tokenizer(tmp_path / "nope.json")
 
 
-def test_encode_corpus_chunks_equal_whole_encoding(monkeypatch):
+def test_encode_corpus_chunks_equal_whole_encoding():
     tok = small_bpe()
     text = kjv_text()[:30_000] + "\n\n\n   spaced\n" + SAMPLE * 20
-    monkeypatch.setattr(bpe, "CHUNK_CHARS", 500)  # many chunks, cut at line starts
     chunks = bpe.chunk_text(text, 500)
     assert len(chunks) > 20 and "".join(chunks) == text
-    stream = encode_corpus(tok, Corpus("t", "test", [text]), progress=False)
+    stream = encode_corpus(tok, Corpus("t", "test", [text]), progress=False, chunk_chars=500)  # many chunks, cut at line starts
     assert stream.dtype == torch.int64 and stream.dim() == 1
     assert stream.tolist() == tok.encode(text).ids
     assert bpe.chunk_text("x" * 3000, 500) == ["x" * 3000]  # no safe cut point: left whole

@@ -1,4 +1,8 @@
-"""Fixtures for the self-modeling tests: a tiny synthetic classification dataset shaped like MNIST's loader output."""
+"""Fixtures for the self-modeling tests: a tiny synthetic classification dataset shaped like MNIST's loader
+output, and a snapshot of the files under a directory (to show that a finished run was not trained again)."""
+
+import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,3 +30,18 @@ def make_tiny_data(n_train: int = 96, classes: int = 3, shape=(1, 4, 4), seed: i
 @pytest.fixture
 def tiny_data() -> TinyData:
     return make_tiny_data()
+
+
+def _file_states(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, int, str]]:
+    """Every file under ``root`` (names in ``skip`` left out) -> (inode, mtime in ns, SHA-1 of its bytes).
+
+    Any write changes it: our atomic writes rename a new file into place (a new inode), an append changes
+    the bytes and the time. Training a run even once rewrites its ``metrics.jsonl`` and weights."""
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
+            for p in sorted(Path(root).rglob("*")) if p.is_file() and p.name not in skip}
+
+
+@pytest.fixture
+def file_states():
+    """``file_states(root, skip=())``: a snapshot of the files under ``root``; equal snapshots = nothing written."""
+    return _file_states

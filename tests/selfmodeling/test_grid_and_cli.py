@@ -5,7 +5,6 @@ import json
 import pytest
 
 from selfmodels import cli
-from selfmodels.selfmodeling import grid as grid_module
 from selfmodels.selfmodeling import runs as runs_module
 from selfmodels.selfmodeling.grid import GridConfig, expand, run_and_report, run_grid
 
@@ -35,7 +34,7 @@ def test_weight_decay_can_have_its_own_strengths_and_both_reproductions_give_it_
         GridConfig(**SMALL, weight_decay_strengths=[-1.0]).validate()
 
 
-def test_grid_writes_results_report_and_plots_and_skips_finished_runs(tiny_data, tmp_path, monkeypatch):
+def test_grid_writes_results_report_and_plots_and_skips_finished_runs(tiny_data, tmp_path, file_states):
     results = run_and_report(GridConfig(**SMALL), tmp_path, progress=False, data=tiny_data)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["runs"] == results["runs"] and len(on_disk["runs"]) == 8
@@ -52,12 +51,13 @@ def test_grid_writes_results_report_and_plots_and_skips_finished_runs(tiny_data,
     for png in ("weight_sd_vs_strength.png", "accuracy_vs_strength.png", "training_curves_h5.png", "identity_distance.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
-    # A second call trains nothing and gives the same results.
-    monkeypatch.setattr(runs_module, "train_objective", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    # A second call trains nothing (writes no file of any run) and gives the same results.
+    before = file_states(tmp_path / "runs")
     assert run_grid(GridConfig(**SMALL), tmp_path, progress=False, data=tiny_data) == results["runs"]
+    assert file_states(tmp_path / "runs") == before
 
 
-def test_an_interrupted_grid_resumes_where_it_stopped(tiny_data, tmp_path, monkeypatch):
+def test_an_interrupted_grid_resumes_where_it_stopped(tiny_data, tmp_path):
     config = expand(GridConfig(**SMALL))[1]
     runs_module.run_one(config, tiny_data, tmp_path / "runs" / config.name, progress=False, stop_after=1)
     resumed = run_grid(GridConfig(**SMALL), tmp_path, progress=False, data=tiny_data)
@@ -83,8 +83,8 @@ def _main(argv, capsys):
         (["--epochs", "0"], "at least 1"),
     ],
 )
-def test_bad_input_exits_2_with_one_message(tiny_data, tmp_path, monkeypatch, capsys, extra, message):
-    monkeypatch.setattr(grid_module, "load_data", lambda *a, **k: tiny_data)
+def test_bad_input_exits_2_with_one_message(tmp_path, capsys, extra, message):
+    # Through the real command: the data is the offline MNIST subset (conftest sets HF_HUB_OFFLINE=1).
     argv = ["regularize", "--out", str(tmp_path), "--quiet", "--hidden", "4", "--seeds", "0", "--epochs", "1", *extra]
     status, err = _main(argv, capsys)
     assert status == 2
@@ -95,11 +95,11 @@ def test_bad_input_exits_2_with_one_message(tiny_data, tmp_path, monkeypatch, ca
     assert not (tmp_path / "results.json").exists()
 
 
-def test_cli_refuses_a_corrupt_checkpoint_and_keeps_it(tiny_data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(grid_module, "load_data", lambda *a, **k: tiny_data)
+def test_cli_refuses_a_corrupt_checkpoint_and_keeps_it(tmp_path, capsys):
     config = expand(GridConfig(task="mnist", hidden=[4], seeds=[0], methods=["baseline"], epochs=2))[0]
     run_dir = tmp_path / "runs" / config.name
-    runs_module.run_one(config, tiny_data, run_dir, progress=False, stop_after=1)
+    # The data the command will load too: the offline MNIST subset (conftest sets HF_HUB_OFFLINE=1).
+    runs_module.run_one(config, runs_module.load_data(config.data), run_dir, progress=False, stop_after=1)
     (run_dir / "checkpoint.safetensors").write_bytes(b"garbage")
     argv = ["regularize", "--out", str(tmp_path), "--quiet", "--hidden", "4", "--seeds", "0", "--methods", "baseline", "--epochs", "2"]
     status, err = _main(argv, capsys)
@@ -114,16 +114,16 @@ def test_cifar_offline_is_a_clear_user_error(tmp_path, capsys, monkeypatch):
     assert status == 2 and "cifar10 needs internet" in err
 
 
-def test_llc_is_estimated_per_run_summarised_and_can_be_added_to_a_finished_grid(tiny_data, tmp_path, monkeypatch):
-    from selfmodels.complexity.llc import LLCConfig
-
+def test_llc_is_estimated_per_run_summarised_and_can_be_added_to_a_finished_grid(tiny_data, tmp_path, file_states):
     small = dict(SMALL, methods=["baseline", "self-model"], strengths=[1.0])
     results = run_and_report(GridConfig(**small), tmp_path, progress=False, data=tiny_data)
     assert "llc_mean" not in results["runs"][0]
-    # Ask for the LLC afterwards: no run is trained again, only the LLC is estimated.
-    monkeypatch.setattr(runs_module, "train_objective", lambda *a, **k: pytest.fail("a finished run was trained again"))
-    monkeypatch.setattr(grid_module, "llc_config", lambda grid, batch: LLCConfig(chains=2, draws=20, batch_size=32, epsilon=1e-4, gamma=100.0))
-    results = run_and_report(GridConfig(**dict(small, llc="paper")), tmp_path, progress=False, data=tiny_data)
+    # Ask for the LLC afterwards (the paper's SGLD settings, fewer chains and draws): no run is trained
+    # again, only the LLC is estimated and each run's result.json rewritten.
+    before = file_states(tmp_path / "runs", skip=("result.json",))
+    with_llc = GridConfig(**dict(small, llc="paper", llc_chains=2, llc_draws=20))
+    results = run_and_report(with_llc, tmp_path, progress=False, data=tiny_data)
+    assert file_states(tmp_path / "runs", skip=("result.json",)) == before
     for run in results["runs"]:
         assert {"llc_mean", "llc_std", "llc_flags", "llc_loss_at_wstar"} <= set(run)
         assert run["llc_loss_at_wstar"] > 0 and isinstance(run["llc_flags"], list)

@@ -7,7 +7,6 @@ import torch
 
 from selfmodels.errors import UserError
 from selfmodels.nets.classifiers import MLPClassifier
-from selfmodels.selfmodeling import runs as runs_module
 from selfmodels.selfmodeling.objectives import build_objective
 from selfmodels.selfmodeling.runs import load_trained_classifier, resolve_run, run_one
 from selfmodels.selfmodeling.train import CHECKPOINT, OptimConfig, train_objective
@@ -63,17 +62,17 @@ def test_a_checkpoint_of_another_model_is_a_user_error(tiny_data, tmp_path):
         _train(tiny_data, tmp_path, method="baseline")
 
 
-def test_run_one_finishes_skips_and_loads_the_pruned_classifier(tiny_data, tmp_path, monkeypatch):
+def test_run_one_finishes_skips_and_loads_the_pruned_classifier(tiny_data, tmp_path, file_states):
     config = resolve_run("mnist", hidden=6, method="self-model", strength=1.0, seed=0, epochs=2, batch_size=32)
     record = run_one(config, tiny_data, tmp_path / "run", progress=False)
     assert record["method"] == "self-model" and record["epochs"] == 2 and 0 <= record["test_accuracy"] <= 1
     assert not (tmp_path / "run" / CHECKPOINT).exists()
-    # Finished: run again -> the stored record, no training.
-    monkeypatch.setattr(runs_module, "train_objective", lambda *a, **k: pytest.fail("trained a finished run"))
+    # Finished: run again -> the stored record, no training (not one file of the run is written).
+    before = file_states(tmp_path / "run")
     assert run_one(config, tiny_data, tmp_path / "run", progress=False) == record
-    # load_trained_classifier rebuilds the pruned model (the data loader is replaced by the fixture).
-    monkeypatch.setattr(runs_module, "load_data", lambda *a, **k: tiny_data)
-    model, data, stored = load_trained_classifier(tmp_path / "run")
+    assert file_states(tmp_path / "run") == before
+    # load_trained_classifier rebuilds the pruned model (on the fixture's data, handed to it).
+    model, data, stored = load_trained_classifier(tmp_path / "run", data=tiny_data)
     assert stored["method"] == "self-model" and data is tiny_data
     assert model.head.out_features == 3
     x = tiny_data.test.tensors[0]

@@ -1,4 +1,5 @@
-"""Plots of LLC loss traces: one estimate's chains, and a calibration grid of ε x γ."""
+"""Plots of LLC loss traces: one estimate's chains, and a calibration grid of ε x γ (PNG files written
+by :func:`selfmodels.report.figures.save_figure`; no pyplot, no backend switching)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,9 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from selfmodels.artifacts import atomic_path  # noqa: E402
+from selfmodels.report.figures import colors, save_figure, subplots
 
 
 def _draw_chains(ax, lam: torch.Tensor, burn_in: int, color=None, label: str | None = None) -> None:
@@ -23,19 +20,13 @@ def _draw_chains(ax, lam: torch.Tensor, burn_in: int, color=None, label: str | N
     ax.axvspan(0, burn_in, color="0.9", zorder=0)
 
 
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
 def plot_trace(result, path: str | Path, title: str = "") -> None:
     """Per-chain λ̂_t = nβ (L_batch(w_t) - L(w*)) against the draw, with the burn-in shaded and the
     estimate as a horizontal line."""
     lam = result.lambda_traces()
     burn_in = result.config.get("burn_in")
     burn_in = lam.shape[1] // 2 if burn_in is None else burn_in
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     _draw_chains(ax, lam, burn_in)
     estimate = result.mean if math.isfinite(result.mean) else result.diagnostics.get("raw_mean")
     if estimate is not None and math.isfinite(estimate):
@@ -45,15 +36,15 @@ def plot_trace(result, path: str | Path, title: str = "") -> None:
     ax.set(xlabel="draw", ylabel="nβ (L_batch(w_t) - L(w*))",
            title=(title + "\n" if title else "") + f"L(w*) = {result.init_loss:.4g}; {flags}")
     fig.tight_layout()
-    _save(fig, Path(path))
+    save_figure(fig, path)
 
 
 def plot_calibration(cells: Sequence[dict], traces: dict, epsilons: Sequence[float], gammas: Sequence[float],
                      nbetas: Sequence[float], path: str | Path) -> None:
     """Grid: rows ε, columns γ; each panel shows every chain's λ̂ trace, one colour per nβ."""
-    fig, axes = plt.subplots(len(epsilons), len(gammas), figsize=(max(6.5, 3.6 * len(gammas)), 2.6 * len(epsilons) + 0.6),
+    fig, axes = subplots(len(epsilons), len(gammas), figsize=(max(6.5, 3.6 * len(gammas)), 2.6 * len(epsilons) + 0.6),
                              squeeze=False, sharex=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    palette = colors()
     by_key = {(c["epsilon"], c["gamma"], c["nbeta"]): c for c in cells}
     for i, eps in enumerate(epsilons):
         for j, gamma in enumerate(gammas):
@@ -64,7 +55,7 @@ def plot_calibration(cells: Sequence[dict], traces: dict, epsilons: Sequence[flo
                 key = (eps, gamma, nbeta)
                 if cell is None or key not in traces:
                     continue
-                _draw_chains(ax, traces[key], cell["burn_in"], color=colors[k % len(colors)],
+                _draw_chains(ax, traces[key], cell["burn_in"], color=palette[k % len(palette)],
                              label=f"nβ={nbeta:.3g}" if len(nbetas) > 1 else None)
                 value = cell["llc_mean"] if cell["llc_mean"] is not None else cell["llc_raw_mean"]
                 notes.append(f"{value:.3g}" + ("*" if cell["llc_flags"] else "") if value is not None else "-")
@@ -77,4 +68,4 @@ def plot_calibration(cells: Sequence[dict], traces: dict, epsilons: Sequence[flo
         row[0].set_ylabel("nβ (L - L(w*))")
     fig.suptitle("LLC calibration: λ̂ traces per chain (* = flagged; grey = burn-in)", fontsize=10)
     fig.tight_layout()
-    _save(fig, Path(path))
+    save_figure(fig, path)

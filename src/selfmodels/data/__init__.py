@@ -11,8 +11,8 @@ shipped inside packages from the registries.
   sample, both, FineWeb-Edu streaming, a local .txt) and the wiki markup cleaner.
 - :mod:`~selfmodels.data.bpe`: byte-level BPE training, saving and loading, pretrained tokenizers,
   ``encode_corpus`` and ``split_stream`` (train / validation by position).
-- :mod:`~selfmodels.data.splits` and :mod:`~selfmodels.data.hub`: the stratified split and the hub door
-  (offline detection, one error type).
+- :mod:`~selfmodels.data.splits` and :mod:`~selfmodels.data.hub`: the stratified split and the types
+  every loader shares (``RawSplits``, ``Prepared``), and the hub door (offline detection, one error type).
 
 Nothing is imported here, so ``import selfmodels.data`` stays cheap.
 """

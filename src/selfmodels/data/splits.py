@@ -1,11 +1,13 @@
-"""Seeded, stratified index splits (one function for every held-out set we carve), and the raw
-train/test pair every loader returns before the splits and features are made."""
+"""Seeded, stratified index splits (one function for every held-out set we carve), the raw
+train/test pair every loader returns before the splits and features are made, and the prepared
+train/val/test features a task's ``prepare`` step makes from them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from selfmodels.errors import require
 
@@ -47,3 +49,13 @@ class RawSplits:
     source: str
     test_from: str  # how the test set was obtained, for ``ClassificationData.split``
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a task's ``prepare`` step makes from the raw train / val / test parts."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    vocab: list[str] | None = None

@@ -1,29 +1,19 @@
 """PNG plots of a grid's results: measures against strength (mean and 95% CI over seeds) and
-training curves (mean over seeds per epoch). Each function writes one file atomically and returns
-its name."""
+training curves (mean over seeds per epoch). Each function writes one file atomically (through
+:func:`selfmodels.report.figures.save_figure`; no pyplot, no backend switching) and returns its name."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from selfmodels.artifacts import atomic_path, read_jsonl  # noqa: E402
-from selfmodels.selfmodeling.objectives import METHODS  # noqa: E402
+from selfmodels.artifacts import read_jsonl
+from selfmodels.report.figures import colormap, save_figure, subplots
+from selfmodels.selfmodeling.objectives import METHODS
 
 COLORS = {"baseline": "black", "self-model": "tab:blue", "activation-l2": "tab:orange", "weight-decay": "tab:green"}
-
-
-def _save(fig, path: Path) -> str:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path.name
 
 
 def _hiddens(summary: list[dict]) -> list[int]:
@@ -34,7 +24,7 @@ def measure_vs_strength(summary: list[dict], out: Path, measure: str, label: str
     """One panel per hidden size: ``<measure>_mean`` +- ``_ci95`` against strength, a line per method;
     the baseline is drawn at strength 0 on every method's line, the paper's self-model values dashed."""
     hiddens = _hiddens(summary)
-    fig, axes = plt.subplots(1, len(hiddens), figsize=(4.6 * len(hiddens), 3.6), squeeze=False, constrained_layout=True)
+    fig, axes = subplots(1, len(hiddens), figsize=(4.6 * len(hiddens), 3.6), squeeze=False, constrained_layout=True)
     for ax, hidden in zip(axes[0], hiddens):
         rows = [r for r in summary if r["hidden"] == hidden]
         base = [r for r in rows if r["method"] == "baseline"]
@@ -58,7 +48,7 @@ def measure_vs_strength(summary: list[dict], out: Path, measure: str, label: str
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{label}: mean and 95% CI over seeds")
-    return _save(fig, out / filename)
+    return save_figure(fig, out / filename)
 
 
 def _curves(records: list[dict], runs_dir: Path, key: str) -> dict[tuple, np.ndarray]:
@@ -81,14 +71,14 @@ def training_curves(records: list[dict], runs_dir: Path, out: Path, hidden: int)
     strength (the baseline in black in every column)."""
     methods = [m for m in METHODS[1:] if any(r["method"] == m and r["hidden"] == hidden for r in records)]
     rows = [("weight_sd", "weight SD (classification rows)"), ("test_accuracy", "test accuracy")]
-    fig, axes = plt.subplots(len(rows), max(len(methods), 1), figsize=(4.6 * max(len(methods), 1), 3.2 * len(rows)), squeeze=False, constrained_layout=True)
+    fig, axes = subplots(len(rows), max(len(methods), 1), figsize=(4.6 * max(len(methods), 1), 3.2 * len(rows)), squeeze=False, constrained_layout=True)
     mine = [r for r in records if r["hidden"] == hidden]
     for i, (key, label) in enumerate(rows):
         curves = _curves(mine, runs_dir, key)
         for j, method in enumerate(methods or ["baseline"]):
             ax = axes[i][j]
             strengths = sorted({s for (_, m, s) in curves if m == method})
-            cmap = plt.get_cmap("viridis", max(len(strengths), 1))
+            cmap = colormap("viridis", max(len(strengths), 1))
             for (h, m, s), curve in curves.items():
                 if m == "baseline":
                     ax.plot(np.arange(1, len(curve) + 1), curve, color="black", label="baseline")
@@ -102,7 +92,7 @@ def training_curves(records: list[dict], runs_dir: Path, out: Path, hidden: int)
             if i == 0:
                 ax.legend(fontsize=7)
     fig.suptitle("training curves (mean over seeds)")
-    return _save(fig, out / f"training_curves_h{hidden}.png")
+    return save_figure(fig, out / f"training_curves_h{hidden}.png")
 
 
 def identity_curves(records: list[dict], runs_dir: Path, out: Path) -> str | None:
@@ -111,7 +101,7 @@ def identity_curves(records: list[dict], runs_dir: Path, out: Path) -> str | Non
     curves = {k: v for k, v in curves.items() if np.isfinite(v).any()}
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+    fig, ax = subplots(figsize=(5.5, 3.8), constrained_layout=True)
     for (hidden, _, strength), curve in sorted(curves.items()):
         ax.plot(np.arange(1, len(curve) + 1), curve / np.sqrt(hidden), label=f"H = {hidden}, w = {strength:g}")
     ax.set_xlabel("epoch")
@@ -119,4 +109,4 @@ def identity_curves(records: list[dict], runs_dir: Path, out: Path) -> str | Non
     ax.set_title("distance of the self-model block from the identity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, out / "identity_distance.png")
+    return save_figure(fig, out / "identity_distance.png")

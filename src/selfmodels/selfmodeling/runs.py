@@ -34,7 +34,7 @@ MODEL = "model.safetensors"
 
 
 @dataclass
-class DataConfig:
+class ClassificationDataConfig:
     """Which data a run trains on (the split seed is fixed across training seeds)."""
 
     task: str = option("mnist", "classification task (mnist, fashion-mnist, cifar10, imdb)")
@@ -48,7 +48,7 @@ class DataConfig:
 class RunConfig:
     """One fully resolved run: data, model, objective, optimisation, seed and (optionally) LLC."""
 
-    data: DataConfig
+    data: ClassificationDataConfig
     model: ClassifierConfig
     optim: OptimConfig
     method: str = option("baseline", "objective", choices=METHODS)
@@ -95,7 +95,7 @@ def run_config_from_dict(data: dict) -> RunConfig:
     return config
 
 
-def load_data(config: DataConfig, *, source: str | None = None):
+def load_data(config: ClassificationDataConfig, *, source: str | None = None):
     """The run's :class:`~selfmodels.data.classification.ClassificationData`."""
     from selfmodels.data.classification import load_classification
 
@@ -208,10 +208,12 @@ def run_one(config: RunConfig, data, run_dir: str | Path, *, device: str | torch
     return read_json(run_dir / RESULT)  # as stored: non-finite values (a flagged LLC) become null
 
 
-def load_trained_classifier(run_dir: str | Path) -> tuple[nn.Module, Any, dict]:
+def load_trained_classifier(run_dir: str | Path, *, data=None) -> tuple[nn.Module, Any, dict]:
     """The pruned classifier of a finished run, its data (same task, source kind and split) and config.
 
     Returns ``(classifier_only_model, ClassificationData, run_config_dict)``; the model is in eval mode.
+    ``data`` (a ClassificationData) is the run's data when already at hand, and is returned as given;
+    by default it is loaded as the run's config says.
     """
     run_dir = Path(run_dir)
     stored = read_json(run_dir / "config.json")
@@ -220,7 +222,8 @@ def load_trained_classifier(run_dir: str | Path) -> tuple[nn.Module, Any, dict]:
     if not (run_dir / CLASSIFIER).exists():
         raise UserError(f"{run_dir} holds no trained classifier yet ({CLASSIFIER} missing): finish the run first")
     config = run_config_from_dict(stored["run"])
-    data = load_data(config.data, source=stored.get("data_source_kind"))
+    if data is None:
+        data = load_data(config.data, source=stored.get("data_source_kind"))
     model = build_classifier(config.model, num_classes=data.num_classes, input_shape=data.input_shape, vocab_size=data.vocab_size)
     try:
         model.load_state_dict(load_tensors(run_dir / CLASSIFIER))
@@ -241,9 +244,9 @@ def resolve_run(task: str, *, hidden: int | None = None, method: str = "baseline
     (``epochs``, ``lr``, ...), ``targets``, ``detach``, ``source`` and the like."""
     p = preset(task)
     optim_fields = {f.name for f in dataclasses.fields(OptimConfig)}
-    data_fields = {f.name for f in dataclasses.fields(DataConfig)} - {"task"}
+    data_fields = {f.name for f in dataclasses.fields(ClassificationDataConfig)} - {"task"}
     optim = dataclasses.replace(p.optim, **{k: v for k, v in overrides.items() if k in optim_fields and v is not None})
-    data = DataConfig(task=task, **{k: v for k, v in overrides.items() if k in data_fields and v is not None})
+    data = ClassificationDataConfig(task=task, **{k: v for k, v in overrides.items() if k in data_fields and v is not None})
     rest = {k: v for k, v in overrides.items() if k not in optim_fields | data_fields and v is not None}
     targets = list(rest.pop("targets", None) or p.targets)
     model = ClassifierConfig(arch=p.arch, hidden=hidden if hidden is not None else p.hidden[0])

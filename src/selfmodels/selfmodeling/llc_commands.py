@@ -1,4 +1,8 @@
-"""Subcommands of the complexity area.
+"""The ``llc`` subcommand: the complexity area's estimator applied to a self-modeling run.
+
+It lives here, not in :mod:`selfmodels.complexity`, because it loads a trained self-modeling run
+(``selfmodeling.runs``) and the paper's values (``selfmodeling.reference``); the complexity package sits
+below the self-modeling area and imports nothing from it.
 
 - ``selfmodels llc RUN_DIR [LLC flags]``: the LLC of a trained run's classifier (classifier only, mean
   cross-entropy on its training set); writes ``RUN_DIR/llc.json`` and ``RUN_DIR/llc_trace.png``.
@@ -37,10 +41,8 @@ def _base_config(run: dict):
 
 def _paper_reference(run: dict) -> dict:
     """The paper's RLCT for this run's condition, where it published one."""
-    try:
-        from selfmodels.selfmodeling.reference import PAPER, paper_value
-    except ImportError:  # the self-modeling area is optional for this command
-        return {}
+    from selfmodels.selfmodeling.reference import PAPER, paper_value
+
     value = paper_value("rlct", run.get("data", {}).get("task", ""), run.get("model", {}).get("hidden", -1),
                         run.get("method", ""), run.get("strength", 0.0))
     return {"paper_llc": value, "paper_source": PAPER} if value is not None else {}
