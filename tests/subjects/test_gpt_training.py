@@ -1,12 +1,12 @@
-"""The main GPT: taps, running from a layer, stopping early, resume, co-training isolation."""
+"""Training the subject GPT: exact resume, and co-training that leaves the GPT untouched by the forward loss."""
 
-import pytest
 import torch
 
-from selfmodels.errors import UserError
-from selfmodels.forward.lm import CoTrain, LMTrainConfig, train_lm
+from selfmodels.artifacts import read_jsonl
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
 from selfmodels.nets.gpt import GPT, GPTConfig
+from selfmodels.subjects.gpt import GPTSubject
+from selfmodels.subjects.gpt_training import CoTrain, LMTrainConfig, train_lm
 
 TINY = GPTConfig(vocab_size=48, block_size=12, n_layer=3, n_head=2, d_model=16)
 
@@ -16,32 +16,6 @@ def _tokens(n=3000, seed=0):
     g = torch.Generator().manual_seed(seed)
     base = torch.arange(n) % 17
     return torch.where(torch.rand(n, generator=g) < 0.1, torch.randint(0, 48, (n,), generator=g), base)
-
-
-def test_taps_and_forward_from_reproduce_the_full_pass():
-    torch.manual_seed(0)
-    gpt = GPT(TINY).eval()
-    x = torch.randint(0, 48, (2, 12))
-    acts = gpt.activations(x, ["post_embed", "post_block0", "post_block1"])
-    assert set(acts) == {"post_embed", "post_block0", "post_block1"}
-    full = gpt(x)
-    for name, index in (("post_embed", 0), ("post_block0", 1), ("post_block1", 2)):
-        assert torch.equal(gpt.forward_from(acts[name], index), full)
-    with pytest.raises(UserError, match="post_block3"):
-        gpt.tap_index("post_block3")
-
-
-def test_activation_collection_stops_after_the_last_layer_needed():
-    gpt = GPT(TINY).eval()
-    ran = []
-    for i, block in enumerate(gpt.blocks):
-        block.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
-    gpt.activations(torch.zeros(1, 4, dtype=torch.long), ["post_block0"])
-    assert ran == [0]
-
-
-def test_paper_toy_size():
-    assert GPT(GPTConfig(vocab_size=50257)).num_params() == 28_923_904  # the paper's "28.9M"
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -59,7 +33,7 @@ def test_resume_continues_exactly(tmp_path):
     train_lm(resumed, tokens[:2500], tokens[2500:], cfg, tmp_path / "b", torch.device("cpu"), seed=3, progress=False)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
-    steps = [r["step"] for r in __import__("selfmodels.artifacts", fromlist=["read_jsonl"]).read_jsonl(tmp_path / "b" / "metrics.jsonl")]
+    steps = [r["step"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")]
     assert steps == sorted(set(steps))  # no duplicated curve after the resume
 
 
@@ -73,7 +47,7 @@ def test_cotraining_leaves_the_main_model_untouched_by_the_forward_loss(tmp_path
     together = GPT(TINY)
     fwd = ForwardModel(ForwardModelConfig(d_model=16, d_head=8))
     before = [p.clone() for p in fwd.parameters()]
-    train_lm(together, tokens[:2500], tokens[2500:], cfg, tmp_path / "b", torch.device("cpu"), seed=1, cotrain=CoTrain(fwd, 1, 2), progress=False)
+    train_lm(together, tokens[:2500], tokens[2500:], cfg, tmp_path / "b", torch.device("cpu"), seed=1, cotrain=CoTrain(fwd, 0, 1), progress=False)
     # Bit-identical main model: the forward loss contributed no gradient and no step to it.
     for a, b in zip(alone.parameters(), together.parameters()):
         assert torch.equal(a, b)
@@ -84,8 +58,9 @@ def test_cotraining_leaves_the_main_model_untouched_by_the_forward_loss(tmp_path
 def test_detached_forward_loss_puts_no_gradient_in_the_main_model():
     gpt = GPT(TINY)
     fwd = ForwardModel(ForwardModelConfig(d_model=16, d_head=8))
-    acts = gpt.activations(torch.randint(0, 48, (2, 12)), ["post_block0", "post_block1"])
-    loss = torch.nn.functional.mse_loss(fwd(acts["post_block0"].detach()), acts["post_block1"].detach())
+    acts = GPTSubject(gpt).residuals(torch.randint(0, 48, (2, 12)), [0, 1])  # with gradients on
+    assert acts[1].requires_grad
+    loss = torch.nn.functional.mse_loss(fwd(acts[0].detach()), acts[1].detach())
     loss.backward()
     assert all(p.grad is None for p in gpt.parameters())
     assert any(p.grad is not None for p in fwd.parameters())

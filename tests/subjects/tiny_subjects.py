@@ -1,0 +1,100 @@
+"""Tiny random subjects for the contract tests: our GPT and one model per Hugging Face family (no download)."""
+
+from __future__ import annotations
+
+import torch
+
+VOCAB = 97
+D_MODEL = 64
+LAYERS = 3
+POSITIONS = 64
+INIT = 0.1  # larger than the usual 0.02, so random models have distinct attention patterns and logits
+
+
+def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every bias and every norm gain/shift a random value (they start at 0 and 1), so that tests of
+    biases and of folding the norm gain into the weights compare something."""
+    generator = torch.Generator().manual_seed(seed + 1000)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=generator)
+            if name.endswith("bias"):
+                p.copy_(INIT * noise)
+            elif p.ndim == 1:  # norm gains
+                p.copy_(1 + 0.3 * noise)
+    return model
+
+
+def _gpt():
+    from selfmodels.nets.gpt import GPT, GPTConfig
+    from selfmodels.subjects.gpt import GPTSubject
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=VOCAB, block_size=POSITIONS, n_layer=LAYERS, n_head=4, d_model=D_MODEL)).eval()
+    with torch.no_grad():
+        for p in gpt.parameters():
+            if p.ndim == 2:
+                p.mul_(INIT / 0.02)  # GPT starts its weights at N(0, 0.02)
+    perturb(gpt)
+    return GPTSubject(gpt, name="tiny-gpt")
+
+
+def _llama_like(config_class, **extra):
+    common = dict(vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=LAYERS,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=POSITIONS)
+    return config_class(**common, **extra)
+
+
+def hf_config(kind: str):
+    """The transformers config of a tiny model of ``kind`` (a FAMILIES key, or a variant of one)."""
+    import transformers as tf
+
+    special = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None, initializer_range=INIT)
+    if kind == "llama":
+        return _llama_like(tf.LlamaConfig, attention_bias=True, **special)  # o_proj with a bias
+    if kind == "mistral":
+        return _llama_like(tf.MistralConfig, **special)
+    if kind == "qwen2":
+        return _llama_like(tf.Qwen2Config, **special)
+    if kind == "qwen2-sliding":  # sliding-window attention in the later layers only: mixed attention types
+        return _llama_like(tf.Qwen2Config, use_sliding_window=True, sliding_window=4, max_window_layers=1, **special)
+    if kind == "qwen3":
+        return _llama_like(tf.Qwen3Config, head_dim=16, **special)
+    if kind == "gpt2":
+        return tf.GPT2Config(vocab_size=VOCAB, n_positions=POSITIONS, n_embd=D_MODEL, n_layer=LAYERS, n_head=4, **special)
+    if kind in ("gpt_neox", "gpt_neox-sequential"):
+        return tf.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=LAYERS, num_attention_heads=4,
+                                intermediate_size=128, max_position_embeddings=POSITIONS, rotary_pct=0.25,
+                                use_parallel_residual=kind == "gpt_neox", **special)
+    if kind == "opt":  # an architecture no family row describes
+        return tf.OPTConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
+                            max_position_embeddings=POSITIONS, word_embed_proj_dim=D_MODEL)
+    raise KeyError(kind)
+
+
+def hf_model(kind: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config(kind))
+    model.generation_config.pad_token_id = model.generation_config.eos_token_id = None
+    return perturb(model, seed).eval()
+
+
+def hf_subject(kind: str, seed: int = 0):
+    from selfmodels.subjects.hf import HFSubject
+
+    return HFSubject(hf_model(kind, seed), name=f"tiny-{kind}")
+
+
+def make(kind: str, seed: int = 0):
+    """A tiny subject of ``kind``: ``gpt`` (ours) or a Hugging Face family (variant)."""
+    return _gpt() if kind == "gpt" else hf_subject(kind, seed)
+
+
+HF_KINDS = ["llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "gpt_neox-sequential"]
+ALL_KINDS = ["gpt", *HF_KINDS]
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
