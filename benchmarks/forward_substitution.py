@@ -16,8 +16,9 @@ import time
 import torch
 
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
-from selfmodels.forward.substitution import gpt_split, substitution_eval
+from selfmodels.forward.substitution import substitution_eval
 from selfmodels.nets.gpt import GPT, GPTConfig
+from selfmodels.subjects.gpt import GPTSubject
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--source", type=int, default=2, help="residual index of the source (2 = post_block1)")
+    p.add_argument("--source", type=int, default=1, help="source layer index (-1 = embeddings, k = after block k)")
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=16)
     args = p.parse_args()
@@ -34,7 +35,7 @@ def main() -> None:
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(vocab_size=args.vocab, block_size=128, n_layer=args.n_layer, n_head=4, d_model=args.d_model)).eval()
     fwd = ForwardModel(ForwardModelConfig(d_model=args.d_model)).eval()
-    split = gpt_split(gpt, args.source, args.source + 1)
+    split = GPTSubject(gpt).split(args.source, args.source + 1)
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, args.vocab, (args.batch_size, 128), generator=g),) * 2 for _ in range(args.batches)]
     substitution_eval(split, fwd, batches[:1])  # warm-up
@@ -44,7 +45,7 @@ def main() -> None:
         r = substitution_eval(split, fwd, batches, shared_prefix=shared)
         times[shared] = time.perf_counter() - t
     print(json.dumps({
-        "bench": "substitution_shared_prefix", "threads": args.threads, "n_layer": args.n_layer, "source_index": args.source,
+        "bench": "substitution_shared_prefix", "threads": args.threads, "n_layer": args.n_layer, "source": args.source,
         "tokens": r["tokens"], "shared_prefix_s": times[True], "naive_passes_s": times[False], "naive_over_shared": times[False] / times[True],
     }), flush=True)
 

@@ -21,8 +21,9 @@ from _matmul import matmul_flops  # benchmarks/_matmul.py (this script's folder 
 
 from selfmodels.forward.cache import CacheSpec, write_cache
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
-from selfmodels.forward.train import ForwardTrainConfig, gpt_pair_collector, on_the_fly_batches, train_forward
+from selfmodels.forward.train import ForwardTrainConfig, on_the_fly_batches, train_forward
 from selfmodels.nets.gpt import GPT, GPTConfig
+from selfmodels.subjects.gpt import GPTSubject
 
 
 def main() -> None:
@@ -39,6 +40,12 @@ def main() -> None:
     peak = matmul_flops(summary=min)  # best case: the peak this machine can reach
     print(json.dumps({"bench": "matmul_peak_fp32", "threads": args.threads, "gflops": peak / 1e9}), flush=True)
     gpt = GPT(GPTConfig(vocab_size=4096, block_size=args.seq_len, n_layer=4, n_head=4, d_model=args.d_model)).eval().requires_grad_(False)
+    subject = GPTSubject(gpt)
+
+    def pair(ids):
+        acts = subject.residuals(ids, [0, 1])
+        return acts[0], acts[1]
+
     tokens = torch.randint(0, 4096, (args.sequences * args.seq_len * 2,))
     fcfg = ForwardModelConfig(d_model=args.d_model)
     tcfg = ForwardTrainConfig(steps=args.steps, batch_size=args.batch_size, log_every=10**9, checkpoint_every=10**9)
@@ -46,12 +53,12 @@ def main() -> None:
     fwd_flops_step = 3 * ForwardModel(fcfg).flops_per_token(args.seq_len) * step_tokens
     with tempfile.TemporaryDirectory() as tmp:
         seqs = tokens[: args.sequences * args.seq_len].view(args.sequences, args.seq_len)
-        spec = CacheSpec("bench", "bench", "random tokens", ["post_block0", "post_block1"], args.seq_len, args.d_model, "float16")
-        cache = write_cache(Path(tmp) / "c", spec, seqs, lambda ids: gpt.activations(ids, ["post_block0", "post_block1"]), progress=False)
+        spec = CacheSpec("bench", "bench", "random tokens", ["0", "1"], args.seq_len, args.d_model, "float16")
+        cache = write_cache(Path(tmp) / "c", spec, seqs, lambda ids: {str(k): v for k, v in subject.residuals(ids, [0, 1]).items()}, progress=False)
         cache.verify()
         sources = {
-            "cache": (cache.batches("post_block0", "post_block1", args.batch_size, torch.Generator().manual_seed(0)), 0),
-            "on_the_fly": (on_the_fly_batches(tokens, args.seq_len, args.batch_size, torch.Generator().manual_seed(0), gpt_pair_collector(gpt, 1, 2)),
+            "cache": (cache.batches("0", "1", args.batch_size, torch.Generator().manual_seed(0)), 0),
+            "on_the_fly": (on_the_fly_batches(tokens, args.seq_len, args.batch_size, torch.Generator().manual_seed(0), pair),
                            gpt.flops_per_token(blocks=2, head=False) * step_tokens),
         }
         for name, (batches, main_flops) in sources.items():

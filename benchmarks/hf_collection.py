@@ -1,8 +1,8 @@
 """Activation collection for SmolLM2-135M layers 7 -> 8: early exit against the common way.
 
 The common way runs the whole model with ``output_hidden_states=True`` (all 30 layers and the 49k-vocab
-LM head) and picks two hidden states; :meth:`HFAdapter.collect` stops after layer 8 and never computes
-the head. Same tokens (real offline text), fp32 on CPU, one warm-up and one timed run of each; prints one
+LM head) and picks two hidden states; ``subject.residuals`` stops after block 8 and never computes the
+head. Same tokens (real offline text), fp32 on CPU, one warm-up and one timed run of each; prints one
 JSON line with both times and their ratio.
 
     HF_HUB_OFFLINE=1 python benchmarks/hf_collection.py [--batch 8] [--seq-len 128] [--threads 1]
@@ -16,11 +16,11 @@ import time
 
 import torch
 
+from selfmodels.data.bpe import encode_corpus
 from selfmodels.data.corpora import load_corpus
-from selfmodels.forward.hf_collect import chunks, tokenize
-from selfmodels.nets.hf_adapter import HFAdapter
-from selfmodels.nets.hf_loading import load_causal_lm
+from selfmodels.data.windows import consecutive_windows
 from selfmodels.runtime import set_threads
+from selfmodels.subjects.hf_loading import load_causal_lm
 
 
 def main() -> None:
@@ -30,25 +30,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     set_threads(args.threads)
-    lm = load_causal_lm("smollm2")
-    adapter = HFAdapter(lm.model, "smollm2")
-    stream = tokenize(lm.tokenizer, load_corpus("offline", max_chars=200_000).text)
-    ids, _ = chunks(stream, args.seq_len, args.batch, None, "benchmark")  # (B, T)
+    subject = load_causal_lm("smollm2")
+    stream = encode_corpus(subject.tokenizer, load_corpus("offline", max_chars=200_000), progress=False)
+    ids, _ = consecutive_windows(stream, args.seq_len, args.batch)  # (B, T)
     source, target = 7, 8
 
     def early_exit():
-        acts = adapter.collect(ids, [source, target])
+        with torch.no_grad():
+            acts = subject.residuals(ids, [source, target])
         return acts[source], acts[target]
 
     @torch.no_grad()
     def full_pass():
-        hidden = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+        hidden = subject.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
         return hidden[source + 1], hidden[target + 1]
 
     # Warm-up on a small slice (first-call allocations), then one timed run of each.
-    adapter.collect(ids[:1, :16], [source, target])
     with torch.no_grad():
-        lm.model(input_ids=ids[:1, :16], use_cache=False)
+        subject.residuals(ids[:1, :16], [source, target])
+        subject.model(input_ids=ids[:1, :16], use_cache=False)
     times = {}
     for name, fn in (("early_exit", early_exit), ("full_output_hidden_states", full_pass)):
         began = time.perf_counter()

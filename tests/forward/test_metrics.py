@@ -62,6 +62,6 @@ def test_totals_over_batches_equal_one_batch():
         assert a[key] == pytest.approx(b[key], rel=1e-6)
     assert a["cosine"] == pytest.approx(metrics.token_cosine(pred, target), rel=1e-6)
     assert a["mse"] == pytest.approx(metrics.mse(pred, target), rel=1e-6)
-    assert a["identity_cosine"] == pytest.approx(metrics.skip_cosine(source, target), rel=1e-6)
+    assert a["skip_cosine"] == pytest.approx(metrics.skip_cosine(source, target), rel=1e-6)
     assert a["delta_cosine"] == pytest.approx(metrics.delta_cosine(pred, source, target), rel=1e-6)
     assert a["delta_r2"] == pytest.approx(metrics.delta_r2(pred, source, target), rel=1e-6)

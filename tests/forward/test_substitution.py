@@ -6,8 +6,9 @@ import torch
 from selfmodels.forward.categories import TokenCategories
 from selfmodels.forward.metrics import RegressionTotals
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
-from selfmodels.forward.substitution import gpt_split, substitution_eval
+from selfmodels.forward.substitution import substitution_eval
 from selfmodels.nets.gpt import GPT, GPTConfig
+from selfmodels.subjects.gpt import GPTSubject
 
 CFG = GPTConfig(vocab_size=40, block_size=10, n_layer=3, n_head=2, d_model=16)
 
@@ -27,7 +28,7 @@ def _batches(n=2, seed=0):
 
 def test_true_target_activations_reproduce_the_normal_logits_exactly():
     gpt = _model()
-    split = gpt_split(gpt, 1, 2)
+    split = GPTSubject(gpt).split(0, 1)
     x, y = _batches(1)[0]
     with torch.no_grad():
         assert torch.equal(split.suffix(split.middle(split.prefix(x))), gpt(x))
@@ -45,7 +46,7 @@ def test_identity_forward_model_on_a_zero_gap_pair():
     for linear in (block.attn.proj, block.fc_proj):
         torch.nn.init.zeros_(linear.weight)
         torch.nn.init.zeros_(linear.bias)
-    split = gpt_split(gpt, 1, 2)
+    split = GPTSubject(gpt).split(0, 1)
     fwd = ForwardModel(ForwardModelConfig(d_model=16, d_head=8)).eval()  # starts as the identity
     totals = RegressionTotals()
     with torch.no_grad():
@@ -61,7 +62,7 @@ def test_identity_forward_model_on_a_zero_gap_pair():
 
 def test_shared_prefix_gives_the_same_numbers_as_naive_passes():
     gpt = _model(1)
-    split = gpt_split(gpt, 1, 3)
+    split = GPTSubject(gpt).split(0, 2)
     shared = substitution_eval(split, lambda s: 0.5 * s, _batches())
     naive = substitution_eval(split, lambda s: 0.5 * s, _batches(), shared_prefix=False)
     assert shared == naive
@@ -86,5 +87,5 @@ def test_categories_on_a_hand_made_sequence():
     # Word types by count: the(100) a(50) cat(20) y(3) x(2) zebra(1): top 5% -> "the"; rarest 20% -> "zebra".
     assert masks["function_words"].tolist() == [[False, False, False, False, False]]
     assert masks["content_words"].tolist() == [[False, False, True, False, False]]
-    result = substitution_eval(gpt_split(_model(), 0, 1), lambda s: s, [(x % 10, y)], categories=None)
+    result = substitution_eval(GPTSubject(_model()).split(-1, 0), lambda s: s, [(x % 10, y)], categories=None)
     assert "categories" not in result

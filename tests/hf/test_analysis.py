@@ -9,13 +9,15 @@ from hf_tiny_models import VOCAB, tiny_llama
 from selfmodels.forward.analysis import plots
 from selfmodels.forward.analysis.attention import attention_entropy, attention_similarity
 from selfmodels.forward.analysis.cka import linear_cka
-from selfmodels.forward.analysis.decomposition import decomposition_report, decompose_update, subspace_variance_fraction
+from selfmodels.forward.analysis.decomposition import (
+    decomposition_report, decompose_update, head_contributions, subspace_variance_fraction,
+)
 from selfmodels.forward.analysis.gauge import head_comparison, principal_cosines, weight_cosine
 from selfmodels.forward.analysis.residual import (
     category_effects, cohens_d_pooled, effect_vs_overall, effective_rank_entropy_s, effective_rank_entropy_s2,
     pearson, spectrum_summary, token_categories, variance_ranks,
 )
-from selfmodels.nets.hf_adapter import HFAdapter
+from selfmodels.subjects.hf import HFSubject
 
 
 def _gen(seed=0):
@@ -26,12 +28,11 @@ def _gen(seed=0):
 @pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "o_proj_bias"])
 def test_decomposition_reconstructs_the_layer_update(bias):
     model = tiny_llama(attention_bias=bias)
-    adapter = HFAdapter(model)
+    subject = HFSubject(model, "tiny-llama")
     ids = torch.randint(0, VOCAB, (2, 12), generator=_gen())
-    parts = adapter.collect_layer_parts(ids, 2, attention=False)
-    o = adapter.o_proj(2)
-    dec = decompose_update(parts["input"], parts["output"], parts["o_proj_in"], parts["mlp_out"],
-                           o.weight, o.bias, adapter.n_heads, adapter.d_head)
+    parts = subject.block_parts(ids, 2, attention=False)
+    heads = parts["heads"]  # (2, 12, 4, 64)
+    dec = decompose_update(parts["input"], parts["output"], heads, parts["attn_bias"] if bias else None, parts["mlp_out"])
     assert dec["heads"].shape == (24, 4, 64)
     assert dec["reconstruction_error"] < 1e-6
     # The per-head contributions sum to o_proj's output (minus its bias).
@@ -40,20 +41,24 @@ def test_decomposition_reconstructs_the_layer_update(bias):
 
 def test_decomposition_report_limit_cases():
     model = tiny_llama()
-    adapter = HFAdapter(model)
+    subject = HFSubject(model, "tiny-llama")
     ids = torch.randint(0, VOCAB, (2, 12), generator=_gen(1))
-    parts = adapter.collect_layer_parts(ids, 1, attention=False)
-    o = adapter.o_proj(1)
-    args = (o.weight, None, adapter.n_heads, adapter.d_head, adapter.n_kv_heads)
+    parts = subject.block_parts(ids, 1, attention=False)
+    heads = parts["heads"]  # (2, 12, 4, 64)
+    head_o = [w["o"] for w in subject.head_weights(1)]  # (64, 16) each
+
+    def report(residual):
+        return decomposition_report(parts["input"], parts["output"], heads, None, parts["mlp_out"], residual,
+                                    head_o, subject.n_kv_heads)
+
     # A residual equal to the MLP output: cos 1 and norm correlation 1 with the MLP.
-    rep = decomposition_report(parts, parts["mlp_out"], *args)
+    rep = report(parts["mlp_out"])
     assert rep["mlp_cos_residual"] == pytest.approx(1.0)
     assert rep["mlp_norm_corr"] == pytest.approx(1.0)
     assert rep["mlp_norm_share"] + rep["heads_norm_share"] == pytest.approx(1.0)
     assert len(rep["kv_groups"]) == 2 and rep["kv_groups"][1]["heads"] == [2, 3]
     # A residual equal to head 3's contribution lies entirely in head 3's output subspace.
-    heads = decompose_update(parts["input"], parts["output"], parts["o_proj_in"], parts["mlp_out"], o.weight, None, 4, 16)["heads"]
-    rep = decomposition_report(parts, heads[:, 3].reshape(2, 12, 64), *args)
+    rep = report(heads[:, :, 3])
     assert rep["heads"][3]["residual_variance_fraction"] == pytest.approx(1.0)
     assert rep["heads"][3]["cos_residual"] == pytest.approx(1.0)
     assert rep["kv_groups"][1]["residual_variance_fraction"] == pytest.approx(1.0)
@@ -193,19 +198,19 @@ def test_plots_write_png_files(tmp_path):
 
 
 def test_head_weights_fold_the_norm_gains():
-    from selfmodels.forward.hf_analyze import forward_model_heads, layer_heads
+    from selfmodels.forward.analyze import forward_model_heads
     from selfmodels.forward.model import ForwardModel, ForwardModelConfig
 
     model = tiny_llama()
-    adapter = HFAdapter(model)
-    block = adapter.layers[1]
+    subject = HFSubject(model, "tiny-llama")
+    block = subject.blocks[1]
     with torch.no_grad():
         block.input_layernorm.weight.uniform_(0.5, 1.5)  # a non-trivial gain to fold in
         x = torch.randn(5, 64, generator=_gen())
         unit = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + block.input_layernorm.variance_epsilon)
         q_all = block.self_attn.q_proj(block.input_layernorm(x))  # (5, H*dh)
         k_all = block.self_attn.k_proj(block.input_layernorm(x))  # (5, KV*dh)
-    heads = layer_heads(adapter, 1)
+    heads = subject.head_weights(1)
     torch.testing.assert_close(unit @ heads[3]["q"].T, q_all[:, 48:64])
     torch.testing.assert_close(unit @ heads[3]["k"].T, k_all[:, 16:32])  # head 3 is in KV group 1
     fwd = ForwardModel(ForwardModelConfig(d_model=64, n_head=2, d_head=8))

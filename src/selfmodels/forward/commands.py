@@ -1,4 +1,8 @@
-"""Subcommands of the ``forward`` area: ``forward train / eval / sweep`` and ``reproduce forward-self-models``."""
+"""Subcommands of the ``forward`` area: ``forward train / eval / sweep`` and ``reproduce forward-self-models``.
+
+All of them run the one pipeline (:mod:`selfmodels.forward.pipeline`) with the same options for every
+subject: a preset (``--quick`` or full, chosen by the kind of subject) with the command-line flags laid over it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from selfmodels.configs import add_arguments, from_args
+from selfmodels.configs import add_arguments, from_args, from_dict
+
+LAYER_HELP = "(-1 or embed = the embeddings, k = the residual after block k)"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -15,46 +21,52 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParsersAction) -> None:
-    """Add this area's subcommands to ``selfmodels`` and its experiments to ``selfmodels reproduce``."""
-    from selfmodels.forward.runs import TrainRunConfig
-    from selfmodels.forward.train import ForwardTrainConfig
+def _run_options(parser: argparse.ArgumentParser, quick_help: str) -> None:
+    """The options every pipeline command shares: the run config's fields, --main, --quick and the layer pair."""
+    from selfmodels.forward.config import RunConfig
 
+    add_arguments(parser, RunConfig)  # every setting, as --field or --group.field; the shorthands below replace two
+    parser.add_argument("--out", type=Path, required=True, help="run directory (reused and resumed if it exists)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--main", default="gpt", help="subject: gpt (ours, trained here; default), smollm2 (offline "
+                                                      "SmolLM2-135M) or a Hugging Face model id / local directory")
+    parser.add_argument("--source", dest="source_index", default=None, help=f"source layer index {LAYER_HELP} (default: the preset's)")
+    parser.add_argument("--target", dest="target_index", default=None, help=f"target layer index {LAYER_HELP} (default: the preset's)")
+    parser.add_argument("--corpus", dest="corpus_name", default=None,
+                        help="corpus: offline, kjv, wikipedia, fineweb-edu or a .txt path (default: the preset's)")
+    _common(parser)
+
+
+def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParsersAction) -> None:
+    """Add this area's subcommands to ``selfmodels`` and its experiment to ``selfmodels reproduce``."""
     area = commands.add_parser("forward", help="forward self-models: predict later-layer activations from earlier ones")
     sub = area.add_subparsers(dest="forward_command", metavar="COMMAND", parser_class=type(area))
     sub.required = True
 
-    train = sub.add_parser("train", help="train a GPT and a forward model on one layer pair, then evaluate")
-    train.add_argument("--out", type=Path, required=True, help="run directory (resumed if it exists)")
-    add_arguments(train, TrainRunConfig)
-    _common(train)
+    train = sub.add_parser("train", help="train and evaluate a forward model on one layer pair of any subject (no sweeps, "
+                                         "no analyses unless asked)", conflict_handler="resolve")
+    _run_options(train, "the CPU-sized preset (otherwise the papers' full sizes, for a GPU)")
     train.set_defaults(func=_train)
 
-    evaluate = sub.add_parser("eval", help="evaluate a trained run directory on its held-out tokens")
-    evaluate.add_argument("run_dir", type=Path, help="a directory written by `selfmodels forward train`")
+    evaluate = sub.add_parser("eval", help="evaluate a run directory again (e.g. on more held-out sequences)")
+    evaluate.add_argument("run_dir", type=Path, help="a directory written by `forward train` or `reproduce forward-self-models`")
     evaluate.add_argument("--eval-sequences", type=int, default=None, help="held-out sequences (default: the run's setting)")
     _common(evaluate)
     evaluate.set_defaults(func=_eval)
 
-    sweep = sub.add_parser("sweep", help="capacity or layer-gap sweep of forward models on a trained run's frozen GPT")
-    sweep.add_argument("run_dir", type=Path, help="a directory written by `selfmodels forward train`")
-    sweep.add_argument("--kind", choices=("capacity", "gap"), required=True, help="capacity: the 1/3/10/22%% configs; gap: gaps 1..3")
-    sweep.add_argument("--out", type=Path, required=True, help="sweep output directory")
-    sweep.add_argument("--source", type=int, default=0, help="source block index (default: 0)")
-    sweep.add_argument("--target", type=int, default=3, help="target block index for the capacity sweep (default: 3)")
-    sweep.add_argument("--gaps", type=int, nargs="+", default=[1, 2, 3], help="gaps for the gap sweep (default: 1 2 3)")
-    sweep.add_argument("--cache-sequences", type=int, default=2048, help="training sequences in the activation cache")
-    add_arguments(sweep, ForwardTrainConfig, prefix="fwd_train.")
+    sweep = sub.add_parser("sweep", help="add a capacity or layer-gap sweep to a run directory (its subject and cache are reused)")
+    sweep.add_argument("run_dir", type=Path, help="a directory written by `forward train` or `reproduce forward-self-models`")
+    sweep.add_argument("--kind", choices=("capacity", "gap"), required=True, help="capacity: the paper's 1/3/10/22%% configs; gap: layer gaps")
+    sweep.add_argument("--source", default=None, help=f"source index of the sweep {LAYER_HELP} (default: the run's source)")
+    sweep.add_argument("--target", default=None, help="target index of the capacity sweep (default: source + 3, at most the last block)")
+    sweep.add_argument("--gaps", type=int, nargs="+", default=[1, 2, 3], help="gaps of the layer-gap sweep (default: 1 2 3)")
     _common(sweep)
     sweep.set_defaults(func=_sweep)
 
-    rep = reproduce.add_parser("forward-self-models", help="forward self-models paper: GPT, forward model, substitution, sweeps, report")
-    rep.add_argument("--out", type=Path, required=True, help="output directory (results.json, report.md, plots)")
-    rep.add_argument("--quick", action="store_true", help="CPU-sized run on offline data (<= 15 min on 2 cores)")
-    rep.add_argument("--main", default="gpt", help="main model: gpt (ours, default), or a Hugging Face causal LM name / smollm2")
-    rep.add_argument("--corpus", default=None, help="corpus for our GPT (default: offline)")
-    rep.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    _common(rep)
+    rep = reproduce.add_parser("forward-self-models", help="the forward-self-models paper on our GPT (sweeps) or a pretrained "
+                                                          "LM (decomposition): forward model, baseline, substitution, analyses, report",
+                               conflict_handler="resolve")
+    _run_options(rep, "CPU-sized run on offline data (our GPT ~7 min, SmolLM2 ~4 min on 2 cores)")
     rep.set_defaults(func=_reproduce)
 
 
@@ -65,65 +77,90 @@ def _setup(args) -> bool:
     return not args.no_progress
 
 
+def _config(args, paper: bool):
+    """The preset for ``--main`` / ``--quick``, the shorthand flags, then every other flag given."""
+    from selfmodels.forward.config import RunConfig, preset
+    from selfmodels.subjects.base import parse_index
+
+    base = preset(args.main, args.quick)
+    if not paper:  # `forward train`: one pair, no sweeps or analyses unless asked
+        base = dataclasses.replace(base, sweeps=dataclasses.replace(base.sweeps, capacity=[], gaps=[]), analysis_sequences=0)
+    cfg = from_args(RunConfig, args, base=base)
+    if args.source_index is not None:
+        cfg = dataclasses.replace(cfg, source=parse_index(args.source_index))
+    if args.target_index is not None:
+        cfg = dataclasses.replace(cfg, target=parse_index(args.target_index))
+    if args.corpus_name is not None:
+        cfg = dataclasses.replace(cfg, corpus=dataclasses.replace(cfg.corpus, corpus=args.corpus_name))
+    return dataclasses.replace(cfg, subject=dataclasses.replace(cfg.subject, main=args.main))
+
+
 def _train(args) -> int:
-    from selfmodels.forward.runs import TrainRunConfig, train_run
+    from selfmodels.forward.pipeline import run
 
     progress = _setup(args)
-    cfg = from_args(TrainRunConfig, args, base=TrainRunConfig())
-    # The forward model's width follows the GPT unless given explicitly (then it must match).
-    if "fwd__d_model" not in vars(args):
-        cfg = dataclasses.replace(cfg, fwd=dataclasses.replace(cfg.fwd, d_model=cfg.gpt.d_model))
-    results = train_run(cfg, args.out, args.device, progress)
-    _summary(results, args.out)
-    return 0
-
-
-def _eval(args) -> int:
-    from selfmodels.forward.runs import eval_run
-
-    progress = _setup(args)
-    results = eval_run(args.run_dir, args.device, args.eval_sequences, progress)
-    _summary(results, args.run_dir)
-    return 0
-
-
-def _sweep(args) -> int:
-    from selfmodels.forward.runs import sweep_run
-    from selfmodels.forward.train import ForwardTrainConfig
-
-    progress = _setup(args)
-    fwd_train = from_args(ForwardTrainConfig, args, prefix="fwd_train.", base=ForwardTrainConfig())
-    rows = sweep_run(args.run_dir, args.kind, args.out, fwd_train, args.source, args.target, tuple(args.gaps), args.cache_sequences, args.device, progress)
-    for r in rows:
-        print(f"{r['name']:>8}  params {r['params']:>10,}  cosine {r['cosine']:.4f}  recovery {r['recovery']:.3f}")
-    print(f"results: {args.out / 'results.json'}")
+    _summary(run(_config(args, paper=False), args.out, args.device, progress), args.out)
     return 0
 
 
 def _reproduce(args) -> int:
-    from selfmodels.errors import require
+    from selfmodels.forward.pipeline import run
 
     progress = _setup(args)
-    if args.main != "gpt":
-        from selfmodels.forward import hf_reproduce  # the pretrained-model engineer's module
+    _summary(run(_config(args, paper=True), args.out, args.device, progress), args.out)
+    return 0
 
-        return hf_reproduce.run(main=args.main, out=args.out, quick=args.quick, device=args.device, threads=args.threads)
-    from selfmodels.forward import experiment
 
-    cfg = experiment.quick() if args.quick else experiment.full()
-    cfg = dataclasses.replace(cfg, seed=args.seed)
-    if args.corpus is not None:
-        require(args.corpus.strip() != "", "--corpus is empty: give offline, kjv, wikipedia, fineweb-edu or a .txt path")
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, corpus=args.corpus))
-    results = experiment.run(cfg, args.out, args.device, progress)
-    _summary(results, args.out)
+def _load_run(run_dir: Path):
+    from selfmodels.artifacts import read_json
+    from selfmodels.errors import require
+    from selfmodels.forward.config import RunConfig
+
+    require(Path(run_dir).is_dir(), f"run directory {run_dir} does not exist")
+    require((Path(run_dir) / "config.json").is_file(), f"{run_dir} has no config.json: it is not a forward-self-model run directory")
+    record = read_json(Path(run_dir) / "config.json")
+    require(record.get("experiment") == "forward-self-models", f"{run_dir} is not a forward-self-model run directory")
+    return from_dict(RunConfig, record["config"])
+
+
+def _eval(args) -> int:
+    from selfmodels.forward.pipeline import run
+
+    progress = _setup(args)
+    cfg = _load_run(args.run_dir)
+    if args.eval_sequences is not None:
+        cfg = dataclasses.replace(cfg, eval_sequences=args.eval_sequences)
+    _summary(run(cfg, args.run_dir, args.device, progress), args.run_dir)
+    return 0
+
+
+def _sweep(args) -> int:
+    from selfmodels.forward.config import CAPACITY
+    from selfmodels.forward.pipeline import run
+    from selfmodels.subjects.base import parse_index
+
+    progress = _setup(args)
+    cfg = _load_run(args.run_dir)
+    source = cfg.source if args.source is None else parse_index(args.source)
+    sweeps = cfg.sweeps
+    if args.kind == "capacity":
+        target = source + 3 if args.target is None else parse_index(args.target)
+        sweeps = dataclasses.replace(sweeps, capacity=list(CAPACITY), capacity_source=source, capacity_target=target)
+    else:
+        sweeps = dataclasses.replace(sweeps, gaps=list(args.gaps), gap_source=source)
+    results = run(dataclasses.replace(cfg, sweeps=sweeps), args.run_dir, args.device, progress)
+    for r in results["capacity_sweep" if args.kind == "capacity" else "layer_gap_sweep"]:
+        print(f"{r['name']:>8}  {r['source']} -> {r['target']}  params {r['params']:>10,}  cosine {r['cosine']:.4f} "
+              f"(skip {r['skip_cosine']:.4f})  recovery {r['recovery']:.3f}")
+    print(f"results: {Path(args.run_dir) / 'results.json'}")
     return 0
 
 
 def _summary(r: dict, out: Path) -> None:
-    s = r["substitution"]
-    print(f"main model: {r['main_model']['params']:,} params, validation loss {r['main_model']['val_loss']:.3f} nats")
-    print(f"forward model {r['pair']['source']} -> {r['pair']['target']}: {r['forward_model']['params']:,} params")
-    print(f"cosine {r['cosine']:.4f} (skip baseline {r['identity_cosine']:.4f}), delta cosine {r['delta_cosine']:.4f}, delta R2 {r['delta_r2']:.4f}")
-    print(f"KL sub {s['kl_substituted']:.4f}  KL skip {s['kl_skipped']:.4f}  recovery {s['recovery']:.3f}")
-    print(f"results: {Path(out) / 'results.json'}")
+    s, m = r["substitution"], r["subject"]
+    print(f"subject: {m['name']} ({m['family']}, {m['params']:,} params), held-out loss {m['val_loss']:.3f} nats")
+    print(f"forward model {r['pair']['source']} -> {r['pair']['target']}: {r['forward_model']['params']:,} params ({r['pair']['training']})")
+    print(f"cosine {r['cosine']:.4f} (skip baseline {r['skip_cosine']:.4f}), update cosine {r['delta_cosine']:.4f}, update R2 {r['delta_r2']:.4f}")
+    print(f"KL sub {s['kl_substituted']:.4f}  KL skip {s['kl_skipped']:.4f}  recovery {s['recovery']:.3f}"
+          + (f"  (per-position MLP {r['baseline_mlp']['recovery']:.3f})" if r.get("baseline_mlp") else ""))
+    print(f"results: {Path(out) / 'results.json'}, report: {Path(out) / 'report.md'}")

@@ -102,7 +102,7 @@ class RegressionTotals:
         return {
             "cosine": self.cos_sum / n,
             "mse": self.sq_err_sum / max(self.elements, 1),
-            "identity_cosine": self.skip_cos_sum / n,
+            "skip_cosine": self.skip_cos_sum / n,
             "delta_cosine": self.delta_cos_sum / n,
             "delta_r2": _r2(self.sq_err_sum, self.update_energy_sum),
             "tokens": self.tokens,

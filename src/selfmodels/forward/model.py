@@ -21,15 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfmodels.configs import option
+from selfmodels.configs import from_dict, option
 from selfmodels.errors import require
+from selfmodels.forward import pretrained
 
 
 @dataclass
 class ForwardModelConfig:
     """Shape of a forward model. Defaults are the paper's 1% model (1 layer, 1 head of 64, MLP 2x)."""
 
-    d_model: int = option(256, "width of the main model's residual stream (input and output width)")
+    d_model: int = option(256, "width of the subject's residual stream (input and output width; set from the subject)", cli=False)
     n_layer: int = option(1, "transformer blocks in the forward model")
     n_head: int = option(1, "attention heads per block")
     d_head: int = option(64, "width of each attention head")
@@ -159,3 +160,22 @@ class ForwardModel(nn.Module):
         mlp = (3 if c.mlp == "swiglu" else 2) * c.d_model * c.mlp_hidden
         per_layer = 2 * (c.d_model * 3 * inner + inner * c.d_model + mlp) + 2 * 2 * (seq_len // 2) * inner
         return c.n_layer * per_layer
+
+    # --- artifacts (format: selfmodels.forward.pretrained) ---------------------------------------------
+    def save_pretrained(self, directory, *, subject: dict, source: int, target: int, data: dict):
+        """Save to ``directory``: ``config.json`` (this config, the subject's id / revision / weight hash, the layer
+        pair, the data) and ``model.safetensors``. ``subject`` is the subject's ``describe()``."""
+        return pretrained.save_pretrained(self, directory, subject=subject, source=source, target=target, data=data)
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, subfolder: str | None = None, *, subject=None, device="cpu", revision=None) -> "ForwardModel":
+        """Load a saved forward model (eval mode) from a directory or a Hugging Face hub repository (``subfolder``:
+        one model of a repository holding several). With ``subject`` (a Subject or its ``describe()``), refuse a
+        model trained on other weights. The loaded model's ``pair`` is its ``(source, target)``, ``record`` its config."""
+        record, directory = pretrained.load_record(name_or_dir, subfolder, revision)
+        if subject is not None:
+            pretrained.check_subject(record, subject.describe() if hasattr(subject, "describe") else subject)
+        model = cls(from_dict(ForwardModelConfig, record["config"]))
+        pretrained.load_weights(model, directory)
+        model.pair, model.record = (record["source"], record["target"]), record
+        return model.to(device).eval()

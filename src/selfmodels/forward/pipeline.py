@@ -1,179 +1,356 @@
-"""The steps of a forward-self-model run on our GPT, as functions a notebook can call one by one.
+"""The one forward-self-model pipeline, the same for every subject.
 
-``prepare_data`` (corpus -> BPE -> token stream split by position), ``main_model`` (train, resume, or
-reuse a cached main GPT, optionally co-training a forward model), ``collect_cache`` (frozen
-activations on disk), ``fit_forward`` (a forward model or baseline from the cache or on the fly),
-``evaluate_pair`` (regression metrics and causal substitution on held-out sequences).
-Layer arguments are *block indices*: ``-1`` is ``post_embed`` and ``i`` is ``post_block{i}``.
+corpus -> tokens -> subject -> activations -> fit -> evaluate -> analyze -> (sweeps) -> report:
+
+1. open the subject and its token stream (:func:`selfmodels.subjects.registry.open_subject`; for our GPT
+   this trains it, co-training the headline forward model when ``training = cotrain``, the only stage
+   that exists for one kind of subject);
+2. cut the held-out evaluation windows and the training windows for the activation cache;
+3. cache the frozen subject's residuals at every index a model trains on (when any does);
+4. fit the headline forward model (unless co-trained), the per-position MLP baseline and the sweeps'
+   models;
+5. evaluate each on the held-out windows: cosine beside the skip cosine, update cosine and R², causal
+   substitution (KL substituted / skipped, recovery), per behavioural category for the headline model;
+6. the analyses of the headline pair (attention, gauge, CKA, residual structure, decomposition);
+7. ``results.json`` (schema in docs/forward-self-models.md), ``report.md`` with plots, the headline
+   forward model saved with ``save_pretrained`` in ``forward_model/``.
+
+Every stage is kept under a key of all its inputs (:mod:`selfmodels.forward.stages`), so running the same
+command again reuses finished work and resumes unfinished work, and a changed setting recomputes exactly
+the stages it affects.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import copy
+import dataclasses
 import shutil
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from selfmodels.artifacts import load_tensors, read_json, save_tensors, write_json
-from selfmodels.configs import option, to_dict
+from selfmodels.artifacts import atomic_path, append_jsonl, load_tensors, read_jsonl, save_tensors, write_config, write_json
+from selfmodels.configs import to_dict
+from selfmodels.data.windows import consecutive_windows, spread_windows
 from selfmodels.errors import UserError, require
-from selfmodels.forward.cache import ActivationCache, CacheSpec, sha256_file, write_cache
+from selfmodels.forward.baseline import PerPositionMLP
+from selfmodels.forward.cache import ActivationCache, CacheSpec, write_cache
 from selfmodels.forward.categories import TokenCategories
-from selfmodels.forward.lm import CoTrain, LMTrainConfig, eval_windows, train_lm
-from selfmodels.forward.metrics import RegressionTotals
-from selfmodels.forward.substitution import gpt_split, substitution_eval
-from selfmodels.forward.train import ForwardTrainConfig, gpt_pair_collector, on_the_fly_batches, train_forward
-from selfmodels.nets.gpt import GPT, GPTConfig
+from selfmodels.forward.config import CAPACITY, RunConfig
+from selfmodels.forward.evaluate import REGRESSION_KEYS, batches_of, evaluate
+from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION, paper_reference
+from selfmodels.forward.stages import StageStore
+from selfmodels.forward.train import ForwardTrainConfig, on_the_fly_batches, train_forward
+from selfmodels.optim import make_adamw
+from selfmodels.runtime import resolve_device
+from selfmodels.subjects.registry import CoTrain, OpenedSubject, open_subject
+
+TRAINING_LABELS = {"cotrain": "co-trained", "cache": "frozen subject, from the activation cache",
+                   "frozen": "frozen subject, activations computed per batch"}
 
 
-@dataclass
-class DataConfig:
-    """Where the token stream comes from."""
-
-    corpus: str = option("offline", "corpus: offline (KJV + Wikipedia sample, no internet), kjv, wikipedia, fineweb-edu (online) or a .txt path")
-    max_chars: int | None = option(None, "keep only the first N characters of the corpus")
-    vocab_size: int = option(4096, "vocabulary of the byte-level BPE trained on the corpus")
-    tokenizer: str | None = option(None, "a pretrained tokenizer name instead of our BPE (needs internet or the hub cache)")
-    val_fraction: float = option(0.1, "the last fraction of the token stream held out for validation")
+def check_out(out: Path) -> Path:
+    """``out`` must be a directory or not exist yet."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is an existing file: give a directory (it is created if missing)")
+    return out
 
 
-def tap(block: int) -> str:
-    """Block index -> tap name (-1 -> post_embed)."""
-    return "post_embed" if block == -1 else f"post_block{block}"
+def check_pairs(cfg: RunConfig, n_layers: int, name: str) -> None:
+    """Every (source, target) the run trains on lies inside a subject of ``n_layers`` blocks."""
+    def check(source: int, target: int, what: str) -> None:
+        require(-1 <= source < n_layers - 1, f"{what}: source {source} is out of range for {name} ({n_layers} blocks): "
+                                             f"use -1 (embed) to {n_layers - 2}")
+        require(target < n_layers, f"{what}: target {target} is out of range for {name} ({n_layers} blocks): use at most {n_layers - 1}")
+        require(source < target, f"{what}: target {target} must come after source {source}: a forward model predicts a later layer")
+    check(cfg.source, cfg.target, "--source/--target")
+    if cfg.sweeps.capacity:
+        check(cfg.sweeps.capacity_source, cfg.sweeps.capacity_target, "capacity sweep")
+    for gap in cfg.sweeps.gaps:
+        check(cfg.sweeps.gap_source, cfg.sweeps.gap_source + gap, f"layer-gap sweep (gap {gap})")
 
 
-def check_pair(n_layer: int, source: int, target: int) -> None:
-    """Source and target must be taps of this GPT with the target after the source."""
-    require(-1 <= source < n_layer, f"--source {source} is out of range for a {n_layer}-layer GPT: use -1 (post_embed) to {n_layer - 1}")
-    require(-1 <= target < n_layer, f"--target {target} is out of range for a {n_layer}-layer GPT: use 0 to {n_layer - 1}")
-    require(target > source, f"--target ({target}) must come after --source ({source}): a forward model predicts a later layer")
+def _sweep_models(cfg: RunConfig, d_model: int) -> list[tuple[str, str, int, int, ForwardModelConfig]]:
+    """(kind, name, source, target, config) of every sweep model."""
+    rows = []
+    for name in cfg.sweeps.capacity:
+        n_layer, n_head, d_head, mlp_mult = CAPACITY[name]
+        rows.append(("capacity", name, cfg.sweeps.capacity_source, cfg.sweeps.capacity_target,
+                     ForwardModelConfig(d_model=d_model, n_layer=n_layer, n_head=n_head, d_head=d_head, mlp_mult=mlp_mult)))
+    for gap in cfg.sweeps.gaps:
+        rows.append(("gap", f"gap {gap}", cfg.sweeps.gap_source, cfg.sweeps.gap_source + gap,
+                     dataclasses.replace(cfg.model, d_model=d_model)))
+    return rows
 
 
-# --- data ---------------------------------------------------------------------------------------
-def prepare_data(cfg: DataConfig, store: Path, progress: bool = True) -> tuple[object, torch.Tensor, torch.Tensor, dict]:
-    """Tokenizer and (train, val) token streams; the BPE and the stream are saved under ``store``
-    (``tokenizer.json``, ``tokens.npy``) and reused when present."""
-    from selfmodels.data.bpe import encode_corpus, load_tokenizer, pretrained_tokenizer, save_tokenizer, split_stream, train_bpe
-    from selfmodels.data.corpora import load_corpus
+def _seconds_per_step(model: torch.nn.Module, batches, lr: float, device: torch.device, steps: int = 4) -> float:
+    """Measured seconds per training step of a throwaway copy of ``model`` (the first step is warm-up)."""
+    probe = copy.deepcopy(model).to(device).train()
+    opt = make_adamw(probe.parameters(), lr, 0.01)
+    times = []
+    for _ in range(steps + 1):
+        x, y = next(batches)
+        began = time.perf_counter()
+        loss = torch.nn.functional.mse_loss(probe(x.to(device)), y.to(device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - began)
+    return float(np.median(times[1:]))
 
-    store = Path(store)
-    tok_path, ids_path, info_path = store / "tokenizer.json", store / "tokens.npy", store / "data.json"
-    if cfg.tokenizer is None and tok_path.is_file() and ids_path.is_file() and info_path.is_file():
-        tokenizer = load_tokenizer(tok_path)
-        tokens = torch.from_numpy(np.load(ids_path).astype(np.int64))
-        info = read_json(info_path)
+
+class _Run:
+    """The state one pipeline run carries between its stages."""
+
+    def __init__(self, cfg: RunConfig, out: Path, device: torch.device, progress: bool):
+        self.cfg, self.out, self.device, self.progress = cfg, out, device, progress
+        self.store = StageStore(out)
+
+    # --- subject and data ------------------------------------------------------------------------
+    def open(self) -> None:
+        cfg = self.cfg
+        if cfg.subject.trained_here:  # checked before training it
+            check_pairs(cfg, cfg.subject.gpt.n_layer, "our GPT")
+        self.cotrained = None
+        cotrain = None
+        if cfg.training == "cotrain":
+            torch.manual_seed(cfg.seed)  # the co-trained model's initial weights come from the run's seed
+            self.cotrained = ForwardModel(dataclasses.replace(cfg.model, d_model=cfg.subject.gpt.d_model))
+            cotrain = CoTrain(self.cotrained, cfg.source, cfg.target, identity={"model": to_dict(self.cotrained.cfg)},
+                              lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, grad_clip=cfg.train.grad_clip)
+        self.opened: OpenedSubject = open_subject(cfg.subject, cfg.corpus, self.device, cfg.seed, cotrain, self.progress)
+        self.subject = self.opened.subject
+        check_pairs(cfg, self.subject.n_layers, self.subject.name)
+        self.described = self.subject.describe()
+        self.d_model = self.subject.d_model
+        self.subject_key = {"weights_sha256": self.described["weights_sha256"], "dtype": str(self.subject.dtype)}
+        bos = self.opened.bos_id
+        self.eval_x, self.eval_y = consecutive_windows(self.opened.val, cfg.seq_len, cfg.eval_sequences, bos, "validation")
+        self.data_key = {"data": self.opened.data, "val_fraction": cfg.corpus.val_fraction, "bos": cfg.corpus.bos, "seq_len": cfg.seq_len}
+        self.eval_key = {**self.data_key, "eval_sequences": cfg.eval_sequences}
+        self.batches = batches_of(self.eval_x, self.eval_y, cfg.eval_batch)
+        self.token_strings = self.opened.token_strings()
+        counts = torch.bincount(self.opened.train, minlength=self.subject.vocab_size)
+        self.categories = TokenCategories(self.token_strings, counts)
+
+    # --- activations -------------------------------------------------------------------------------
+    def cache(self, indices: list[int]) -> ActivationCache:
+        cfg = self.cfg
+        sequences, _ = spread_windows(self.opened.train, cfg.seq_len, cfg.train_sequences, self.opened.bos_id, "training")
+        inputs = {**self.subject_key, **self.data_key, "train_sequences": cfg.train_sequences, "indices": indices,
+                  "dtype": cfg.cache_dtype}
+        spec = CacheSpec(model=self.described["weights_sha256"], tokenizer=str(self.opened.data["tokenizer"]),
+                         data_source=str(self.opened.data["source"]), layers=[str(k) for k in indices],
+                         seq_len=cfg.seq_len, d_model=self.d_model, dtype=cfg.cache_dtype, extra={"bos": cfg.corpus.bos})
+
+        def collect(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+            acts = self.subject.residuals(ids, indices)
+            return {str(k): acts[k].float().cpu() for k in indices}
+
+        def compute(directory: Path) -> dict:
+            write_cache(directory / "activations", spec, sequences, collect, shard_sequences=128,
+                        batch_size=cfg.eval_batch, progress=self.progress)
+            return {"sequences": int(sequences.shape[0]), "tokens": int(sequences.numel()), "indices": indices}
+
+        began = time.perf_counter()
+        result, directory, key = self.store.run("cache", inputs, compute)
+        self.cache_key, self.cache_info = key, {**result, "seconds": time.perf_counter() - began}
+        return ActivationCache(directory / "activations")
+
+    # --- fitting -----------------------------------------------------------------------------------
+    def fit(self, name: str, model: torch.nn.Module, source: int, target: int, train: ForwardTrainConfig,
+            extra_inputs: dict | None = None) -> tuple[dict, str]:
+        """Train ``model`` on (source, target) from the cache or on the fly; kept as stage ``name``."""
+        cfg = self.cfg
+        from_cache = cfg.training != "frozen" or name != "forward_model"
+        inputs = {**self.subject_key, "source": source, "target": target, "train": to_dict(train), "seed": cfg.seed,
+                  "model": getattr(model, "cfg", None) and to_dict(model.cfg), "class": type(model).__name__,
+                  "data": self.cache_key if from_cache else {**self.data_key, "on_the_fly": True}, **(extra_inputs or {})}
+
+        def compute(directory: Path) -> dict:
+            generator = torch.Generator().manual_seed(cfg.seed)
+            if from_cache:
+                batches = self.activations.batches(str(source), str(target), train.batch_size, generator)
+            else:
+                def collect(ids: torch.Tensor):
+                    acts = self.subject.residuals(ids, [source, target])
+                    return acts[source].float(), acts[target].float()
+                batches = on_the_fly_batches(self.opened.train, cfg.seq_len, train.batch_size, generator, collect)
+            info = train_forward(model, batches, train, self.device, metrics_path=directory / "metrics.jsonl",
+                                 checkpoint=directory / "checkpoint.safetensors", generator=generator,
+                                 progress=self.progress, desc=name)
+            save_tensors(directory / "model.safetensors", model.state_dict())
+            return info
+
+        info, directory, key = self.store.run(name, inputs, compute)
+        model.load_state_dict(load_tensors(directory / "model.safetensors"))
+        model.to(self.device).eval()
+        self.curves[name] = directory / "metrics.jsonl"
+        return info, key
+
+    def evaluate(self, name: str, model: torch.nn.Module, model_key: str, source: int, target: int, categories: bool = False) -> dict:
+        inputs = {**self.subject_key, **self.eval_key, "model": model_key, "source": source, "target": target, "categories": categories}
+        result, _, _ = self.store.run(f"evaluate {name}", inputs, lambda d: evaluate(
+            self.subject, model, self.batches, source, target, self.categories if categories else None, self.progress))
+        return result
+
+
+def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = True) -> dict:
+    """The whole pipeline into ``out``; returns the results (also written to ``out/results.json``)."""
+    from selfmodels.forward.report import write_report
+
+    cfg.validate()
+    out = check_out(out)
+    began = time.perf_counter()
+    r = _Run(cfg, out, resolve_device(device_name), progress)
+    r.curves = {}
+    r.open()
+    subject, s, t = r.subject, cfg.source, cfg.target
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, {"experiment": "forward-self-models", "config": to_dict(cfg), "device": str(r.device),
+                       "subject": {k: v for k, v in r.described.items() if k != "indices"}})
+    for name, path in r.opened.files.items():
+        _copy_into(path, out / "subject" / name)
+
+    # Activations of the frozen subject, for every model trained from them.
+    sweeps = _sweep_models(cfg, r.d_model)
+    needs_cache = cfg.training == "cache" or cfg.baseline.enabled or bool(sweeps)
+    indices = sorted({s, t} | {k for _, _, a, b, _ in sweeps for k in (a, b)})
+    r.activations = r.cache(indices) if needs_cache else None
+    if not needs_cache:
+        r.cache_key, r.cache_info = None, None
+
+    # The headline forward model.
+    if r.cotrained is not None:
+        headline = r.cotrained
+        headline_key = r.store.key("forward_model", {**r.subject_key, "cotrained": to_dict(headline.cfg)})
+        headline_train = {"training": TRAINING_LABELS["cotrain"], **{k: r.opened.training.get(k) for k in ("steps", "train_loss", "val_loss")}}
     else:
-        corpus = load_corpus(cfg.corpus, max_chars=cfg.max_chars)
-        if cfg.tokenizer is None:
-            # Fit the BPE on the text before the validation cut, so held-out text plays no part in it
-            # (the token stream is split by position, so its last tenth comes from the text's last tenth).
-            train_chars = int(len(corpus.text) * (1 - cfg.val_fraction))
-            tokenizer = train_bpe(corpus.text[:train_chars], cfg.vocab_size)
-            save_tokenizer(tokenizer, tok_path)
-            tok_id = "bpe:" + sha256_file(tok_path)
-        else:
-            tokenizer = pretrained_tokenizer(cfg.tokenizer)
-            tok_id = f"pretrained:{cfg.tokenizer}"
-        tokens = encode_corpus(tokenizer, corpus, progress=progress)
-        require(tokens.numel() > 0, f"corpus {cfg.corpus!r} gave no tokens: give a corpus with some text")
-        from selfmodels.artifacts import atomic_path
+        torch.manual_seed(cfg.seed)
+        headline = ForwardModel(dataclasses.replace(cfg.model, d_model=r.d_model))
+        info, headline_key = r.fit("forward_model", headline, s, t, cfg.train)
+        headline_train = {"training": TRAINING_LABELS[cfg.training], **info}
+    head_eval = r.evaluate("forward_model", headline, headline_key, s, t, categories=True)
 
-        with atomic_path(ids_path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, tokens.numpy().astype(np.int32))
-        info = {"corpus": corpus.name, "source": corpus.source, "chars": len(corpus.text), "tokens": int(tokens.numel()), "tokenizer": tok_id}
-        write_json(info_path, info)
-    train, val = split_stream(tokens, cfg.val_fraction)
-    return tokenizer, train, val, info
+    # The per-position MLP baseline.
+    baseline_result = None
+    if cfg.baseline.enabled:
+        torch.manual_seed(cfg.seed)
+        baseline = PerPositionMLP(r.d_model, cfg.baseline.hidden_mult)
+        train = cfg.train
+        plan = None
+        if cfg.baseline.steps == "time":
+            seconds = headline_train.get("seconds")
+            require(seconds is not None, "--baseline.steps time needs a forward model trained in this pipeline (not co-trained)")
+
+            def measure(directory: Path) -> dict:
+                per_step = _seconds_per_step(baseline, r.activations.batches(str(s), str(t), train.batch_size, torch.Generator().manual_seed(1)),
+                                             train.lr, r.device)
+                # capped: timing on a shared machine is noisy
+                return {"steps": int(np.clip(round(seconds / per_step), 1, 2 * train.steps)), "seconds_per_step": per_step,
+                        "forward_model_seconds": seconds}
+
+            plan, _, _ = r.store.run("baseline_plan", {"forward_model": headline_key, "hidden_mult": cfg.baseline.hidden_mult}, measure)
+            train = dataclasses.replace(train, steps=plan["steps"])
+        info, key = r.fit("baseline_mlp", baseline, s, t, train, {"hidden_mult": cfg.baseline.hidden_mult})
+        ev = r.evaluate("baseline_mlp", baseline, key, s, t)
+        baseline_result = {"params": baseline.num_params(), "share_of_main": baseline.num_params() / subject.n_params,
+                           "hidden_mult": cfg.baseline.hidden_mult, "steps_rule": cfg.baseline.steps, "time_matching": plan,
+                           "train": info, **{k: ev[k] for k in REGRESSION_KEYS}, "recovery": ev["substitution"]["recovery"],
+                           "substitution": ev["substitution"]}
+        save_tensors(out / "baseline_mlp.safetensors", baseline.state_dict())
+
+    # Sweeps.
+    capacity, gaps = [], []
+    for kind, name, a, b, model_cfg in sweeps:
+        torch.manual_seed(cfg.seed)
+        model = ForwardModel(model_cfg)
+        stage = name if kind == "gap" else f"capacity {name}"
+        info, key = r.fit(stage, model, a, b, cfg.train)
+        ev = r.evaluate(stage, model, key, a, b)
+        sub = ev["substitution"]
+        row = {"name": name, "source": a, "target": b, "params": model.num_params(), "share_of_main": model.num_params() / subject.n_params,
+               **{k: ev[k] for k in REGRESSION_KEYS}, "kl_substituted": sub["kl_substituted"], "kl_skipped": sub["kl_skipped"],
+               "recovery": sub["recovery"], "train_mse": info["final_mse"], "train_tokens_per_s": info["tokens"] / max(info["seconds"], 1e-9)}
+        (capacity if kind == "capacity" else gaps).append(row if kind == "capacity" else {**row, "gap": b - a})
+
+    # Analyses of the headline pair.
+    analyses = {"decomposition": None, "analysis": None, "plots": {}}
+    if cfg.analysis_sequences:
+        from selfmodels.forward.analyze import analyze_pair
+
+        ids, _ = consecutive_windows(r.opened.val, cfg.seq_len, cfg.analysis_sequences, r.opened.bos_id, "validation")
+        inputs = {**r.subject_key, **r.data_key, "model": headline_key, "analysis_sequences": cfg.analysis_sequences}
+        analyses, directory, _ = r.store.run("analyses", inputs, lambda d: analyze_pair(
+            subject, headline, ids, s, t, r.token_strings, d / "plots"))
+        for name in analyses["plots"].values():
+            _copy_into(directory / "plots" / name, out / "plots" / name)
+
+    # The headline model as a reusable artifact.
+    data_record = {"corpus": r.opened.data["corpus"], "corpus_source": r.opened.data["source"],
+                   "training_tokens": _training_tokens(cfg, headline_train, r), "seq_len": cfg.seq_len, "bos": cfg.corpus.bos}
+    if (out / "forward_model").is_dir():
+        shutil.rmtree(out / "forward_model")
+    headline.save_pretrained(out / "forward_model", subject=r.described, source=s, target=t, data=data_record)
+
+    sub = head_eval["substitution"]
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "definitions": DEFINITIONS,
+        "subject": {**{k: v for k, v in r.described.items() if k != "indices"}, "dtype": str(subject.dtype).replace("torch.", ""),
+                    "source_hook": subject.hook_name(s), "target_hook": subject.hook_name(t),
+                    "val_loss": sub["ce_normal"], "val_loss_tokens": sub["tokens"], "training": r.opened.training},
+        "data": {**r.opened.data, "train_tokens": int(r.opened.train.numel()), "val_tokens": int(r.opened.val.numel()),
+                 "val_fraction": cfg.corpus.val_fraction, "seq_len": cfg.seq_len, "bos": cfg.corpus.bos,
+                 "split": "by position: the first part of the token stream trains, the last part is held out",
+                 "eval_sequences": int(r.eval_x.shape[0]), "eval_tokens": sub["tokens"], "cache": r.cache_info},
+        "pair": {"source": s, "target": t, "blocks_predicted": t - s, "training": headline_train["training"]},
+        "forward_model": {"params": headline.num_params(), "share_of_main": headline.num_params() / subject.n_params,
+                          "config": to_dict(headline.cfg), "train": headline_train, "train_config": to_dict(cfg.train),
+                          "saved_to": "forward_model"},
+        **{k: head_eval[k] for k in REGRESSION_KEYS},
+        "substitution": {k: v for k, v in sub.items() if k != "categories"},
+        "categories": sub["categories"],
+        "baseline_mlp": baseline_result,
+        "capacity_sweep": capacity,
+        "layer_gap_sweep": gaps,
+        "decomposition": analyses["decomposition"],
+        "analysis": analyses["analysis"],
+        "plots": analyses["plots"],
+        "paper": paper_reference(r.described["family"]),
+        "seed": cfg.seed,
+        "seconds": time.perf_counter() - began,
+        "stages": r.store.log,
+    }
+    _write_curves(out, r)
+    write_json(out / "results.json", results)
+    write_report(out, results)
+    return results
 
 
-def vocab_size_of(tokenizer) -> int:
-    return tokenizer.get_vocab_size() if hasattr(tokenizer, "get_vocab_size") else len(tokenizer)
+def _training_tokens(cfg: RunConfig, train: dict, r: _Run) -> int:
+    if cfg.training == "cotrain":
+        return int(r.opened.training.get("tokens_seen") or 0)
+    return int(train.get("tokens", 0))
 
 
-def token_strings(tokenizer) -> list[str]:
-    return [tokenizer.decode([i]) for i in range(vocab_size_of(tokenizer))]
+def _write_curves(out: Path, r: _Run) -> None:
+    """``metrics.jsonl``: the subject's training curve (when trained here) and every forward model's, rebuilt
+    from the stages this run used (so no line from a stale stage survives)."""
+    records = [{"model": "subject", **rec} for rec in read_jsonl(r.opened.files["metrics.jsonl"])] if "metrics.jsonl" in r.opened.files else []
+    for name, path in r.curves.items():
+        records += [{"model": name, **rec} for rec in read_jsonl(path)]
+    with atomic_path(out / "metrics.jsonl") as tmp:
+        tmp.write_text("")
+        for record in records:
+            append_jsonl(tmp, record)
 
 
-# --- main model ---------------------------------------------------------------------------------
-def config_key(obj: dict) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def load_gpt(path: Path, cfg: GPTConfig, device: torch.device) -> GPT:
-    gpt = GPT(cfg)
-    try:
-        gpt.load_state_dict(load_tensors(path))
-    except RuntimeError as exc:
-        raise UserError(f"{path} does not hold a GPT of this shape ({str(exc).splitlines()[0]}): check the run's config") from None
-    return gpt.to(device).eval()
-
-
-def model_id(path: Path) -> str:
-    return "gpt:" + sha256_file(path)
-
-
-# --- forward models -----------------------------------------------------------------------------
-def collect_cache(gpt: GPT, sequences: torch.Tensor, blocks: list[int], directory: Path, tokenizer_id: str, data_source: str, dtype: str, main_path: Path, device: torch.device, progress: bool = True) -> ActivationCache:
-    """Residuals of the frozen GPT at ``blocks`` for whole ``sequences`` (N, T), stopping after the last."""
-    taps = [tap(b) for b in blocks]
-    spec = CacheSpec(model=model_id(main_path), tokenizer=tokenizer_id, data_source=data_source, layers=taps, seq_len=sequences.shape[1], d_model=gpt.cfg.d_model, dtype=dtype)
-    return write_cache(directory, spec, sequences, lambda ids: gpt.activations(ids.to(device), taps), progress=progress)
-
-
-def fit_forward(model: torch.nn.Module, cfg: ForwardTrainConfig, device: torch.device, seed: int, *, cache: ActivationCache | None = None, gpt: GPT | None = None, train_tokens: torch.Tensor | None = None, source: int = 0, target: int = 1, metrics_path: Path | None = None, checkpoint: Path | None = None, tag: dict | None = None, progress: bool = True) -> dict:
-    """Train a forward model on a frozen GPT's (source, target) pair, from ``cache`` or on the fly."""
-    generator = torch.Generator().manual_seed(seed)
-    if cache is not None:
-        batches = cache.batches(tap(source), tap(target), cfg.batch_size, generator)
-    else:
-        require(gpt is not None and train_tokens is not None, "on-the-fly training needs the GPT and its training tokens")
-        collect = gpt_pair_collector(gpt, source + 1, target + 1)
-        batches = on_the_fly_batches(train_tokens, gpt.cfg.block_size, cfg.batch_size, generator, collect, device)
-    return train_forward(model, batches, cfg, device, metrics_path=metrics_path, checkpoint=checkpoint, generator=generator, progress=progress, desc=f"forward {tap(source)}->{tap(target)}", tag=tag)
-
-
-# --- evaluation ---------------------------------------------------------------------------------
-def eval_batches(val_tokens: torch.Tensor, seq_len: int, sequences: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Held-out (inputs, next tokens) windows, in order: a fixed evaluation set."""
-    x, y = eval_windows(val_tokens, seq_len, sequences)
-    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-
-
-@torch.no_grad()
-def regression_eval(gpt: GPT, predictors: dict[str, torch.nn.Module], batches, source: int, target: int, device: torch.device) -> dict[str, dict]:
-    """Cosine, MSE, skip-baseline cosine, delta cosine and delta R² of each predictor on held-out data."""
-    totals = {name: RegressionTotals() for name in predictors}
-    for x, _ in batches:
-        src = gpt.run_blocks(gpt.embed(x.to(device)), 0, source + 1)  # (B, T, d)
-        tgt = gpt.run_blocks(src, source + 1, target + 1)
-        for name, model in predictors.items():
-            totals[name].add(model(src), src, tgt)
-    return {name: t.result() for name, t in totals.items()}
-
-
-def evaluate_pair(gpt: GPT, fwd: torch.nn.Module, batches, source: int, target: int, device: torch.device, categories: TokenCategories | None = None, progress: bool = False) -> dict:
-    """Regression metrics and causal substitution for one forward model on one (source, target) pair."""
-    reg = regression_eval(gpt, {"forward": fwd}, batches, source, target, device)["forward"]
-    moved = [(x.to(device), y.to(device)) for x, y in batches]
-    sub = substitution_eval(gpt_split(gpt, source + 1, target + 1), fwd, moved, categories=categories, progress=progress)
-    return {**reg, "substitution": sub}
-
-
-def copy_into(src: Path, dst: Path) -> None:
-    """Copy a file atomically (a cached artifact into a run directory)."""
-    from selfmodels.artifacts import atomic_path
-
+def _copy_into(src: Path, dst: Path) -> None:
+    """Copy a file atomically (a cached artifact into the run directory)."""
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-
-
-__all__ = [
-    "DataConfig", "GPTConfig", "LMTrainConfig", "ForwardTrainConfig", "CoTrain", "tap", "check_pair", "prepare_data",
-    "vocab_size_of", "token_strings", "config_key", "load_gpt", "model_id", "collect_cache", "fit_forward",
-    "eval_batches", "regression_eval", "evaluate_pair", "copy_into", "train_lm", "save_tensors", "to_dict",
-]

@@ -1,184 +1,274 @@
-"""``report.md`` for a forward-self-models run: our numbers beside the paper's, with plots."""
+"""``report.md`` of a forward-self-model run, for every subject: our numbers beside the paper's, with plots.
+
+One writer with optional sections: the baseline, the sweeps, the decomposition and the analyses appear
+when the run has them. It reads only ``results.json``-shaped data (and ``metrics.jsonl`` for curves).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from selfmodels.artifacts import atomic_path, read_jsonl, write_text
+from selfmodels.artifacts import read_jsonl, write_text
+from selfmodels.report.figures import save_figure, subplots
 from selfmodels.report.markdown import fmt, table
 
-
-def _plot(path: Path, draw) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = draw(plt)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path.name
+WEAK_SKIP_NATS = 0.3  # below this KL of skipping, recovery says little
 
 
-def _sweep_plot(rows, x_key, x_label, paper_rows, paper_x, title, logx):
-    def draw(plt):
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-        xs = [r[x_key] for r in rows]
-        axes[0].plot(xs, [r["cosine"] for r in rows], "o-", label="ours")
-        axes[0].plot(xs, [r["identity_cosine"] for r in rows], "s:", color="grey", label="skip baseline (ours)")
-        if paper_rows:
-            axes[0].plot([p[paper_x] for p in paper_rows], [p["cosine"] for p in paper_rows], "x--", label="paper")
-        axes[0].set(xlabel=x_label, ylabel="cosine", title=f"{title}: cosine")
-        axes[1].plot(xs, [r["recovery"] for r in rows], "o-", label="ours")
-        if paper_rows and "recovery" in paper_rows[0]:
-            axes[1].plot([p[paper_x] for p in paper_rows], [p["recovery"] for p in paper_rows], "x--", label="paper")
-        axes[1].set(xlabel=x_label, ylabel="recovery", title=f"{title}: recovery")
-        for ax in axes:
-            if logx:
-                ax.set_xscale("log")
-            ax.legend(fontsize=8)
-            ax.grid(alpha=0.3)
-        return fig
-
-    return draw
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _curve_plot(records):
-    def draw(plt):
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-        val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-        if train:
-            ax.plot(*zip(*train), label="train loss")
-        if val:
-            ax.plot(*zip(*val), "o-", label="validation loss")
-        ax.set(xlabel="step", ylabel="cross-entropy (nats)", title="main GPT")
-        ax.legend()
+def _index(k: int) -> str:
+    return "embed (-1)" if k == -1 else str(k)
+
+
+def _sweep_plot(rows: list[dict], x_key: str, x_label: str, paper_rows: list[dict], title: str, logx: bool, path: Path) -> str:
+    fig, axes = subplots(1, 2, figsize=(9, 3.4))
+    xs = [r[x_key] for r in rows]
+    axes[0].plot(xs, [r["cosine"] for r in rows], "o-", label="ours")
+    axes[0].plot(xs, [r["skip_cosine"] for r in rows], "s:", color="grey", label="skip baseline (ours)")
+    if paper_rows:
+        axes[0].plot([p[x_key] for p in paper_rows], [p["cosine"] for p in paper_rows], "x--", label="paper")
+    axes[0].set(xlabel=x_label, ylabel="cosine", title=f"{title}: cosine")
+    axes[1].plot(xs, [r["recovery"] for r in rows], "o-", label="ours")
+    if paper_rows and "recovery" in paper_rows[0]:
+        axes[1].plot([p[x_key] for p in paper_rows], [p["recovery"] for p in paper_rows], "x--", label="paper")
+    axes[1].set(xlabel=x_label, ylabel="recovery", title=f"{title}: recovery")
+    for ax in axes:
+        if logx:
+            ax.set_xscale("log")
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        return fig
-
-    return draw
+    return save_figure(fig, path)
 
 
-def write_report(out: Path, r: dict) -> None:
-    out = Path(out)
-    p, s, ps = r["paper"], r["substitution"], r["paper"]["substitution"]
-    mm, fm = r["main_model"], r["forward_model"]
+def _curves_plot(records: list[dict], path: Path) -> str | None:
+    """The subject's LM loss (when trained here) and every forward model's training MSE."""
+    subject = [r for r in records if r.get("model") == "subject"]
+    models = sorted({r["model"] for r in records if r.get("model") != "subject" and "forward_mse" in r})
+    if not subject and not models:
+        return None
+    fig, axes = subplots(1, 2 if subject else 1, figsize=(10 if subject else 5.5, 3.4), squeeze=False)
+    axes = axes[0]
+    if subject:
+        train = [(r["step"], r["loss"]) for r in subject if "loss" in r]
+        val = [(r["step"], r["val_loss"]) for r in subject if "val_loss" in r]
+        if train:
+            axes[0].plot(*zip(*train), label="train loss")
+        if val:
+            axes[0].plot(*zip(*val), "o-", label="validation loss")
+        axes[0].set(xlabel="step", ylabel="cross-entropy (nats)", title="subject (our GPT)")
+        axes[0].legend(fontsize=8)
+    ax = axes[-1]
+    for name in models:
+        pts = [(r["step"], r["forward_mse"]) for r in records if r.get("model") == name and r.get("forward_mse")]
+        if pts:
+            ax.plot(*zip(*pts), label=name)
+    ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel="training MSE", title="forward models")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def _header(r: dict) -> list[str]:
+    m, d, pair, f, p = r["subject"], r["data"], r["pair"], r["forward_model"], r["paper"]
+    c = f["config"]
+    trained = m.get("training")
+    origin = (f"our GPT trained here for {trained['steps']:,} steps ({trained.get('tokens_seen') or 0:,} tokens)"
+              if trained else f"{m['id']} (revision {m.get('revision') or 'unknown'})")
+    mlp = f"SwiGLU hidden {c['swiglu_hidden'] or c['mlp_mult'] * c['d_model']}" if c["mlp"] == "swiglu" else f"GELU MLP {c['mlp_mult']}x"
+    train = f["train"]
     lines = [
-        "# Forward self-models on our GPT\n",
-        f"Main model: GPT {mm['n_layer']} layers x {mm['n_head']} heads x d={mm['d_model']}, context {mm['block_size']}, "
-        f"vocabulary {mm['vocab_size']}, {mm['params']:,} parameters, {mm['tokens_seen']:,} training tokens; "
-        f"**validation loss {fmt(mm['val_loss'])} nats**. Data: {r['data']['source']} ({r['data']['tokens']:,} tokens, last 10% held out).",
-        f"Paper: {p['source']}.\n",
-        f"Forward model: {r['pair']['source']} -> {r['pair']['target']}, {r['pair']['training']}, {fm['params']:,} parameters "
-        f"({100 * fm['share_of_main']:.1f}% of the main model). Evaluated on {r['data']['eval_tokens']:,} held-out tokens. "
-        "The paper's headline values are for post_block0 -> post_block1 of its GPT.\n",
-        "## Prediction\n",
-        table(["metric", "ours", "paper"], [
-            ["cosine", r["cosine"], p["cosine"]],
-            ["skip baseline cosine (source vs target)", r["identity_cosine"], None],
-            ["delta cosine (predicted vs true update)", r["delta_cosine"], None],
-            ["delta R² (update energy explained)", r["delta_r2"], None],
-            ["MSE", r["mse"], p["mse"]],
-            ["per-position MLP baseline cosine", r["baseline_mlp"]["cosine"], p["baseline_mlp_cosine"]],
-            ["per-position MLP baseline delta R²", r["baseline_mlp"]["delta_r2"], None],
-            ["per-position MLP baseline recovery", r["baseline_mlp"]["recovery"], None],
-        ], digits=4),
-        "\nThe skip baseline says how much cosine copying the source already earns; delta cosine and delta R² "
-        "measure only the layer's update. The paper reported neither.\n",
-        "## Causal substitution\n",
-        table(["mode", "accuracy (ours)", "accuracy (paper)", "KL vs normal (ours)", "KL (paper)", "CE (ours)"], [
-            ["normal", s["accuracy_normal"], ps["accuracy_normal"], "-", "-", s["ce_normal"]],
-            ["substituted (forward model)", s["accuracy_substituted"], ps["accuracy_substituted"], s["kl_substituted"], ps["kl_substituted"], s["ce_substituted"]],
-            ["skipped (paper: ablated)", s["accuracy_skipped"], ps["accuracy_skipped"], s["kl_skipped"], ps["kl_skipped"], s["ce_skipped"]],
-            ["zero-ablated", s["accuracy_zero"], None, s["kl_zero"], None, s["ce_zero"]],
-        ], digits=4),
-        (f"\n> Skipping the predicted layer costs only {fmt(s['kl_skipped'])} nats (< 0.3): the main model barely uses it, "
-         "so recovery says little here. Train the main model longer or pick another layer pair.\n" if s["kl_skipped"] < 0.3 else ""),
-        f"\n**Recovery = 1 - mean KL_sub / mean KL_skip = {fmt(s['recovery'])}** (paper {fmt(ps['recovery'], 2)}); "
-        f"against zero-ablation: {fmt(s['recovery_vs_zero'])}.\n",
-        "### By category (KL in nats)\n",
-        table(["category", "tokens", "KL sub", "KL skip", "recovery"],
-              [[name, c["tokens"], c["kl_substituted"], c["kl_skipped"], c["recovery"]] for name, c in r["categories"].items()], digits=4),
-        f"\nPaper (toy): KL_sub {p['categories_kl_substituted']}. Category definitions: docs/forward-self-models.md.\n",
+        f"# Forward self-model on {m['name']}: {_index(pair['source'])} -> {_index(pair['target'])}\n",
+        f"**Subject**: {m['family']}, {origin}; {m['params']:,} parameters, {m['n_layers']} blocks, d = {m['d_model']}, "
+        f"{m['n_heads']} query heads in {m['n_kv_heads']} KV groups of d_head {m['d_head']}; {m['dtype']}; weights "
+        f"sha256 {m['weights_sha256'][:16]}. Held-out cross-entropy {fmt(m['val_loss'])} nats/token.\n",
+        f"**Data**: corpus `{d['corpus']}` ({d['source']}), {d['tokens']:,} tokens ({d['tokenizer']}); "
+        f"{d['train_tokens']:,} training / {d['val_tokens']:,} held-out tokens, {d['split']}; windows of {d['seq_len']} "
+        f"tokens ({'with' if d['bos'] else 'no'} BOS); evaluation on {d['eval_tokens']:,} held-out tokens "
+        f"({d['eval_sequences']} windows). **Seed** {r['seed']}.\n",
+        f"**Layers**: source {_index(pair['source'])} (`{m['source_hook']}`) -> target {_index(pair['target'])} "
+        f"(`{m['target_hook']}`): the forward model stands in for {pair['blocks_predicted']} block(s).\n",
+        f"**Forward model**: {c['n_layer']} block(s), {c['n_head']} head(s) x {c['d_head']}, {mlp}, {f['params']:,} "
+        f"parameters ({_pct(f['share_of_main'])} of the subject); {pair['training']}"
+        + (f", {train['steps']:,} steps of {f['train_config']['batch_size']} x {d['seq_len']} tokens at lr "
+           f"{f['train_config']['lr']:g} in {train['seconds']:.0f} s" if "seconds" in train else "")
+        + f". Saved in `{f['saved_to']}/` (load it with `ForwardModel.from_pretrained`).\n",
     ]
-    cap_rows = [[c["name"], c["params"], f"{100 * c['share_of_main']:.1f}%", c["cosine"], c["identity_cosine"], c["delta_r2"], c["recovery"],
-                 next((q["cosine"] for q in p["capacity_sweep"] if q["name"] == c["name"]), None)] for c in r["capacity_sweep"]]
-    c0 = r["capacity_sweep"][0]
-    lines += [f"## Capacity sweep (frozen, {c0['source']} -> {c0['target']}; paper: post_block0 -> post_block3)\n",
-              table(["config", "params", "% of main", "cosine", "skip cosine", "delta R²", "recovery", "paper cosine"], cap_rows)]
-    cap_png = _plot(out / "capacity_sweep.png", _sweep_plot(r["capacity_sweep"], "params", "forward-model parameters", p["capacity_sweep"], "params", "capacity", True))
-    lines += [f"\n![capacity sweep]({cap_png})\n"]
-    gap_rows = []
-    for g in r["layer_gap_sweep"]:
-        q = next((q for q in p["layer_gap_sweep"] if q["gap"] == g["gap"]), {})
-        gap_rows.append([g["gap"], g["params"], g["cosine"], q.get("cosine"), g["kl_substituted"], g["kl_skipped"], g["recovery"], q.get("recovery")])
-    lines += [f"## Layer-gap sweep (frozen, from {r['layer_gap_sweep'][0]['source']}; paper: from post_block0)\n",
-              table(["gap", "params", "cosine", "paper cosine", "KL sub", "KL skip", "recovery", "paper recovery"], gap_rows, digits=4),
-              f"\nNote: {p['layer_gap_note']}.\n"]
-    gap_png = _plot(out / "layer_gap_sweep.png", _sweep_plot(r["layer_gap_sweep"], "gap", "layers predicted", p["layer_gap_sweep"], "gap", "layer gap", False))
-    lines += [f"![layer-gap sweep]({gap_png})\n"]
-    if "analysis" in r:
-        lines += _analysis_section(r)
-    records = read_jsonl(out / "metrics.jsonl")
-    if records:
-        lines += ["## Main-model training\n", f"![training curve]({_plot(out / 'training.png', _curve_plot(records))})\n"]
-    lines += ["## Definitions\n"] + [f"- `{k}`: {v}" for k, v in r["definitions"].items()]
-    lines += [f"\nWall time: {r['seconds']:.0f} s. Seed {r['seed']}.\n"]
-    write_text(out / "report.md", "\n".join(lines))
+    b = r.get("baseline_mlp")
+    if b:
+        rule = ("steps chosen from its measured speed to match the forward model's training time"
+                if b["steps_rule"] == "time" else "the forward model's step count")
+        lines.append(f"**Baseline**: per-position MLP d -> {b['hidden_mult']}d -> d (GELU, no attention), {b['params']:,} "
+                     f"parameters, {b['train']['steps']:,} steps ({rule}) in {b['train']['seconds']:.0f} s.\n")
+    lines.append(f"**Paper**: {p['label']}.\n")
+    return lines
 
 
-def _analysis_section(r: dict) -> list[str]:
-    """The paper's analyses of the headline pair, ours beside the paper's toy-GPT values."""
-    a, p, plot = r["analysis"], r["paper"]["analysis"], r["analysis_plots"]
+def _prediction(r: dict) -> list[str]:
+    s, p, b = r["substitution"], r["paper"], r.get("baseline_mlp")
+    bs = b["substitution"] if b else {}
+    paper_pair = f"{p['source']} -> {p['target']}"
+
+    def row(name, ours, base, paper):
+        return [name, ours, base if b else "-", paper]
+
+    rows = [
+        row("parameters", f"{r['forward_model']['params']:,}", f"{b['params']:,}" if b else "-", f"{p['forward_params']:,}"),
+        row("cosine", r["cosine"], b and b["cosine"], p["cosine"]),
+        row("skip cosine (copy the source)", r["skip_cosine"], r["skip_cosine"], p["skip_cosine"]),
+        row("update cosine", r["delta_cosine"], b and b["delta_cosine"], p["delta_cosine"]),
+        row("update R²", r["delta_r2"], b and b["delta_r2"], p["delta_r2"]),
+        row("MSE", fmt(r["mse"], 4), fmt(b and b["mse"], 4), fmt(p["mse"], 4)),
+    ]
+    for mode in ("normal", "substituted", "skipped", "zero"):
+        rows.append(row(f"accuracy {mode}", s[f"accuracy_{mode}"], bs.get(f"accuracy_{mode}"), p.get(f"accuracy_{mode}")))
+    for mode in ("substituted", "skipped", "zero"):
+        rows.append(row(f"KL {mode} (nats)", s[f"kl_{mode}"], bs.get(f"kl_{mode}"), p.get(f"kl_{mode}")))
+    rows.append(row("**recovery**", s["recovery"], b and b["recovery"], p["recovery"]))
+    rows.append(row("recovery against zero-ablation", s["recovery_vs_zero"], bs.get("recovery_vs_zero"), None))
+    lines = [
+        "## Prediction and causal substitution (held-out text)\n",
+        "`cosine`: mean per-token cosine; `skip cosine`: the source itself against the target (what copying scores); "
+        "`update cosine` / `update R²`: the predicted against the true update (target - source), which the paper did not "
+        "report. Substitution replaces the predicted blocks' output and runs the rest of the subject; skipped = those blocks "
+        "as the identity (the paper's \"ablated\"); zero = the target residual set to 0; recovery = 1 - mean KL_sub / mean KL_skip.\n",
+        table(["", "ours: forward model", "ours: per-position MLP", f"paper ({paper_pair})"], rows, digits=4),
+        "MSE is in the subject's own activation units: it compares only within one subject.\n",
+    ]
+    if s["kl_skipped"] < WEAK_SKIP_NATS:
+        lines.append(f"> Skipping the predicted blocks costs only {fmt(s['kl_skipped'])} nats (< {WEAK_SKIP_NATS}): the subject "
+                     "barely uses them, so recovery says little here. Train the subject longer or pick another layer pair.\n")
+    return lines
+
+
+def _categories(r: dict) -> list[str]:
+    p = r["paper"]
+    rows = [[name, c["tokens"], c["kl_substituted"], c["kl_skipped"], c["recovery"], fmt(p["category_recovery"].get(name))]
+            for name, c in r["categories"].items()]
+    return ["### By behavioural category (forward model)\n",
+            table(["category", "tokens", "KL sub", "KL skip", "recovery", "paper recovery"], rows, digits=4),
+            f"Paper: {p['categories']}. Category definitions: docs/forward-self-models.md.\n"]
+
+
+def _sweeps(r: dict, out: Path) -> list[str]:
+    p, lines = r["paper"], []
+    cap = r.get("capacity_sweep") or []
+    if cap:
+        rows = [[c["name"], f"{c['params']:,}", _pct(c["share_of_main"]), c["cosine"], c["skip_cosine"], c["delta_r2"], c["recovery"],
+                 next((q["cosine"] for q in p["capacity_sweep"] if q["name"] == c["name"]), None)] for c in cap]
+        png = _sweep_plot(cap, "params", "forward-model parameters", p["capacity_sweep"], "capacity", True, out / "plots" / "capacity_sweep.png")
+        lines += [f"## Capacity sweep ({_index(cap[0]['source'])} -> {_index(cap[0]['target'])}, from the activation cache; "
+                  "paper: post_block0 -> post_block3)\n",
+                  table(["config", "params", "% of subject", "cosine", "skip cosine", "update R²", "recovery", "paper cosine"], rows),
+                  f"\n![capacity sweep](plots/{png})\n"]
+    gaps = r.get("layer_gap_sweep") or []
+    if gaps:
+        rows = []
+        for g in gaps:
+            q = next((q for q in p["layer_gap_sweep"] if q["gap"] == g["gap"]), {})
+            rows.append([g["gap"], f"{g['params']:,}", g["cosine"], g["skip_cosine"], q.get("cosine"), g["kl_substituted"], g["kl_skipped"],
+                         g["recovery"], q.get("recovery")])
+        png = _sweep_plot(gaps, "gap", "blocks predicted", p["layer_gap_sweep"], "layer gap", False, out / "plots" / "layer_gap_sweep.png")
+        lines += [f"## Layer-gap sweep (from {_index(gaps[0]['source'])}, from the activation cache; paper: from post_block0)\n",
+                  table(["gap", "params", "cosine", "skip cosine", "paper cosine", "KL sub", "KL skip", "recovery", "paper recovery"], rows, digits=4),
+                  (f"\nNote: {p['layer_gap_note']}.\n" if p.get("layer_gap_note") else "\n"), f"![layer-gap sweep](plots/{png})\n"]
+    return lines
+
+
+def _decomposition(r: dict) -> list[str]:
+    d, p = r.get("decomposition"), r["paper"].get("decomposition") or {}
+    if not d:
+        return []
+    return [
+        "## Decomposition of the predicted block's update\n",
+        f"Update = per-head writes + output-projection bias + MLP output; reconstruction error {d['reconstruction_error']:.2e} "
+        "(relative Frobenius). Residual = target - forward-model prediction.\n",
+        table(["", "ours", "paper (Llama 7 -> 8)"], [
+            ["attention norm share", _pct(d["heads_norm_share"]), _pct(p.get("heads_norm_share"))],
+            ["MLP norm share", _pct(d["mlp_norm_share"]), _pct(p.get("mlp_norm_share"))],
+            ["cos(head, residual), mean", d["heads_cos_residual_mean"], p.get("heads_cos_residual_mean")],
+            ["cos(head, residual), range", f"{d['heads_cos_residual_min']:+.3f} .. {d['heads_cos_residual_max']:+.3f}", p.get("heads_cos_range", "-")],
+            ["cos(MLP, residual)", d["mlp_cos_residual"], p.get("mlp_cos_residual")],
+            ["corr(|MLP|, |residual|)", d["mlp_norm_corr"], p.get("mlp_norm_corr")],
+            ["corr(|head|, |residual|), mean", d["heads_norm_corr_mean"], p.get("heads_norm_corr")],
+            ["residual variance in a head's output subspace", f"{_pct(d['head_residual_variance_fraction_min'])} .. "
+             f"{_pct(d['head_residual_variance_fraction_max'])} (null {_pct(d['head_null_fraction'])})", p.get("head_variance_fraction", "-")],
+        ]),
+        table(["KV group", "heads", "norm share", "cos(group, residual)", "corr(|group|, |residual|)", "residual variance fraction (null)"],
+              [[g["kv_group"], str(g["heads"]), _pct(g["norm_share"]), g["cos_residual"], g["norm_corr"],
+                f"{_pct(g['residual_variance_fraction'])} ({_pct(d['group_null_fraction'])})"] for g in d["kv_groups"]]),
+        f"![decomposition](plots/{r['plots']['decomposition']})\n" if "decomposition" in r["plots"] else "",
+    ]
+
+
+def _analyses(r: dict) -> list[str]:
+    a = r.get("analysis")
+    if not a:
+        return []
+    p, plot = r["paper"]["analysis"], r["plots"]
     g, sp = a["gauge"], a["residual_spectrum"]
     ranks = sp["variance_ranks"]
     cosines = lambda xs: " / ".join(f"{x:.3f}" for x in xs)  # noqa: E731
-    pair = f"{r['pair']['source']} -> {r['pair']['target']}"
-    lines = [f"## Analyses of the headline pair ({pair}; {a['tokens']:,} held-out tokens)\n"]
-    if (r["pair"]["source"], r["pair"]["target"]) != ("post_block0", "post_block1"):
-        lines.append(f"> The paper analysed post_block0 -> post_block1 of a 4 x 256 GPT; this run predicts "
-                     f"{pair} (its forward model stands in for {a['compared_block']}, compared below), so the "
-                     "numbers describe a different block and are not like for like.\n")
-    lines += [
-        f"### Attention similarity (forward model vs each head of {a['compared_block']})\n",
-        "Best forward-model head per GPT head. Per example: each sequence's own pattern, then averaged. "
-        "Batch-averaged (the paper's way): patterns averaged over sequences first, which leaves mostly positional structure.\n",
-        table(["", "per GPT head (ours)", "paper"], [
-            ["per example", cosines(a["attention_cosine_per_example"]), "-"],
-            ["batch-averaged", cosines(a["attention_cosine_batch_averaged"]), p["attention_cosine"]]]),
-        f"\n![attention similarity]({plot['attention']})\n",
-        "### Gauge symmetry (forward head vs each GPT head, means over GPT heads)\n",
-        "Raw cosines of the Q/K/V read weights (slices of the fused QKV, LayerNorm gains folded in) are not "
-        "expected to match (any invertible R gives the same function); the QK circuit W_Qᵀ W_K and OV circuit "
-        "W_O W_V are gauge-invariant. Raw cosines need equal head widths ('-' where the forward model's d_head "
-        "differs from the GPT's). Overlaps: mean cos² of principal angles between read / write subspaces (null: random subspaces).\n",
-        table(["", "Q cos", "K cos", "V cos", "QK circuit cos", "OV circuit cos", "Q read overlap", "O write overlap", "null overlap"], [
-            ["ours", g["mean_q_cosine"], g["mean_k_cosine"], g["mean_v_cosine"], g["mean_qk_circuit_cosine"],
-             g["mean_ov_circuit_cosine"], g["mean_q_read_overlap"], g["mean_o_write_overlap"], g["mean_null_overlap"]],
-            ["paper", p["qkv_weight_cosine"], "", "", "-", "-", "-", "-", "-"]]),
-        "\n### Linear CKA\n",
-        table(["", "prediction vs target", "post-attention (forward vs GPT block)", "source vs target", "source vs prediction"], [
-            ["ours", a["cka"]["prediction_vs_target"], a["cka"]["post_attention"], a["cka"]["source_vs_target"], a["cka"]["source_vs_prediction"]],
-            ["paper", p["cka"], "-", p["cka_source"], p["cka_source"]]]),
-        "\nSource vs target is the baseline: how similar the representations already are before the block.\n",
-        "### Residual structure (r = target - prediction)\n",
-        table(["", "ours", "paper (toy GPT, d=256)"], [
-            ["ranks for 50 / 90 / 95% variance", f"{ranks['50%']} / {ranks['90%']} / {ranks['95%']} of {sp['max_rank']}", p["variance_ranks"]],
-            ["effective rank exp(H(S²/ΣS²))", f"{a['effective_rank_entropy_s2']:.1f} of {sp['max_rank']}", p["eff_rank_s2"]],
-            ["effective rank exp(H(S/ΣS))", f"{a['effective_rank_entropy_s']:.1f} of {sp['max_rank']}", p["eff_rank_s"]],
-            ["top-1 PC variance", f"{100 * sp['top1_variance']:.1f}%", p["top1_variance"]],
-            ["corr(residual norm, attention entropy)", a["entropy_correlation"]["raw"], "-"],
-            ["corr(residual norm / update norm, attention entropy)", a["entropy_correlation"]["normalised_by_update_norm"], p["entropy_corr"]],
-        ]),
-        f"\n![residual spectrum]({plot['spectrum']}) ![entropy vs residual]({plot['entropy']})\n",
-        "Residual norm by token category: d vs overall = (category mean - overall mean) / overall std (what the "
-        "paper calls Cohen's d); pooled d = two-group Cohen's d (category vs the rest). "
-        f"{a['positions'][0].upper() + a['positions'][1:]}; the update norm is ||target - source||; entropy is "
-        f"the head-mean attention entropy of {a['compared_block']}.\n",
-        table(["category", "tokens", "mean residual norm", "d vs overall", "pooled d", "paper d (toy)"],
-              [[n, c["tokens"], c["mean"], c["d_vs_overall"], c["d_pooled"], p.get(n, "-")] for n, c in a["residual_categories"].items()]),
-        f"\n![residual by category]({plot['categories']})\n",
-    ]
+    block = a["compared_block"]
+    lines = [f"## Analyses of the pair ({a['tokens']:,} held-out tokens)\n",
+             f"The forward model is compared with block {block}, the first block it stands in for (it reads the same residual). "
+             "The paper's values are from its toy GPT's pair (0 -> 1, 4 heads of 64, d = 256): a different block of a different "
+             "model, shown for scale, not like for like.\n",
+             f"### Attention similarity (forward model vs each head of block {block})\n",
+             "Best forward-model head per subject head. Per example: each sequence's own pattern, then averaged. "
+             "Batch-averaged (the paper's way): patterns averaged over sequences first, which leaves mostly positional structure.\n",
+             table(["", "per subject head (ours)", "paper"], [
+                 ["per example", cosines(a["attention_cosine_per_example"]), "-"],
+                 ["batch-averaged", cosines(a["attention_cosine_batch_averaged"]), p["attention_cosine"]]]),
+             f"\n![attention similarity](plots/{plot['attention']})\n",
+             "### Gauge symmetry (forward head vs each subject head, means over subject heads)\n",
+             "Raw cosines of the Q/K/V read weights (norm gains folded in) are not expected to match (any invertible R gives "
+             "the same function) and need equal head widths ('-' otherwise); the QK circuit W_Qᵀ W_K (before any rotary "
+             "embedding) and OV circuit W_O W_V are gauge-invariant. Overlaps: mean cos² of principal angles between read / "
+             "write subspaces (null: random subspaces).\n",
+             table(["", "Q cos", "K cos", "V cos", "QK circuit cos", "OV circuit cos", "Q read overlap", "O write overlap", "null overlap"], [
+                 ["ours", g["mean_q_cosine"], g["mean_k_cosine"], g["mean_v_cosine"], g["mean_qk_circuit_cosine"],
+                  g["mean_ov_circuit_cosine"], g["mean_q_read_overlap"], g["mean_o_write_overlap"], g["mean_null_overlap"]],
+                 ["paper", p["qkv_weight_cosine"], "", "", "-", "-", "-", "-", "-"]]),
+             "\n### Linear CKA\n",
+             table(["", "prediction vs target", "post-attention (forward vs subject block)", "source vs target", "source vs prediction"], [
+                 ["ours", a["cka"]["prediction_vs_target"], a["cka"]["post_attention"], a["cka"]["source_vs_target"], a["cka"]["source_vs_prediction"]],
+                 ["paper", p["cka"], "-", p["cka_source"], p["cka_source"]]]),
+             "\nSource vs target is the baseline: how similar the representations already are before the block.\n",
+             "### Residual structure (r = target - prediction)\n",
+             table(["", "ours", "paper (toy GPT, d=256)"], [
+                 ["ranks for 50 / 90 / 95% variance", f"{ranks['50%']} / {ranks['90%']} / {ranks['95%']} of {sp['max_rank']}", p["variance_ranks"]],
+                 ["effective rank exp(H(S²/ΣS²))", f"{a['effective_rank_entropy_s2']:.1f} of {sp['max_rank']}", p["eff_rank_s2"]],
+                 ["effective rank exp(H(S/ΣS))", f"{a['effective_rank_entropy_s']:.1f} of {sp['max_rank']}", p["eff_rank_s"]],
+                 ["top-1 PC variance", f"{100 * sp['top1_variance']:.1f}%", p["top1_variance"]],
+                 ["corr(residual norm, attention entropy)", a["entropy_correlation"]["raw"], "-"],
+                 ["corr(residual norm / update norm, attention entropy)", a["entropy_correlation"]["normalised_by_update_norm"], p["entropy_corr"]],
+             ]),
+             ("\nPaper (Llama 7 -> 8): effective rank "
+              f"{_pct(p['llama_effective_rank_fraction'])} of the maximum (definition not stated), top-1 PC variance "
+              f"{_pct(p['llama_top1_variance'])}.\n" if "llama_effective_rank_fraction" in p else ""),
+             f"\n![residual spectrum](plots/{plot['spectrum']}) ![entropy vs residual](plots/{plot['entropy']})\n",
+             "Residual norm by token category: d vs overall = (category mean - overall mean) / overall std (what the paper calls "
+             f"Cohen's d); pooled d = two-group Cohen's d (category vs the rest). {a['positions'][0].upper() + a['positions'][1:]}; "
+             f"the update norm is ||target - source||; entropy is the head-mean attention entropy of block {block}.\n",
+             table(["category", "tokens", "mean residual norm", "d vs overall", "pooled d", "paper d (toy)"],
+                   [[n, c["tokens"], c["mean"], c["d_vs_overall"], c["d_pooled"], p["residual_category_d"].get(n, "-")]
+                    for n, c in a["residual_categories"].items()]),
+             f"\n![residual by category](plots/{plot['categories']})\n"]
     return lines
+
+
+def write_report(out: Path, r: dict) -> None:
+    """Write ``out/report.md`` (and its plots into ``out/plots``) from a results dict."""
+    out = Path(out)
+    lines = _header(r) + _prediction(r) + _categories(r) + _sweeps(r, out) + _decomposition(r) + _analyses(r)
+    curves = _curves_plot(read_jsonl(out / "metrics.jsonl"), out / "plots" / "training.png")
+    if curves:
+        lines += ["## Training curves\n", f"![training curves](plots/{curves})\n"]
+    lines += ["## Definitions\n"] + [f"- `{k}`: {v}" for k, v in r["definitions"].items()]
+    computed = [name for name, s in r["stages"].items() if s["computed"]]
+    lines += [f"\nWall time of this invocation: {r['seconds']:.0f} s; stages computed now: {', '.join(computed) or 'none (all reused)'}. "
+              f"Results schema version {r['schema_version']} (docs/forward-self-models.md).\n"]
+    write_text(out / "report.md", "\n".join(lines))

@@ -1,6 +1,7 @@
 """Causal substitution: how much of the predicted layers' effect on the output the forward model carries.
 
-A main model is split at the source and target layers into three callables (:class:`LayerSplit`):
+A subject is split at the source and target layers into three callables
+(:class:`selfmodels.subjects.base.LayerSplit`, from ``subject.split(source, target)``):
 ``prefix(tokens) -> a_i``, ``middle(a_i) -> a_j`` (the layers being predicted) and
 ``suffix(a_j) -> logits``. On the same tokens we compare four runs that share the prefix (computed
 once):
@@ -16,7 +17,6 @@ averaged; ``recovery = 1 - mean KL_sub / mean KL_skip`` (see :func:`metrics.reco
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -25,24 +25,9 @@ from tqdm import tqdm
 
 from selfmodels.forward.categories import CATEGORIES, TokenCategories
 from selfmodels.forward.metrics import kl_per_token, recovery
+from selfmodels.subjects.base import LayerSplit
 
 MODES = ("normal", "substituted", "skipped", "zero")
-
-
-@dataclass
-class LayerSplit:
-    prefix: Callable[[torch.Tensor], torch.Tensor]  # token ids (B, T) -> source residual (B, T, d)
-    middle: Callable[[torch.Tensor], torch.Tensor]  # source residual -> target residual (B, T, d)
-    suffix: Callable[[torch.Tensor], torch.Tensor]  # target residual -> logits (B, T, V)
-
-
-def gpt_split(gpt, source: int, target: int) -> LayerSplit:
-    """Split our GPT at residual indices ``source`` < ``target``."""
-    return LayerSplit(
-        prefix=lambda ids: gpt.run_blocks(gpt.embed(ids), 0, source),
-        middle=lambda h: gpt.run_blocks(h, source, target),
-        suffix=lambda h: gpt.forward_from(h, target),
-    )
 
 
 class _Totals:

@@ -21,7 +21,8 @@ from selfmodels.artifacts import append_jsonl, keep_jsonl
 from selfmodels.configs import option
 from selfmodels.errors import require
 from selfmodels.checkpoint import load_checkpoint, save_checkpoint
-from selfmodels.forward.optim import make_adamw
+from selfmodels.data.windows import random_windows
+from selfmodels.optim import make_adamw
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
@@ -100,28 +101,13 @@ def on_the_fly_batches(
     batch_size: int,
     generator: torch.Generator,
     collect: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    device: torch.device | None = None,
 ) -> Batches:
     """Endless (source, target) batches from random whole windows of a token stream.
 
-    ``collect(token_ids (B, T)) -> (source, target)`` runs the frozen main model, ideally stopping
-    after the target layer (see :func:`gpt_pair_collector`).
+    ``collect(token_ids (B, T)) -> (source, target)`` runs the frozen subject, stopping after the target.
     """
-    require(tokens.numel() > seq_len, f"the token stream ({tokens.numel()} tokens) is shorter than one sequence of {seq_len}")
     while True:
-        starts = torch.randint(0, tokens.numel() - seq_len, (batch_size,), generator=generator)
-        ids = tokens[starts[:, None] + torch.arange(seq_len)]  # (B, T)
+        ids, _ = random_windows(tokens, seq_len, batch_size, generator)  # (B, T)
         with torch.no_grad():
-            pair = collect(ids if device is None else ids.to(device))
+            pair = collect(ids)
         yield pair  # outside no_grad: grad mode is global, and the consumer trains while we are suspended
-
-
-def gpt_pair_collector(gpt, source: int, target: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """Residuals at indices ``source`` and ``target`` of a frozen GPT, running no block after ``target``."""
-
-    @torch.no_grad()
-    def collect(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        src = gpt.run_blocks(gpt.embed(ids), 0, source)  # (B, T, d)
-        return src, gpt.run_blocks(src, source, target)  # (B, T, d)
-
-    return collect

@@ -1,12 +1,14 @@
-"""Per-component decomposition of one layer's update, and where the forward model's residual lies.
+"""Per-component decomposition of one block's update, and where the forward model's residual lies.
 
-A Llama-family layer maps its input residual h to ``h + Δ`` with, exactly (no bias in these models'
-o_proj; a bias b_O is kept as its own component when present)::
+A block maps its input residual h to ``h + Δ`` with, exactly (a bias b_O of the attention output
+projection is kept as its own component; zero when there is none)::
 
-    Δ = Σ_h  W_O[:, h] z_h  +  b_O  +  MLP(...)                       z_h = o_proj input, head h slice
+    Δ = Σ_h  W_O[:, h] z_h  +  b_O  +  MLP(...)                       z_h = head h's attention output
 
-where ``W_O[:, h]`` are the d_head columns of o_proj's weight that read head h. ``reconstruction_error``
-is ‖Δ - Σ components‖_F / ‖Δ‖_F over all tokens (float rounding only, ~1e-7 in fp32).
+where ``W_O[:, h]`` (d, d_head) are the columns of the output projection that read head h, so
+``W_O[:, h] z_h`` is head h's write into the residual: the ``heads`` a subject's ``block_parts`` returns
+(:meth:`selfmodels.subjects.base.Subject.block_parts`), and ``W_O[:, h]`` is ``head_weights(k)[h]["o"]``.
+``reconstruction_error`` is ‖Δ - Σ components‖_F / ‖Δ‖_F over all tokens (float rounding only, ~1e-7 in fp32).
 
 For each component c (a head, a KV group = the sum of its heads, the attention total, the MLP), with the
 forward model's residual r = target - prediction, per token t:
@@ -22,6 +24,8 @@ forward model's residual r = target - prediction, per token t:
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,19 +43,22 @@ def head_contributions(o_proj_in: torch.Tensor, w_o: torch.Tensor, n_heads: int,
     return torch.einsum("...hk,dhk->...hd", z.to(w.dtype), w)  # (..., H, d)
 
 
-def decompose_update(layer_input: torch.Tensor, layer_output: torch.Tensor, o_proj_in: torch.Tensor,
-                     mlp_out: torch.Tensor, w_o: torch.Tensor, b_o: torch.Tensor | None,
-                     n_heads: int, d_head: int) -> dict[str, torch.Tensor | float]:
-    """Split Δ = output - input into per-head contributions, o_proj bias and MLP output; check the sum.
+def decompose_update(layer_input: torch.Tensor, layer_output: torch.Tensor, heads: torch.Tensor,
+                     bias: torch.Tensor | None, mlp_out: torch.Tensor) -> dict[str, torch.Tensor | float]:
+    """Split Δ = output - input into the per-head writes ``heads`` (..., H, d), the attention output
+    projection's ``bias`` (d,) (None: no bias) and the MLP output; check that they sum to Δ.
 
-    Returns ``heads`` (N, H, d), ``mlp`` (N, d), ``bias`` (d,) (zeros if none), ``update`` (N, d) with
-    N = all tokens flattened, and ``reconstruction_error`` (relative Frobenius) and ``max_abs_error``.
+    ``layer_input``, ``layer_output``, ``mlp_out`` are (..., d) on the same tokens as ``heads``. Returns
+    ``heads`` (N, H, d), ``mlp`` (N, d), ``bias`` (d,) (zeros if none), ``update`` (N, d) with N = all tokens
+    flattened, and ``reconstruction_error`` (relative Frobenius) and ``max_abs_error``.
     """
     d = layer_input.shape[-1]
     update = (layer_output - layer_input).reshape(-1, d)  # (N, d)
-    heads = head_contributions(o_proj_in.reshape(-1, o_proj_in.shape[-1]), w_o, n_heads, d_head)  # (N, H, d)
+    require(heads.shape[-1] == d and heads.reshape(-1, *heads.shape[-2:]).shape[0] == update.shape[0],
+            f"per-head writes of shape {tuple(heads.shape)} do not match the layer's {update.shape[0]} tokens x {d}")
+    heads = heads.reshape(-1, *heads.shape[-2:])  # (N, H, d)
     mlp = mlp_out.reshape(-1, d)  # (N, d)
-    bias = b_o if b_o is not None else torch.zeros(d, dtype=update.dtype)
+    bias = bias if bias is not None else torch.zeros(d, dtype=update.dtype)
     recon = heads.sum(1) + bias + mlp  # (N, d)
     error = (update - recon).norm() / update.norm().clamp_min(1e-30)
     return {"heads": heads, "mlp": mlp, "bias": bias, "update": update,
@@ -77,22 +84,31 @@ def _stats(component: torch.Tensor, residual: torch.Tensor) -> dict[str, float]:
     }
 
 
-def decomposition_report(parts: dict[str, torch.Tensor], residual: torch.Tensor, w_o: torch.Tensor,
-                         b_o: torch.Tensor | None, n_heads: int, d_head: int, n_kv_heads: int) -> dict:
-    """All per-component numbers for one layer (see the module docstring for definitions).
+def decomposition_report(layer_input: torch.Tensor, layer_output: torch.Tensor, heads: torch.Tensor,
+                         bias: torch.Tensor | None, mlp_out: torch.Tensor, residual: torch.Tensor,
+                         head_o: Sequence[torch.Tensor], n_kv_heads: int) -> dict:
+    """All per-component numbers for one block (see the module docstring for definitions).
 
-    ``parts`` holds ``input``, ``output``, ``o_proj_in``, ``mlp_out`` of the layer on the same tokens as
-    ``residual`` (target - prediction, target = that layer's output). Heads h*n_rep..(h+1)*n_rep-1 share
-    KV group h (n_rep = n_heads / n_kv_heads), as in Llama's grouped-query attention.
+    ``layer_input``, ``layer_output``, ``mlp_out`` (B, T, d) or (N, d), ``heads`` (B, T, H, d) or (N, H, d)
+    (each head's write, without the bias) and ``bias`` (d,) or None describe the block on the same tokens as
+    ``residual`` (target - prediction, target = the block's output). ``head_o`` holds each head's write
+    weight W_O[:, h] (d, d_head), e.g. ``[w["o"] for w in subject.head_weights(k)]``. Consecutive heads share
+    a KV group: heads g*n_rep..(g+1)*n_rep-1 form group g (n_rep = H / n_kv_heads), as in grouped-query
+    attention.
     """
-    dec = decompose_update(parts["input"], parts["output"], parts["o_proj_in"], parts["mlp_out"], w_o, b_o, n_heads, d_head)
+    n_heads = heads.shape[-2]
+    require(len(head_o) == n_heads, f"{len(head_o)} head write weights for {n_heads} heads")
+    require(n_kv_heads >= 1 and n_heads % n_kv_heads == 0, f"{n_heads} heads do not split into {n_kv_heads} KV groups")
+    d_head = head_o[0].shape[1]
+    dec = decompose_update(layer_input, layer_output, heads, bias, mlp_out)
     r = residual.reshape(-1, residual.shape[-1]).double()  # (N, d)
     require(r.shape[0] == dec["update"].shape[0], "residual and layer parts must come from the same tokens")
     d = r.shape[1]
     heads, mlp = dec["heads"], dec["mlp"]
     attention_total = heads.sum(1)  # (N, H, d) -> (N, d)
     n_rep = n_heads // n_kv_heads
-    w = w_o.double().reshape(d, n_heads, d_head)  # (d, H, dh)
+    require(all(o.shape == (d, d_head) for o in head_o), f"head write weights must each be ({d}, {d_head})")
+    w = torch.stack([o.detach().to(r.device, torch.float64) for o in head_o], dim=1)  # (d, H, dh)
 
     per_head = []
     for h in range(n_heads):

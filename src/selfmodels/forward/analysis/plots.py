@@ -1,29 +1,20 @@
-"""One PNG per analysis (matplotlib, Agg backend), written atomically; each returns the file name."""
+"""One PNG per analysis, written atomically through :mod:`selfmodels.report.figures` (no pyplot, no backend
+switch); each function returns the file name."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from selfmodels.artifacts import atomic_path  # noqa: E402
-
-
-def _save(fig, path: Path) -> str:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path.name
+from selfmodels.report.figures import save_figure as _save
+from selfmodels.report.figures import subplots
 
 
 def plot_attention_similarity(sim: dict[str, torch.Tensor], path: Path) -> str:
     """Heatmaps (forward heads x layer heads) of the per-example and batch-averaged attention cosines."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 2.2 + 0.3 * sim["per_example"].shape[0]), constrained_layout=True)
+    fig, axes = subplots(1, 2, figsize=(11, 2.2 + 0.3 * sim["per_example"].shape[0]), constrained_layout=True)
     for ax, key in zip(axes, ("per_example", "batch_averaged")):
         m = sim[key].numpy()
         im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -46,7 +37,7 @@ def plot_decomposition(report: dict, path: Path) -> str:
     cos = [h["cos_residual"] for h in heads] + [report["mlp_cos_residual"]]
     share = [h["norm_share"] for h in heads] + [report["mlp_norm_share"]]
     frac = [h["residual_variance_fraction"] for h in heads]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
+    fig, axes = subplots(1, 3, figsize=(14, 3.2))
     axes[0].bar(names, share, color=["C0"] * len(heads) + ["C3"])
     axes[0].set_title("norm share of the layer update")
     axes[1].bar(names, cos, color=["C0"] * len(heads) + ["C3"])
@@ -65,7 +56,7 @@ def plot_residual_spectrum(s: torch.Tensor, summary: dict, path: Path) -> str:
     """Cumulative variance of the residual's principal components, with the 50/90/95% ranks marked."""
     var = s.double().pow(2)
     cumulative = (var.cumsum(0) / var.sum()).numpy()
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    fig, ax = subplots(figsize=(5.5, 3.5))
     ax.plot(range(1, len(cumulative) + 1), cumulative)
     for label, k in summary["variance_ranks"].items():
         ax.axvline(k, color="grey", ls=":", lw=1)
@@ -81,7 +72,7 @@ def plot_category_effects(effects: dict[str, dict], path: Path) -> str:
     """Per-category residual-norm effect sizes, both definitions side by side."""
     names = list(effects)
     x = torch.arange(len(names)).numpy()
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = subplots(figsize=(7, 3.2))
     ax.bar(x - 0.2, [effects[n]["d_vs_overall"] for n in names], 0.4, label="(cat mean - overall mean) / overall std (paper)")
     ax.bar(x + 0.2, [effects[n]["d_pooled"] for n in names], 0.4, label="pooled two-group Cohen's d")
     ax.axhline(0, color="k", lw=0.5)
@@ -95,23 +86,9 @@ def plot_entropy_scatter(entropy: torch.Tensor, residual_norm: torch.Tensor, r: 
     """Attention entropy against the normalised residual norm, one point per token (subsampled)."""
     n = entropy.numel()
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:4000]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = subplots(figsize=(5, 3.5))
     ax.scatter(entropy.reshape(-1)[pick].numpy(), residual_norm.reshape(-1)[pick].numpy(), s=3, alpha=0.3)
     ax.set_xlabel("attention entropy of the predicted layer (nats, head mean)")
     ax.set_ylabel("‖residual‖ / ‖layer update‖")
     ax.set_title(f"Pearson r = {r:+.3f}")
-    return _save(fig, path)
-
-
-def plot_curves(records: list[dict], path: Path, keys: dict[str, str]) -> str:
-    """Training curves: ``keys`` maps a record tag value to a label; y is ``forward_mse`` (log scale)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for tag, label in keys.items():
-        pts = [(r["step"], r["forward_mse"]) for r in records if r.get("model") == tag and r.get("forward_mse")]
-        if pts:
-            ax.plot(*zip(*pts), label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training MSE")
-    ax.legend(fontsize=8)
     return _save(fig, path)

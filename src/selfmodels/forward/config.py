@@ -1,0 +1,109 @@
+"""The settings of a forward-self-model run, for every subject, and the presets that fill them in.
+
+One :class:`RunConfig` drives ``selfmodels forward train`` and ``selfmodels reproduce forward-self-models``
+alike, whatever the subject. Presets are data (``presets/*.json``: partial configs laid over the defaults),
+chosen by the kind of subject (ours, trained here, or pretrained) and the size (``quick`` for 2 CPU cores,
+``full`` for the papers' scale on a GPU); command-line flags are laid over the preset.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+
+from selfmodels.configs import from_dict, option, to_dict
+from selfmodels.errors import require
+from selfmodels.forward.model import ForwardModelConfig
+from selfmodels.forward.train import ForwardTrainConfig
+from selfmodels.subjects.registry import CorpusConfig, SubjectConfig
+
+TRAINING = ("cotrain", "cache", "frozen")
+
+
+@dataclass
+class BaselineConfig:
+    """The per-position MLP baseline: the forward model without attention, trained on the same data."""
+
+    enabled: bool = option(True, "train and evaluate the per-position MLP baseline")
+    hidden_mult: int = option(2, "its hidden width as a multiple of d (2 at d=256 ~ the 1% forward model's MLP)")
+    steps: str = option("same", "same: the forward model's steps; time: about the forward model's training time "
+                                "(the step count then depends on the machine's speed)", choices=("same", "time"))
+
+
+@dataclass
+class SweepConfig:
+    """Capacity and layer-gap sweeps of forward models trained from the activation cache (empty: none)."""
+
+    capacity: list[str] = option([], "capacity sweep configurations among 1% 3% 10% 22% (the paper's four)")
+    capacity_source: int = option(0, "capacity sweep: source index")
+    capacity_target: int = option(3, "capacity sweep: target index")
+    gaps: list[int] = option([], "layer-gap sweep: gaps (blocks predicted) from --sweeps.gap-source")
+    gap_source: int = option(0, "layer-gap sweep: source index")
+
+
+@dataclass
+class RunConfig:
+    """Everything a forward-self-model run depends on. Layer indices: -1 = embeddings, k = after block k."""
+
+    subject: SubjectConfig = field(default_factory=SubjectConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    source: int = option(0, "source layer index (-1 = embeddings, k = residual after block k)")
+    target: int = option(1, "target layer index, after the source (the forward model stands in for blocks source+1..target)")
+    model: ForwardModelConfig = field(default_factory=ForwardModelConfig)
+    train: ForwardTrainConfig = field(default_factory=ForwardTrainConfig)
+    training: str = option("cache", "how the forward model is trained: cotrain (beside our GPT, as the paper), "
+                                    "cache (from cached activations of the frozen subject) or frozen (activations computed per batch)",
+                           choices=TRAINING)
+    seq_len: int = option(128, "tokens per sequence for caching, evaluation and analyses")
+    train_sequences: int = option(2048, "training sequences in the activation cache (spread over the training text)")
+    eval_sequences: int = option(256, "held-out sequences for the regression metrics and causal substitution")
+    eval_batch: int = option(32, "sequences per evaluation / collection batch")
+    analysis_sequences: int = option(64, "held-out sequences for the analyses (0: none)")
+    cache_dtype: str = option("float16", "activation cache precision", choices=("float16", "float32"))
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    sweeps: SweepConfig = field(default_factory=SweepConfig)
+    seed: int = option(0, "random seed (weights, data order)")
+
+    def validate(self) -> None:
+        self.subject.validate()
+        self.corpus.validate()
+        self.model.validate()
+        self.train.validate()
+        require(self.training in TRAINING, f"--training must be one of {', '.join(TRAINING)}, got {self.training!r}")
+        for name in ("seq_len", "train_sequences", "eval_sequences", "eval_batch"):
+            require(getattr(self, name) >= 1 if name != "seq_len" else self.seq_len >= 2, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        require(self.analysis_sequences == 0 or self.analysis_sequences >= 2,
+                f"--analysis-sequences must be 0 (no analyses) or at least 2, got {self.analysis_sequences}")
+        require(self.baseline.hidden_mult >= 1, f"--baseline.hidden-mult must be at least 1, got {self.baseline.hidden_mult}")
+        unknown = [c for c in self.sweeps.capacity if c not in CAPACITY]
+        require(not unknown, f"unknown capacity configuration(s) {', '.join(unknown)}: use {', '.join(CAPACITY)}")
+        require(all(g >= 1 for g in self.sweeps.gaps), f"--sweeps.gaps must be at least 1, got {self.sweeps.gaps}")
+        if self.subject.trained_here:
+            require(self.seq_len <= self.subject.gpt.block_size,
+                    f"--seq-len {self.seq_len} is longer than our GPT's context --subject.gpt.block-size {self.subject.gpt.block_size}")
+
+
+# The paper's capacity configurations: name -> (n_layer, n_head, d_head, mlp_mult), GELU MLPs.
+CAPACITY = {"1%": (1, 1, 64, 2), "3%": (2, 2, 64, 2), "10%": (3, 4, 128, 4), "22%": (4, 4, 256, 4)}
+
+
+def preset_name(main: str, quick: bool) -> str:
+    """``gpt-quick``, ``gpt-full``, ``pretrained-quick`` or ``pretrained-full``."""
+    return f"{'gpt' if main == 'gpt' else 'pretrained'}-{'quick' if quick else 'full'}"
+
+
+def _overlay(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _overlay(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def preset(main: str, quick: bool) -> RunConfig:
+    """The preset for a subject (``gpt`` or a pretrained model name) at quick or full size, with ``main`` set."""
+    name = preset_name(main, quick)
+    text = resources.files("selfmodels.forward").joinpath("presets", f"{name}.json").read_text(encoding="utf-8")
+    data = _overlay(to_dict(RunConfig()), {k: v for k, v in json.loads(text).items() if not k.startswith("_")})
+    data["subject"]["main"] = main
+    return from_dict(RunConfig, data)

@@ -1,0 +1,45 @@
+"""Pipeline stages kept under a key derived from all of their inputs, so nothing stale is ever read back.
+
+A stage named ``name`` with inputs ``inputs`` (anything JSON-ready: settings, the subject's weight hash,
+the keys of the stages it reads) lives in ``OUT/stages/<name>-<key>/``, ``key`` being a hash of the
+inputs. Its ``result.json`` is written last, so a directory without it is unfinished work: the stage runs
+again there and may resume from the checkpoints it left. A changed setting changes the key of every stage
+that depends on it, directly or through an upstream key, and only of those; a rerun with the old settings
+finds the old results again.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+from selfmodels.artifacts import read_json, write_json
+from selfmodels.subjects.registry import content_key
+
+FORMAT = 1  # part of every key: a change in what a stage computes must not reuse old results
+
+
+class StageStore:
+    """Runs and remembers stages under ``root/stages``; ``log`` lists what this run computed and reused."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root) / "stages"
+        self.log: dict[str, dict] = {}
+
+    def key(self, name: str, inputs) -> str:
+        return content_key({"stage": name, "format": FORMAT, "inputs": inputs})
+
+    def run(self, name: str, inputs, compute: Callable[[Path], dict]) -> tuple[dict, Path, str]:
+        """``compute(directory) -> result`` once per distinct inputs; returns (result, directory, key)."""
+        key = self.key(name, inputs)
+        directory = self.root / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{key}"
+        done = directory / "result.json"
+        if done.is_file():
+            self.log[name] = {"key": key, "computed": False}
+            return read_json(done), directory, key
+        directory.mkdir(parents=True, exist_ok=True)
+        result = compute(directory)
+        write_json(done, result)
+        self.log[name] = {"key": key, "computed": True}
+        return result, directory, key
