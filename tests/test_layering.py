@@ -3,8 +3,8 @@
 One test per contract, each a separate ``lint-imports --contract ID`` run, so a broken contract names
 itself and its offending import chains without hiding the others:
 
-- ``layers``: cli > forward | selfmodeling > complexity > (subjects) > nets > data > report > checkpoint >
-  artifacts | configs | runtime | stats > errors; a module imports only from layers below its own.
+- ``layers``: cli > forward | selfmodeling > complexity > subjects > nets > data > report > checkpoint >
+  artifacts | configs | optim | runtime | stats > errors; a module imports only from layers below its own.
 - ``areas-independent``: forward and selfmodeling do not import each other.
 - ``forward-concrete-subjects``: forward reaches models only through the subject interface.
 - ``acyclic``: no import cycle among the siblings at any level of the package.
@@ -22,10 +22,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Contracts a refactor in progress still has to make true, as {id: reason}. Strict: once one is kept the
-# test reports XPASS as a failure, so the entry is removed and the contract guarded again.
-PENDING: dict[str, str] = {}
-
 CONTRACTS = ["layers", "areas-independent", "forward-concrete-subjects", "acyclic"]
 
 
@@ -38,10 +34,7 @@ def _lint_imports() -> str:
     return found
 
 
-@pytest.mark.parametrize("contract", [
-    pytest.param(c, marks=pytest.mark.xfail(reason=PENDING[c], strict=True)) if c in PENDING else c
-    for c in CONTRACTS
-])
+@pytest.mark.parametrize("contract", CONTRACTS)
 def test_import_contract_is_kept(contract):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([_lint_imports(), str(ROOT / "pyproject.toml"), "--contract", contract, "--no-cache", "--no-logo"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -46,6 +47,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 4 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -183,6 +183,21 @@ def test_encode_corpus_chunks_equal_whole_encoding():
     assert bpe.chunk_text("x" * 3000, 500) == ["x" * 3000]  # no safe cut point: left whole
 
 
+def test_chunk_cuts_keep_the_gpt2_pre_tokenization():
+    """The cut points keep every pre-token whole, also after blank lines (where "\n\n" + word splits into
+    "\n", "\n", word in the whole text but would stay one "\n\n" at the end of a chunk)."""
+    from tokenizers import pre_tokenizers
+
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    text = ("Verse one.\n\nVerse two.\nLine  \nNext\n\n\n   spaced\n" + SAMPLE) * 40
+    pieces = lambda t: [p for p, _ in pre.pre_tokenize_str(t)]  # noqa: E731
+    whole = pieces(text)
+    for chunk_chars in range(40, 400, 9):  # cut points fall after every kind of line ending
+        chunks = bpe.chunk_text(text, chunk_chars)
+        assert len(chunks) > 5 and "".join(chunks) == text
+        assert [p for chunk in chunks for p in pieces(chunk)] == whole, chunk_chars
+
+
 def test_transformers_tokenizer_from_local_dir(tmp_path):
     from transformers import PreTrainedTokenizerFast
 

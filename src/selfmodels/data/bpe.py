@@ -29,28 +29,38 @@ BATCH_CHUNKS = 256  # pieces per encode_batch call (one progress-bar step)
 def chunk_text(text: str, chunk_chars: int) -> list[str]:
     """Cut ``text`` into pieces of about ``chunk_chars`` whose concatenation is ``text``.
 
-    Cuts are made only just before a non-space character that follows a newline. With the GPT-2
-    pre-tokenizer no pre-token spans such a point (a newline never joins the letter after it, and the
-    whitespace run before it is already whole), so encoding the chunks one by one gives exactly the
-    tokens of encoding the whole text. A text with no such point for ``4 * chunk_chars`` characters is
-    left uncut there.
+    Cuts are made only just before a non-space character that follows a single newline, itself after a
+    non-space character (``"x\nY"`` is cut as ``"x\n" | "Y"``). The GPT-2-style pre-tokenizer (ours, and that
+    of SmolLM2, GPT-2 and Llama-3 style byte-level BPEs) never joins a newline to the letter after it, and a
+    one-character whitespace run is whole on both sides of such a cut, so encoding the chunks one by one
+    gives exactly the tokens of encoding the whole text. (After a longer run such as ``"\n\n"`` a cut would
+    change them: whole, the run splits as ``"\n" + "\n"`` because of the regex's ``\s+(?!\S)``; cut, it is
+    one pre-token.) A text with no such point for ``4 * chunk_chars`` characters is left uncut there.
     """
+    def safe(i: int) -> bool:
+        return 2 <= i < len(text) and text[i - 1] == "\n" and not text[i].isspace() and not text[i - 2].isspace()
+
     chunks, start = [], 0
     while len(text) - start > chunk_chars:
-        cut, limit = start + chunk_chars, start + 4 * chunk_chars
-        while cut < min(limit, len(text)) and not (text[cut - 1] == "\n" and not text[cut].isspace()):
+        cut, limit = start + chunk_chars, min(start + 4 * chunk_chars, len(text))
+        while cut < limit and not safe(cut):
             cut += 1
-        if cut >= min(limit, len(text)):  # no safe point nearby: keep going to the next one, however far
-            nl = text.find("\n", limit)
-            while nl != -1 and nl + 1 < len(text) and text[nl + 1].isspace():
-                nl = text.find("\n", nl + 1)
-            if nl == -1 or nl + 1 >= len(text):
+        if cut >= limit:  # no safe point nearby: keep going to the next one, however far
+            cut = next((i + 1 for i in _newlines(text, limit) if safe(i + 1)), None)
+            if cut is None:
                 break
-            cut = nl + 1
         chunks.append(text[start:cut])
         start = cut
     chunks.append(text[start:])
     return chunks
+
+
+def _newlines(text: str, start: int):
+    """Positions of the newlines in ``text`` from ``start`` on."""
+    i = text.find("\n", start)
+    while i != -1:
+        yield i
+        i = text.find("\n", i + 1)
 
 
 def train_bpe(text: str, vocab_size: int = 4096, *, min_frequency: int = 2) -> Tokenizer:

@@ -1,1 +1,15 @@
-"""Forward self-models: predict a model's later-layer activations from earlier ones, and evaluate them."""
+"""Forward self-models: small transformers that predict a subject's later residual stream from an earlier one.
+
+- :mod:`~selfmodels.forward.model`: the forward model (GELU / SwiGLU), ``save_pretrained`` / ``from_pretrained``
+  (format in :mod:`~selfmodels.forward.pretrained`); :mod:`~selfmodels.forward.baseline`: the per-position MLP;
+- :mod:`~selfmodels.forward.train`: training from any stream of activation batches; :mod:`~selfmodels.forward.cache`:
+  the on-disk activation cache;
+- :mod:`~selfmodels.forward.metrics`, :mod:`~selfmodels.forward.substitution`, :mod:`~selfmodels.forward.categories`,
+  :mod:`~selfmodels.forward.evaluate`: regression metrics, causal substitution, behavioural categories;
+- :mod:`~selfmodels.forward.analysis` and :mod:`~selfmodels.forward.analyze`: the paper's analyses and their driver;
+- :mod:`~selfmodels.forward.config`, :mod:`~selfmodels.forward.pipeline`, :mod:`~selfmodels.forward.stages`,
+  :mod:`~selfmodels.forward.report`, :mod:`~selfmodels.forward.reference`: the one pipeline for every subject, its
+  stages keyed by their inputs, its report and the paper's numbers.
+
+Nothing here knows which kind of subject it observes: it sees :class:`selfmodels.subjects.base.Subject` only.
+"""

@@ -16,7 +16,6 @@ over sequences, never over tokens, because a causal forward model needs each tok
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -25,19 +24,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from selfmodels.artifacts import atomic_path, read_json, write_json
+from selfmodels.artifacts import atomic_path, read_json, sha256_file, write_json
 from selfmodels.errors import UserError, require
 
 FORMAT = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _save_npy(path: Path, array: np.ndarray) -> str:

@@ -109,6 +109,10 @@ class _Run:
     def __init__(self, cfg: RunConfig, out: Path, device: torch.device, progress: bool):
         self.cfg, self.out, self.device, self.progress = cfg, out, device, progress
         self.store = StageStore(out)
+        self.activations: ActivationCache | None = None
+        self.cache_key: str | None = None
+        self.cache_info: dict | None = None
+        self.curves: dict[str, Path] = {}  # stage name -> its training curve
 
     # --- subject and data ------------------------------------------------------------------------
     def open(self) -> None:
@@ -162,14 +166,13 @@ class _Run:
         return ActivationCache(directory / "activations")
 
     # --- fitting -----------------------------------------------------------------------------------
-    def fit(self, name: str, model: torch.nn.Module, source: int, target: int, train: ForwardTrainConfig,
-            extra_inputs: dict | None = None) -> tuple[dict, str]:
-        """Train ``model`` on (source, target) from the cache or on the fly; kept as stage ``name``."""
+    def fit(self, name: str, model: torch.nn.Module, identity: dict, source: int, target: int, train: ForwardTrainConfig,
+            from_cache: bool = True) -> tuple[dict, str]:
+        """Train ``model`` (whose shape ``identity`` describes) on (source, target), from the activation cache or
+        on activations computed per batch; kept as stage ``name``."""
         cfg = self.cfg
-        from_cache = cfg.training != "frozen" or name != "forward_model"
         inputs = {**self.subject_key, "source": source, "target": target, "train": to_dict(train), "seed": cfg.seed,
-                  "model": getattr(model, "cfg", None) and to_dict(model.cfg), "class": type(model).__name__,
-                  "data": self.cache_key if from_cache else {**self.data_key, "on_the_fly": True}, **(extra_inputs or {})}
+                  "model": identity, "data": self.cache_key if from_cache else {**self.data_key, "on_the_fly": True}}
 
         def compute(directory: Path) -> dict:
             generator = torch.Generator().manual_seed(cfg.seed)
@@ -198,6 +201,84 @@ class _Run:
             self.subject, model, self.batches, source, target, self.categories if categories else None, self.progress))
         return result
 
+    # --- the models ------------------------------------------------------------------------------
+    def headline(self) -> tuple[ForwardModel, str, dict]:
+        """The headline forward model (co-trained with the subject, or fitted here), its key and its training."""
+        cfg = self.cfg
+        if self.cotrained is not None:
+            key = self.store.key("forward_model", {**self.subject_key, "cotrained": to_dict(self.cotrained.cfg)})
+            training = self.opened.training
+            record = {"training": TRAINING_LABELS["cotrain"], "steps": training["steps"], "train_loss": training["train_loss"],
+                      "val_loss": training["val_loss"], "tokens": training["tokens_seen"]}
+            return self.cotrained, key, record
+        torch.manual_seed(cfg.seed)
+        model = ForwardModel(dataclasses.replace(cfg.model, d_model=self.d_model))
+        info, key = self.fit("forward_model", model, {"forward_model": to_dict(model.cfg)}, cfg.source, cfg.target,
+                             cfg.train, from_cache=cfg.training == "cache")
+        return model, key, {"training": TRAINING_LABELS[cfg.training], **info}
+
+    def baseline(self, headline_key: str, headline_train: dict) -> dict:
+        """Fit and evaluate the per-position MLP on the headline pair; its results entry."""
+        cfg, s, t = self.cfg, self.cfg.source, self.cfg.target
+        torch.manual_seed(cfg.seed)
+        model = PerPositionMLP(self.d_model, cfg.baseline.hidden_mult)
+        train, plan = cfg.train, None
+        if cfg.baseline.steps == "time":
+            seconds = headline_train.get("seconds")
+            require(seconds is not None, "--baseline.steps time needs a forward model fitted in this run (not co-trained): use --baseline.steps same")
+
+            def measure(directory: Path) -> dict:
+                batches = self.activations.batches(str(s), str(t), train.batch_size, torch.Generator().manual_seed(1))
+                per_step = _seconds_per_step(model, batches, train.lr, self.device)
+                # capped: timing on a shared machine is noisy
+                return {"steps": int(np.clip(round(seconds / per_step), 1, 2 * train.steps)), "seconds_per_step": per_step,
+                        "forward_model_seconds": seconds}
+
+            plan, _, _ = self.store.run("baseline_plan", {"forward_model": headline_key, "hidden_mult": cfg.baseline.hidden_mult}, measure)
+            train = dataclasses.replace(train, steps=plan["steps"])
+        info, key = self.fit("baseline_mlp", model, {"per_position_mlp": cfg.baseline.hidden_mult}, s, t, train)
+        ev = self.evaluate("baseline_mlp", model, key, s, t)
+        save_tensors(self.out / "baseline_mlp.safetensors", model.state_dict())
+        return {"params": model.num_params(), "share_of_main": model.num_params() / self.subject.n_params,
+                "hidden_mult": cfg.baseline.hidden_mult, "steps_rule": cfg.baseline.steps, "time_matching": plan,
+                "train": info, **{k: ev[k] for k in REGRESSION_KEYS}, "recovery": ev["substitution"]["recovery"],
+                "substitution": ev["substitution"]}
+
+    def sweeps(self, models: list) -> tuple[list[dict], list[dict]]:
+        """Fit and evaluate every sweep model; the capacity and layer-gap rows."""
+        capacity, gaps = [], []
+        for kind, name, a, b, model_cfg in models:
+            torch.manual_seed(self.cfg.seed)
+            model = ForwardModel(model_cfg)
+            stage = name if kind == "gap" else f"capacity {name}"
+            info, key = self.fit(stage, model, {"forward_model": to_dict(model_cfg)}, a, b, self.cfg.train)
+            ev = self.evaluate(stage, model, key, a, b)
+            sub = ev["substitution"]
+            row = {"name": name, "source": a, "target": b, "params": model.num_params(),
+                   "share_of_main": model.num_params() / self.subject.n_params, **{k: ev[k] for k in REGRESSION_KEYS},
+                   "kl_substituted": sub["kl_substituted"], "kl_skipped": sub["kl_skipped"], "recovery": sub["recovery"],
+                   "train_mse": info["final_mse"], "train_tokens_per_s": info["tokens"] / max(info["seconds"], 1e-9)}
+            if kind == "capacity":
+                capacity.append(row)
+            else:
+                gaps.append({**row, "gap": b - a})
+        return capacity, gaps
+
+    def analyses(self, model: ForwardModel, model_key: str) -> dict:
+        """The analyses of the headline pair (plots copied into ``OUT/plots``)."""
+        from selfmodels.forward.analyze import analyze_pair
+
+        cfg = self.cfg
+        if not cfg.analysis_sequences:
+            return {"decomposition": None, "analysis": None, "plots": {}}
+        ids, _ = consecutive_windows(self.opened.val, cfg.seq_len, cfg.analysis_sequences, self.opened.bos_id, "validation")
+        inputs = {**self.subject_key, **self.data_key, "model": model_key, "analysis_sequences": cfg.analysis_sequences}
+        result, directory, _ = self.store.run("analyses", inputs, lambda d: analyze_pair(
+            self.subject, model, ids, cfg.source, cfg.target, self.token_strings, d / "plots"))
+        for name in result["plots"].values():
+            _copy_into(directory / "plots" / name, self.out / "plots" / name)
+        return result
+
 
 def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = True) -> dict:
     """The whole pipeline into ``out``; returns the results (also written to ``out/results.json``)."""
@@ -207,7 +288,6 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
     out = check_out(out)
     began = time.perf_counter()
     r = _Run(cfg, out, resolve_device(device_name), progress)
-    r.curves = {}
     r.open()
     subject, s, t = r.subject, cfg.source, cfg.target
     out.mkdir(parents=True, exist_ok=True)
@@ -216,86 +296,20 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
     for name, path in r.opened.files.items():
         _copy_into(path, out / "subject" / name)
 
-    # Activations of the frozen subject, for every model trained from them.
-    sweeps = _sweep_models(cfg, r.d_model)
-    needs_cache = cfg.training == "cache" or cfg.baseline.enabled or bool(sweeps)
-    indices = sorted({s, t} | {k for _, _, a, b, _ in sweeps for k in (a, b)})
-    r.activations = r.cache(indices) if needs_cache else None
-    if not needs_cache:
-        r.cache_key, r.cache_info = None, None
-
-    # The headline forward model.
-    if r.cotrained is not None:
-        headline = r.cotrained
-        headline_key = r.store.key("forward_model", {**r.subject_key, "cotrained": to_dict(headline.cfg)})
-        headline_train = {"training": TRAINING_LABELS["cotrain"], **{k: r.opened.training.get(k) for k in ("steps", "train_loss", "val_loss")}}
-    else:
-        torch.manual_seed(cfg.seed)
-        headline = ForwardModel(dataclasses.replace(cfg.model, d_model=r.d_model))
-        info, headline_key = r.fit("forward_model", headline, s, t, cfg.train)
-        headline_train = {"training": TRAINING_LABELS[cfg.training], **info}
+    sweep_models = _sweep_models(cfg, r.d_model)
+    if cfg.training == "cache" or cfg.baseline.enabled or sweep_models:  # some model trains from the cache
+        r.activations = r.cache(sorted({s, t} | {k for _, _, a, b, _ in sweep_models for k in (a, b)}))
+    headline, headline_key, headline_train = r.headline()
     head_eval = r.evaluate("forward_model", headline, headline_key, s, t, categories=True)
+    baseline = r.baseline(headline_key, headline_train) if cfg.baseline.enabled else None
+    capacity, gaps = r.sweeps(sweep_models)
+    analyses = r.analyses(headline, headline_key)
 
-    # The per-position MLP baseline.
-    baseline_result = None
-    if cfg.baseline.enabled:
-        torch.manual_seed(cfg.seed)
-        baseline = PerPositionMLP(r.d_model, cfg.baseline.hidden_mult)
-        train = cfg.train
-        plan = None
-        if cfg.baseline.steps == "time":
-            seconds = headline_train.get("seconds")
-            require(seconds is not None, "--baseline.steps time needs a forward model trained in this pipeline (not co-trained)")
-
-            def measure(directory: Path) -> dict:
-                per_step = _seconds_per_step(baseline, r.activations.batches(str(s), str(t), train.batch_size, torch.Generator().manual_seed(1)),
-                                             train.lr, r.device)
-                # capped: timing on a shared machine is noisy
-                return {"steps": int(np.clip(round(seconds / per_step), 1, 2 * train.steps)), "seconds_per_step": per_step,
-                        "forward_model_seconds": seconds}
-
-            plan, _, _ = r.store.run("baseline_plan", {"forward_model": headline_key, "hidden_mult": cfg.baseline.hidden_mult}, measure)
-            train = dataclasses.replace(train, steps=plan["steps"])
-        info, key = r.fit("baseline_mlp", baseline, s, t, train, {"hidden_mult": cfg.baseline.hidden_mult})
-        ev = r.evaluate("baseline_mlp", baseline, key, s, t)
-        baseline_result = {"params": baseline.num_params(), "share_of_main": baseline.num_params() / subject.n_params,
-                           "hidden_mult": cfg.baseline.hidden_mult, "steps_rule": cfg.baseline.steps, "time_matching": plan,
-                           "train": info, **{k: ev[k] for k in REGRESSION_KEYS}, "recovery": ev["substitution"]["recovery"],
-                           "substitution": ev["substitution"]}
-        save_tensors(out / "baseline_mlp.safetensors", baseline.state_dict())
-
-    # Sweeps.
-    capacity, gaps = [], []
-    for kind, name, a, b, model_cfg in sweeps:
-        torch.manual_seed(cfg.seed)
-        model = ForwardModel(model_cfg)
-        stage = name if kind == "gap" else f"capacity {name}"
-        info, key = r.fit(stage, model, a, b, cfg.train)
-        ev = r.evaluate(stage, model, key, a, b)
-        sub = ev["substitution"]
-        row = {"name": name, "source": a, "target": b, "params": model.num_params(), "share_of_main": model.num_params() / subject.n_params,
-               **{k: ev[k] for k in REGRESSION_KEYS}, "kl_substituted": sub["kl_substituted"], "kl_skipped": sub["kl_skipped"],
-               "recovery": sub["recovery"], "train_mse": info["final_mse"], "train_tokens_per_s": info["tokens"] / max(info["seconds"], 1e-9)}
-        (capacity if kind == "capacity" else gaps).append(row if kind == "capacity" else {**row, "gap": b - a})
-
-    # Analyses of the headline pair.
-    analyses = {"decomposition": None, "analysis": None, "plots": {}}
-    if cfg.analysis_sequences:
-        from selfmodels.forward.analyze import analyze_pair
-
-        ids, _ = consecutive_windows(r.opened.val, cfg.seq_len, cfg.analysis_sequences, r.opened.bos_id, "validation")
-        inputs = {**r.subject_key, **r.data_key, "model": headline_key, "analysis_sequences": cfg.analysis_sequences}
-        analyses, directory, _ = r.store.run("analyses", inputs, lambda d: analyze_pair(
-            subject, headline, ids, s, t, r.token_strings, d / "plots"))
-        for name in analyses["plots"].values():
-            _copy_into(directory / "plots" / name, out / "plots" / name)
-
-    # The headline model as a reusable artifact.
-    data_record = {"corpus": r.opened.data["corpus"], "corpus_source": r.opened.data["source"],
-                   "training_tokens": _training_tokens(cfg, headline_train, r), "seq_len": cfg.seq_len, "bos": cfg.corpus.bos}
     if (out / "forward_model").is_dir():
         shutil.rmtree(out / "forward_model")
-    headline.save_pretrained(out / "forward_model", subject=r.described, source=s, target=t, data=data_record)
+    headline.save_pretrained(out / "forward_model", subject=r.described, source=s, target=t, data={
+        "corpus": r.opened.data["corpus"], "corpus_source": r.opened.data["source"],
+        "training_tokens": int(headline_train.get("tokens") or 0), "seq_len": cfg.seq_len, "bos": cfg.corpus.bos})
 
     sub = head_eval["substitution"]
     results = {
@@ -315,7 +329,7 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
         **{k: head_eval[k] for k in REGRESSION_KEYS},
         "substitution": {k: v for k, v in sub.items() if k != "categories"},
         "categories": sub["categories"],
-        "baseline_mlp": baseline_result,
+        "baseline_mlp": baseline,
         "capacity_sweep": capacity,
         "layer_gap_sweep": gaps,
         "decomposition": analyses["decomposition"],
@@ -330,12 +344,6 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
     write_json(out / "results.json", results)
     write_report(out, results)
     return results
-
-
-def _training_tokens(cfg: RunConfig, train: dict, r: _Run) -> int:
-    if cfg.training == "cotrain":
-        return int(r.opened.training.get("tokens_seen") or 0)
-    return int(train.get("tokens", 0))
 
 
 def _write_curves(out: Path, r: _Run) -> None:

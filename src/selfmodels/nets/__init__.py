@@ -1,1 +1,1 @@
-"""The main models: classifiers, a nanoGPT-style GPT with named taps, and a Hugging Face causal-LM adapter."""
+"""The models we train ourselves: MLP / ResNet-18 / bag-of-embeddings classifiers and a nanoGPT-style GPT."""

@@ -1,4 +1,4 @@
-"""A nanoGPT-style GPT with named residual taps, for training and for forward self-models.
+"""A nanoGPT-style GPT, for training and for forward self-models (as a subject: selfmodels.subjects.gpt).
 
 Architecture: token + learned position embeddings; ``n_layer`` pre-LN blocks
 (``h = h + Attn(LN(h))``, ``h = h + MLP(LN(h))`` with a fused QKV projection and a 4x GELU MLP);

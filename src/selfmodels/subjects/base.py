@@ -21,11 +21,13 @@ loop that wants gradients through it simply calls it outside ``torch.no_grad()``
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from selfmodels.errors import UserError
@@ -74,6 +76,19 @@ def parse_index(value: str | int) -> int:
         return int(text)
     except ValueError:
         raise UserError(f"layer index {value!r} is not an integer or 'embed'") from None
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict as safetensors bytes (tied tensors stored once, under their first name)."""
+    state, seen = {}, set()
+    for key, value in model.state_dict().items():
+        pointer = (value.device, value.data_ptr(), value.shape, value.stride())
+        if pointer in seen:
+            continue
+        seen.add(pointer)
+        state[key] = value.detach().cpu().contiguous()
+    return hashlib.sha256(safetensors_bytes(state)).hexdigest()
+
 
 
 @dataclass

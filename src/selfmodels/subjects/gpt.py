@@ -6,26 +6,17 @@ parts are computed here from the block's own weights (the fused attention kernel
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from selfmodels.artifacts import sha256_file
 from selfmodels.nets.gpt import GPT
-from selfmodels.subjects.base import EMBED, Subject
+from selfmodels.subjects.base import EMBED, Subject, state_dict_sha256
 from selfmodels.subjects.weights import fused_qkv_heads, head_writes
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class GPTSubject(Subject):
@@ -56,9 +47,7 @@ class GPTSubject(Subject):
             if self.weights is not None:
                 self._source = {"id": str(self.weights.parent), "revision": None, "weights_sha256": sha256_file(self.weights)}
             else:
-                state = {k: v.detach().cpu().contiguous() for k, v in self.gpt.state_dict().items()}
-                self._source = {"id": "gpt (in memory)", "revision": None,
-                                "weights_sha256": hashlib.sha256(safetensors_bytes(state)).hexdigest()}
+                self._source = {"id": "gpt (in memory)", "revision": None, "weights_sha256": state_dict_sha256(self.gpt)}
         return dict(self._source)
 
     def head_weights(self, k: int) -> list[dict[str, torch.Tensor]]:

@@ -28,8 +28,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from selfmodels.artifacts import sha256_file
 from selfmodels.errors import UserError
-from selfmodels.subjects.base import EMBED, LayerSplit, Subject, _block_input, _StopForward, hidden_of, hooks
+from selfmodels.subjects.base import (
+    EMBED, LayerSplit, Subject, _block_input, _StopForward, hidden_of, hooks, state_dict_sha256,
+)
 from selfmodels.subjects.weights import fused_qkv_heads, head_writes, split_heads
 
 
@@ -106,11 +109,7 @@ def _sha256_file(path: Path) -> str:
         blob = path.resolve().name
         if _SHA256.match(blob) and path.resolve().parent.name == "blobs":
             return blob
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -133,20 +132,6 @@ def weights_sha256(files: list[Path]) -> str:
         raise ValueError("no weight files to hash")
     lines = "".join(f"{path.name} {_sha256_file(path)}\n" for path in sorted(files, key=lambda p: p.name))
     return hashlib.sha256(lines.encode()).hexdigest()
-
-
-def state_dict_sha256(model: nn.Module) -> str:
-    """SHA-256 of a model's state dict as safetensors bytes (tied tensors stored once, under their first name)."""
-    from safetensors.torch import save as safetensors_bytes
-
-    state, seen = {}, set()
-    for key, value in model.state_dict().items():
-        pointer = (value.device, value.data_ptr(), value.shape, value.stride())
-        if pointer in seen:
-            continue
-        seen.add(pointer)
-        state[key] = value.detach().cpu().contiguous()
-    return hashlib.sha256(safetensors_bytes(state)).hexdigest()
 
 
 def hub_snapshot(model_id: str, revision: str | None) -> Path | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfmodels.artifacts import atomic_path, load_tensors, read_json, write_json
+from selfmodels.artifacts import atomic_path, load_tensors, read_json, sha256_file, write_json
 from selfmodels.configs import option, to_dict
 from selfmodels.errors import UserError, require
 from selfmodels.nets.gpt import GPTConfig
@@ -31,7 +31,7 @@ from selfmodels.subjects.base import Subject
 from selfmodels.subjects.gpt_training import LMTrainConfig
 
 GPT_NAME = "gpt"
-DATA_FORMAT = 2  # 2: our BPE is fitted on the training part of the text only
+DATA_FORMAT = 3  # 2: our BPE is fitted on the training part only; 3: no chunk cut after a run of whitespace
 
 
 def content_key(obj) -> str:
@@ -174,9 +174,8 @@ def prepare_text(corpus_cfg: CorpusConfig, store: Path, progress: bool = True) -
         with atomic_path(ids_path) as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, tokens.numpy().astype(np.int32))
-        digest = hashlib.sha256(tok_path.read_bytes()).hexdigest()
         info = {"corpus": corpus.name, "source": corpus.source, "chars": len(corpus.text), "tokens": int(tokens.numel()),
-                "tokenizer": "bpe:" + digest}
+                "tokenizer": "bpe:" + sha256_file(tok_path)}
         write_json(info_path, info)
     train, val = split_stream(tokens, corpus_cfg.val_fraction)
     return tokenizer, train, val, info

@@ -34,15 +34,6 @@ from selfmodels.errors import require
 from selfmodels.forward.analysis.residual import pearson
 
 
-def head_contributions(o_proj_in: torch.Tensor, w_o: torch.Tensor, n_heads: int, d_head: int) -> torch.Tensor:
-    """Per-head outputs W_O[:, h] z_h: o_proj_in (..., H*d_head), w_o (d, H*d_head) -> (..., H, d)."""
-    require(o_proj_in.shape[-1] == n_heads * d_head == w_o.shape[1],
-            f"o_proj input width {o_proj_in.shape[-1]} and weight {tuple(w_o.shape)} do not match {n_heads} heads x {d_head}")
-    z = o_proj_in.reshape(*o_proj_in.shape[:-1], n_heads, d_head)  # (..., H, dh)
-    w = w_o.reshape(w_o.shape[0], n_heads, d_head)  # (d, H, dh)
-    return torch.einsum("...hk,dhk->...hd", z.to(w.dtype), w)  # (..., H, d)
-
-
 def decompose_update(layer_input: torch.Tensor, layer_output: torch.Tensor, heads: torch.Tensor,
                      bias: torch.Tensor | None, mlp_out: torch.Tensor) -> dict[str, torch.Tensor | float]:
     """Split Δ = output - input into the per-head writes ``heads`` (..., H, d), the attention output

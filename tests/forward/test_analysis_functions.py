@@ -10,7 +10,7 @@ from selfmodels.forward.analysis import plots
 from selfmodels.forward.analysis.attention import attention_entropy, attention_similarity
 from selfmodels.forward.analysis.cka import linear_cka
 from selfmodels.forward.analysis.decomposition import (
-    decomposition_report, decompose_update, head_contributions, subspace_variance_fraction,
+    decomposition_report, decompose_update, subspace_variance_fraction,
 )
 from selfmodels.forward.analysis.gauge import head_comparison, principal_cosines, weight_cosine
 from selfmodels.forward.analysis.residual import (
