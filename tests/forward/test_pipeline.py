@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from tiny_runs import GPT_FLAGS, HF_FLAGS, save_tiny_hf, write_corpus
+from tiny_runs import GPT_FLAGS, GPT_SWEEPS, HF_FLAGS, save_tiny_hf, write_corpus
 
 from selfmodels.cli import main
 
@@ -34,7 +34,7 @@ def gpt_run(tmp_path_factory, corpus):
     mp = pytest.MonkeyPatch()
     mp.setenv("SELFMODELS_CACHE", str(tmp_path_factory.getbasetemp() / "selfmodels-cache"))
     try:
-        assert main(["reproduce", "forward-self-models", "--out", str(out), "--corpus", str(corpus), "--seed", "3", *GPT_FLAGS]) == 0
+        assert main(["reproduce", "forward-self-models", "--out", str(out), "--corpus", str(corpus), "--seed", "3", *GPT_FLAGS, *GPT_SWEEPS]) == 0
     finally:
         mp.undo()
     return out
@@ -69,7 +69,7 @@ def test_gpt_reproduction_writes_the_one_schema(gpt_run, corpus):
 
 def test_a_rerun_reuses_every_stage_and_a_changed_setting_recomputes_only_what_it_affects(gpt_run, corpus):
     before = _results(gpt_run)
-    base = ["reproduce", "forward-self-models", "--out", str(gpt_run), "--corpus", str(corpus), "--seed", "3", *GPT_FLAGS]
+    base = ["reproduce", "forward-self-models", "--out", str(gpt_run), "--corpus", str(corpus), "--seed", "3", *GPT_FLAGS, *GPT_SWEEPS]
     assert main(base) == 0
     again = _results(gpt_run)
     assert not [name for name, s in again["stages"].items() if s["computed"]]
@@ -221,3 +221,14 @@ def test_empty_corpus_exits_2(tmp_path, capsys):
 def test_eval_of_a_missing_run_exits_2(tmp_path, capsys):
     assert main(["forward", "eval", str(tmp_path / "nothing"), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_frozen_training_computes_activations_per_batch(tmp_path, corpus):
+    out = tmp_path / "frozen"
+    assert main(["forward", "train", "--out", str(out), "--corpus", str(corpus), "--training", "frozen",
+                 "--no-baseline.enabled", *GPT_FLAGS]) == 0
+    r = _results(out)
+    assert r["pair"]["training"] == "frozen subject, activations computed per batch"
+    assert r["baseline_mlp"] is None and r["data"]["cache"] is None  # nothing trained from a cache: none written
+    assert not list((out / "stages").glob("cache-*"))
+    assert r["forward_model"]["train"]["steps"] == 6

@@ -16,9 +16,10 @@ GPT_FLAGS = [
     "--subject.gpt.n-head", "2", "--subject.gpt.d-model", "16", "--subject.lm.steps", "20", "--subject.lm.batch-size", "4",
     "--subject.lm.eval-every", "10", "--subject.lm.eval-batches", "1", "--model.d-head", "8", "--train.steps", "6",
     "--train.batch-size", "4", "--seq-len", "16", "--eval-sequences", "6", "--eval-batch", "3", "--train-sequences", "12",
-    "--analysis-sequences", "4", "--sweeps.capacity-target", "1", "--sweeps.gaps", "1", "2",
-    "--device", "cpu", "--threads", "1", "--no-progress",
+    "--analysis-sequences", "4", "--device", "cpu", "--threads", "1", "--no-progress",
 ]
+# The reproduction's sweeps at this size (the gpt-quick preset sweeps from -1 to 2, past a 3-block GPT's end).
+GPT_SWEEPS = ["--sweeps.capacity-target", "1", "--sweeps.gaps", "1", "2"]
 
 # A tiny pretrained-style subject trained from its cache: flags for `--main DIR`.
 HF_FLAGS = [
