@@ -1,0 +1,943 @@
+"""One-shot GPU check: what this checkout does on one CUDA GPU, in under five minutes, as one JSON file.
+
+Run it through ``benchmarks/gpu_check.sh`` (sets ``PYTHONPATH=src``, ``HF_HUB_OFFLINE=1``, a hard ``timeout``
+and prints the JSON at the end), or directly::
+
+    PYTHONPATH=src python benchmarks/gpu_check.py [--device cuda|cpu] [--quick] [--out FILE] [--budget S]
+                                                  [--sections a,b,...]
+
+Nothing is downloaded and nothing is installed: every model is randomly initialised and every input is random.
+Each section runs in its own child process with a time box (checked between steps inside the child, and a
+hard kill of the child a little after it), inside a total budget (``--budget``, 280 s by default). The JSON
+file (``$OUT/gpu_check.json`` when ``$OUT`` is set, else ``gpu_check.json``; ``--out`` overrides) is rewritten
+before and after every section, so a run that is cut off still reports what it finished.
+
+Sections (``section`` names in the JSON):
+
+1. ``environment``: python, torch (+ CUDA, cuDNN), transformers and our other dependencies' versions, GPU name,
+   CUDA capability, bf16 support, GPU memory, SM count, nvidia-smi's driver / power / clock, CPU model, RAM.
+2. ``matmul_peak``: TFLOP/s of one n x n x n matmul (2 n^3 FLOPs; n = 8192 on CUDA) in fp32 (TF32 off), TF32
+   and bf16, timed with CUDA events (best and median of several rounds). The bf16 best is "the peak" below.
+3. ``llc``: our batched SGLD LLC estimator (``selfmodels.complexity.llc.estimate_llc``) against devinterp on the
+   setup of ``benchmarks/llc_vs_devinterp.py`` (its MLP 784-256-10, batch 512, 4 chains x 200 draws, ε 1e-4,
+   γ 100; random MNIST-shaped data), same device, same data order: seconds of each, speedup, both estimates.
+   devinterp is skipped (with the reason) when it is not importable.
+4. ``forward_train``: training throughput of the paper's ~26M forward model (d 2048, SwiGLU 4096, one block)
+   on random activations (8 x 2048 tokens per step), fp32 against bf16 autocast: tokens/s, achieved TFLOP/s
+   (training = 3 x ``ForwardModel.flops_per_token``), its share of the measured bf16 peak, peak memory.
+   ``forward_compile``: the same bf16 step under ``torch.compile``: ``compile`` (seconds of the first step, or
+   the error if compiling fails: then ``compiled`` is false), ``steady_state`` (as above), speedup over eager bf16.
+5. ``subject_throughput``: randomly initialised SmolLM2-135M- and Llama-3.2-1B-shaped Llama models (transformers),
+   bf16, wrapped as ``HFSubject``: tokens/s of ``residuals(ids, [7, 8])`` (early exit) and of a full forward,
+   8 x 2048 random ids. ``estimate_100M_tokens_7_to_8``: an ESTIMATE of the paper's 100M-token 7 -> 8 run
+   (Llama-3.2-1B, whose width 2048 is the forward model's) on this GPU = 100M / collection tokens/s + 100M /
+   forward-model training tokens/s (best of eager / compiled bf16), i.e. collection and training in sequence.
+6. ``training_loops``: a few CUDA steps of every training loop on tiny random data: a self-modeling classifier
+   run (``run_one``), our GPT with a co-trained forward model (``train_lm``), a forward model on activations
+   collected on the fly (``train_forward``), the closed-form ridge baseline (``RidgeMap``): ok / seconds each.
+7. ``pytest_smoke``: ``python -m pytest -q -x tests/subjects/test_contract.py`` with this Python (CPU, tiny
+   models: a check of the installed torch / transformers against our subject interface), time-boxed 60 s.
+
+Reading the JSON: ``sections`` is a list with one record per section, in order; each has ``section`` and
+``seconds`` and its numbers, or ``skipped`` (why it did not run: not on CUDA, time box, not importable, ...),
+or ``error`` (the exception, with ``traceback``). Parts inside a section follow the same rule. A record with
+``timed_out: true`` was killed at its time box and holds what it had finished. ``finished`` at the top level
+is true only when the run reached its end. ``--device cpu --quick`` is the dry run used by the tests: small
+shapes, and the CUDA-only parts recorded as skipped; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SRC = ROOT / "src"
+
+# (name, time box in seconds on a full run, time box in a quick run). A section gets the smaller of its box and
+# what is left of the total budget after keeping a few seconds for each later section.
+SECTIONS = [
+    ("environment", 20, 8),
+    ("matmul_peak", 25, 8),
+    ("llc", 40, 14),
+    ("forward_train", 30, 10),
+    ("forward_compile", 75, 10),
+    ("subject_throughput", 45, 14),
+    ("training_loops", 30, 10),
+    ("pytest_smoke", 62, 12),
+]
+NAMES = [name for name, _, _ in SECTIONS]
+KILL_GRACE_S = 5  # a child stops itself at its time box; past it by this much, the parent kills it
+KEEP_PER_LATER_SECTION_S = 4
+PAPER_TOKENS = 100_000_000
+
+
+# ============================================================================ the parent: runs sections, writes JSON
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _default_out() -> Path:
+    out = os.environ.get("OUT")
+    return Path(out) / "gpu_check.json" if out else Path("gpu_check.json")
+
+
+def _by_name(report: dict) -> dict[str, dict]:
+    return {r["section"]: r for r in report["sections"]}
+
+
+def _num(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
+def derive(report: dict) -> None:
+    """Numbers that combine sections: share of the bf16 peak, compile speedup, the 100M-token estimate."""
+    s = _by_name(report)
+    bf16 = s.get("matmul_peak", {}).get("bf16")
+    peak = _num(bf16.get("tflops_best")) if isinstance(bf16, dict) else None
+    train = s.get("forward_train", {})
+    for variant in ("fp32", "bf16_autocast"):
+        part = train.get(variant)
+        if isinstance(part, dict) and _num(part.get("achieved_tflops")) is not None:
+            part["share_of_bf16_peak"] = part["achieved_tflops"] / peak if peak else None
+            if not peak:
+                part["share_of_bf16_peak_missing"] = "no bf16 matmul peak measured (section matmul_peak)"
+    comp_record = s.get("forward_compile", {})
+    comp = comp_record.get("steady_state") if isinstance(comp_record.get("steady_state"), dict) else {}
+    eager_bf16 = train.get("bf16_autocast", {}) if isinstance(train.get("bf16_autocast"), dict) else {}
+    if _num(comp.get("tokens_per_s")) is not None:
+        if _num(eager_bf16.get("tokens_per_s")):
+            comp_record["speedup_over_eager_bf16"] = comp["tokens_per_s"] / eager_bf16["tokens_per_s"]
+        if peak and _num(comp.get("achieved_tflops")) is not None:
+            comp["share_of_bf16_peak"] = comp["achieved_tflops"] / peak
+    subj = s.get("subject_throughput")
+    if subj is not None and "skipped" not in subj:
+        llama = subj.get("llama_3_2_1b", {}) if isinstance(subj.get("llama_3_2_1b"), dict) else {}
+        collect = _num(llama.get("residuals_7_8", {}).get("tokens_per_s")) if isinstance(llama.get("residuals_7_8"), dict) else None
+        trains = {name: _num(rec.get("tokens_per_s")) for name, rec in
+                  (("eager bf16", eager_bf16), ("compiled bf16", comp)) if isinstance(rec, dict)}
+        trains = {k: v for k, v in trains.items() if v}
+        estimate: dict = {"label": "ESTIMATE, not a measured run: 100M tokens / measured tokens/s of each stage, "
+                                   "collection (Llama-3.2-1B-shaped subject, early exit after block 8) then training "
+                                   "(the ~26M d=2048 forward model), one after the other; data loading and evaluation not counted",
+                          "tokens": PAPER_TOKENS}
+        if collect and trains:
+            best = max(trains, key=trains.get)
+            collect_s, train_s = PAPER_TOKENS / collect, PAPER_TOKENS / trains[best]
+            estimate.update(collection_s=collect_s, training_s=train_s, training_from=best,
+                            total_s=collect_s + train_s, total_hours=(collect_s + train_s) / 3600)
+            if subj.get("scaled_down") or train.get("scaled_down"):
+                estimate["label"] += "; THIS RUN USED SCALED-DOWN SHAPES, so the number means nothing"
+        else:
+            estimate["skipped"] = "needs the Llama-3.2-1B residuals_7_8 tokens/s and a bf16 forward-model tokens/s"
+        subj["estimate_100M_tokens_7_to_8"] = estimate
+
+
+class Parent:
+    def __init__(self, args):
+        self.args, self.out = args, Path(args.out) if args.out else _default_out()
+        self.began = time.monotonic()
+        self.child: subprocess.Popen | None = None
+        self.report = {
+            "check": "selfmodels gpu_check", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": args.device,
+            "quick": args.quick, "budget_s": args.budget, "finished": False, "elapsed_s": 0.0,
+            "sections": [{"section": n, "skipped": "not reached: the run ended (time limit or crash) before this section"}
+                         for n in NAMES],
+        }
+
+    def save(self) -> None:
+        self.report["elapsed_s"] = round(time.monotonic() - self.began, 2)
+        with contextlib.suppress(Exception):
+            derive(self.report)
+        _write_json(self.out, self.report)
+
+    def put(self, record: dict) -> None:
+        self.report["sections"][NAMES.index(record["section"])] = record
+        self.save()
+
+    def on_signal(self, signum, frame):  # `timeout` sends SIGTERM: stop the child, keep the report
+        self.kill_child()
+        self.report["cut_off"] = f"received signal {signum} after {time.monotonic() - self.began:.0f} s"
+        self.save()
+        sys.exit(128 + signum)
+
+    def kill_child(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.child.pid, signal.SIGKILL)  # its own session: the child and whatever it started
+            with contextlib.suppress(Exception):
+                self.child.wait(timeout=5)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGINT, self.on_signal)
+        wanted = set(self.args.sections.split(",")) if self.args.sections else set(NAMES)
+        unknown = wanted - set(NAMES)
+        if unknown:
+            print(f"unknown section(s) {sorted(unknown)}; known: {NAMES}", file=sys.stderr)
+            return 2
+        self.save()
+        for i, (name, full_box, quick_box) in enumerate(SECTIONS):
+            if name not in wanted:
+                self.put({"section": name, "skipped": "not selected (--sections)"})
+                continue
+            if name == "forward_compile" and self.args.quick and not self.args.device.startswith("cuda"):
+                self.put({"section": name, "skipped": COMPILE_DRY_RUN})  # (no process started for nothing)
+                continue
+            later = sum(1 for n in NAMES[i + 1:] if n in wanted)
+            left = self.args.budget - (time.monotonic() - self.began) - KEEP_PER_LATER_SECTION_S * later
+            box = min(quick_box if self.args.quick else full_box, left - KILL_GRACE_S)
+            if box < 3:
+                self.put({"section": name, "skipped": f"total budget of {self.args.budget} s spent before this section"})
+                continue
+            self.put({"section": name, "skipped": f"cut off while running (time box {box:.0f} s)"})
+            self.put(self.run_child(name, box))
+            print(f"[gpu_check] {name}: {_summary(self.report['sections'][i])}", file=sys.stderr, flush=True)
+        self.report["finished"] = True
+        self.save()
+        return 0
+
+    def run_child(self, name: str, box: float) -> dict:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(SRC), str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+            record_path, log_path = Path(tmp) / "record.json", Path(tmp) / "log.txt"
+            began = time.monotonic()
+            # CLOCK_MONOTONIC is one clock for every process of the machine: the child stops itself at this time.
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--record", str(record_path),
+                   "--deadline", repr(began + box), "--device", self.args.device] + (["--quick"] if self.args.quick else [])
+            timed_out = False
+            with open(log_path, "wb") as log:
+                self.child = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                try:
+                    rc = self.child.wait(timeout=box + KILL_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    timed_out, rc = True, None
+                    self.kill_child()
+                self.child = None
+            record = None
+            with contextlib.suppress(Exception):
+                record = json.loads(record_path.read_text())
+            log_tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+        if not isinstance(record, dict):
+            record = {"section": name}
+        record["section"] = name
+        record["wall_s"] = round(time.monotonic() - began, 2)
+        if timed_out:
+            record["timed_out"] = True
+            record.setdefault("skipped", f"killed {KILL_GRACE_S} s after its time box of {box:.0f} s; "
+                                         "the parts above are what it finished")
+        elif rc != 0:
+            record.setdefault("error", f"section process exited with status {rc}")
+        if timed_out or rc != 0 or "error" in record:
+            record["log_tail"] = log_tail
+        if not any(k in record for k in ("skipped", "error", "seconds")):
+            record["error"] = "section process ended without a result"
+        return record
+
+
+def _summary(record: dict) -> str:
+    for key in ("error", "skipped"):
+        if key in record:
+            return f"{key}: {str(record[key])[:200]}"
+    return f"ok in {record.get('seconds', '?')} s"
+
+
+# ============================================================================ the child: one section
+class TimeBox(Exception):
+    pass
+
+
+class Ctx:
+    """What a section sees: the device, quick mode, its deadline, and its record (saved after every part)."""
+
+    def __init__(self, name: str, device: str, quick: bool, deadline: float, record_path: Path, use_torch: bool = True):
+        import threading
+
+        self.name, self.quick, self.record_path = name, quick, record_path
+        self.began, self.deadline = time.monotonic(), deadline
+        self.record: dict = {"section": name}
+        self.requested = device
+        self.lock, self.current, self.done, self.procs = threading.RLock(), None, False, []
+        self.watchdog = threading.Timer(max(0.0, deadline - self.began), self.expire)
+        self.watchdog.daemon = True
+        self.watchdog.start()
+        self.torch, self.cuda, self.device = None, False, "cpu (torch not imported)"
+        if not use_torch:  # (a section that only runs a command need not pay for importing torch)
+            return
+        try:
+            import torch
+        except ImportError:
+            if name != "environment":  # which still reports everything else about the machine
+                raise
+            self.torch_error = traceback.format_exc(limit=1)
+            return
+
+        self.torch = torch
+        self.cuda = device.startswith("cuda") and torch.cuda.is_available()
+        self.device = torch.device(device if (self.cuda or not device.startswith("cuda")) else "cpu")
+        if quick and not self.cuda:
+            torch.set_num_threads(1)  # the dry run's tiny shapes: intra-op threads only stall on a busy small machine
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def check(self, need: float = 0.0) -> None:
+        if self.left() < need:
+            raise TimeBox(f"section time box reached ({self.left():.1f} s left, {need:.0f} s wanted)")
+
+    def save(self) -> None:
+        with self.lock:
+            for attempt in range(3):
+                try:
+                    _write_json(self.record_path, self.record)
+                    return
+                except RuntimeError:  # the main thread changed the record while the watchdog wrote it
+                    if attempt == 2:
+                        raise
+
+    def expire(self) -> None:
+        """The watchdog, at the deadline: mark what was running as cut off, save, and end the process."""
+        with self.lock:
+            if self.done:
+                return
+            for proc in self.procs:  # commands this section started (they share its process group)
+                with contextlib.suppress(Exception):
+                    proc.kill()
+            if self.current is not None:
+                self.record[self.current] = {"skipped": f"time box reached while this part ran "
+                                                        f"({time.monotonic() - self.part_began:.1f} s in)"}
+            else:
+                self.record.setdefault("skipped", "time box reached in the section's own steps")
+            self.record["timed_out"] = True
+            self.record["seconds"] = round(time.monotonic() - self.began, 2)
+            with contextlib.suppress(Exception):
+                self.save()
+            os._exit(0)
+
+    def finish(self) -> None:
+        with self.lock:
+            self.done = True
+            self.watchdog.cancel()
+            self.record["seconds"] = round(time.monotonic() - self.began, 2)
+            self.save()
+
+    def command(self, cmd: list[str], timeout: float) -> tuple[int | None, str]:
+        """Run ``cmd`` in the repository root; (status, stdout + stderr), status None if it ran past ``timeout``."""
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.procs.append(proc)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+            return proc.returncode, out
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            return None, out or ""
+        finally:
+            self.procs.remove(proc)
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def part(self, key: str, fn, need: float = 1.0, cuda_only: bool = False):
+        """``record[key] = fn()``; or ``skipped`` (not CUDA, time box) or ``error``; saved either way."""
+        began = self.part_began = time.monotonic()
+        if cuda_only and not self.cuda:
+            self.record[key] = {"skipped": self.no_cuda_reason()}
+        elif self.left() < need:
+            self.record[key] = {"skipped": f"section time box reached before this part ({self.left():.1f} s left)"}
+        else:
+            self.current = key
+            try:
+                value = fn()
+                value = value if isinstance(value, dict) else {"value": value}
+                value.setdefault("seconds", round(time.monotonic() - began, 3))
+            except TimeBox as exc:
+                value = {"skipped": str(exc)}
+            except Exception as exc:  # noqa: BLE001 - a check reports every failure and goes on
+                value = {"error": f"{type(exc).__name__}: {exc}"[:2000], "traceback": traceback.format_exc()[-3000:]}
+            with self.lock:
+                self.record[key], self.current = value, None
+        self.save()
+        return self.record[key]
+
+    def no_cuda_reason(self) -> str:
+        torch = self.torch
+        if not self.requested.startswith("cuda"):
+            return f"CUDA only: this run uses --device {self.requested}"
+        if torch is None:
+            return "CUDA only: torch is not importable"
+        return (f"CUDA only: --device {self.requested} but torch.cuda.is_available() is False "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+
+    def timed(self, fn, reps: int, warmup: int = 1, need_each: float = 0.0) -> list[float]:
+        """Seconds of each of ``reps`` calls of ``fn`` after ``warmup`` calls (CUDA events on CUDA); stops at the
+        time box once at least one timed call is done."""
+        torch = self.torch
+        for _ in range(warmup):
+            self.check(need_each)
+            fn()
+        self.sync()
+        times = []
+        for _ in range(reps):
+            if times and self.left() < max(need_each, 2 * max(times)):
+                break
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1000)
+            else:
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+        return times
+
+
+def _version(dist: str):
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------------------- 1. environment
+def sec_environment(ctx: Ctx) -> None:
+    torch = ctx.torch
+
+    def software():
+        out = {"python": sys.version.split()[0], "executable": sys.executable, "platform": platform.platform()}
+        if torch is None:
+            out["torch"] = f"not importable: {getattr(ctx, 'torch_error', '?').strip().splitlines()[-1]}"
+        else:
+            out.update(torch=torch.__version__, torch_cuda=torch.version.cuda,
+                       cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                       cuda_available=torch.cuda.is_available())
+        for dist in ("transformers", "numpy", "scipy", "safetensors", "tqdm", "tokenizers", "datasets", "accelerate",
+                     "huggingface_hub", "matplotlib", "devinterp", "pytest", "triton"):
+            out[dist] = _version(dist)
+        try:
+            import selfmodels
+
+            out["selfmodels_from"] = str(Path(selfmodels.__file__).resolve().parent)
+            out["selfmodels_is_this_checkout"] = Path(selfmodels.__file__).resolve().is_relative_to(SRC.resolve())
+        except Exception as exc:  # noqa: BLE001
+            out["selfmodels_from"] = f"not importable: {type(exc).__name__}: {exc}"
+        return out
+
+    def gpu():
+        p = torch.cuda.get_device_properties(ctx.device)
+        major, minor = torch.cuda.get_device_capability(ctx.device)
+        free, total = torch.cuda.mem_get_info(ctx.device)
+        return {"name": torch.cuda.get_device_name(ctx.device), "count": torch.cuda.device_count(),
+                "capability": f"{major}.{minor}", "bf16_supported": torch.cuda.is_bf16_supported(),
+                "memory_total_gib": round(total / 2**30, 2), "memory_free_gib": round(free / 2**30, 2),
+                "multiprocessors": p.multi_processor_count}
+
+    def nvidia_smi():
+        fields = "name,driver_version,power.limit,clocks.max.sm,clocks.max.memory,memory.total,temperature.gpu,utilization.gpu"
+        try:
+            status, out = ctx.command(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
+                                      timeout=min(15, max(1, ctx.left() - 1)))
+        except FileNotFoundError:
+            return {"skipped": "nvidia-smi is not on PATH"}
+        return {"query": fields, "output": out.strip(), "status": status}
+
+    def cpu():
+        model = platform.processor() or None
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.lower().startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        mem = None
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemTotal"):
+                    mem = round(int(line.split()[1]) / 2**20, 1)
+        return {"model": model, "logical_cpus": os.cpu_count(), "memory_gib": mem,
+                "torch_threads": torch.get_num_threads() if torch is not None else None}
+
+    ctx.part("software", software)
+    ctx.part("gpu", gpu, cuda_only=True)
+    if ctx.requested.startswith("cuda"):  # also when torch cannot see the GPU: does the driver?
+        ctx.part("nvidia_smi", nvidia_smi)
+    else:
+        ctx.record["nvidia_smi"] = {"skipped": ctx.no_cuda_reason()}
+    ctx.part("cpu", cpu)
+
+
+# ---------------------------------------------------------------------------- 2. matmul peak
+def sec_matmul_peak(ctx: Ctx) -> None:
+    torch = ctx.torch
+    n = 8192 if ctx.cuda and not ctx.quick else (4096 if ctx.cuda else 256)
+    per_round = 10 if ctx.cuda else 2
+    ctx.record.update(n=n, flops_per_matmul=2 * n**3, timing="CUDA events" if ctx.cuda else "perf_counter",
+                      scaled_down=not ctx.cuda)
+
+    def measure(dtype, precision):
+        torch.set_float32_matmul_precision(precision)  # "highest": no TF32; "high": TF32 for fp32 matmuls
+        try:
+            g = torch.Generator(device=ctx.device).manual_seed(0)
+            a = torch.randn(n, n, device=ctx.device, generator=g).to(dtype)
+            b = torch.randn(n, n, device=ctx.device, generator=g).to(dtype)
+
+            def product():
+                for _ in range(per_round):
+                    a @ b
+
+            times = ctx.timed(product, reps=5, warmup=1)
+        finally:
+            torch.set_float32_matmul_precision("highest")
+        tflops = [2 * n**3 * per_round / t / 1e12 for t in times]
+        return {"tflops_best": max(tflops), "tflops_median": statistics.median(tflops), "rounds": len(times),
+                "matmuls_per_round": per_round}
+
+    ctx.part("fp32", lambda: measure(torch.float32, "highest"), need=2)
+    ctx.part("tf32", lambda: measure(torch.float32, "high"), need=2, cuda_only=True)
+    ctx.part("bf16", lambda: measure(torch.bfloat16, "highest"), need=2)
+
+
+# ---------------------------------------------------------------------------- 3. LLC
+def sec_llc(ctx: Ctx) -> None:
+    torch = ctx.torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import llc_vs_devinterp as lvd  # benchmarks/llc_vs_devinterp.py: its setup, model training and FLOP count
+    from selfmodels.complexity.llc import LLCConfig, cross_entropy, estimate_llc
+    from selfmodels.nets.classifiers import MLPClassifier
+
+    draws = 20 if ctx.quick else lvd.DRAWS
+    reps = 1 if ctx.quick else 2
+    n_examples = 1536 if ctx.quick else 3600
+    g = torch.Generator().manual_seed(0)  # random MNIST-shaped data, as llc_vs_devinterp's fallback
+    data = TensorDataset(torch.randn(n_examples, 1, 28, 28, generator=g), torch.randint(0, 10, (n_examples,), generator=g))
+    torch.manual_seed(0)
+    model = MLPClassifier(784, lvd.HIDDEN, 10)
+    ctx.record["setup"] = {"model": f"MLP 784-{lvd.HIDDEN}-10", "batch": lvd.BATCH, "chains": lvd.CHAINS, "draws": draws,
+                           "epsilon": lvd.EPSILON, "gamma": lvd.GAMMA, "examples": n_examples, "data": "random",
+                           "reps": reps, "scaled_down": ctx.quick}
+    ctx.record["train_loss"] = lvd.train_briefly(model, data, epochs=1 if ctx.quick else 10)
+    model = model.to(ctx.device)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))
+    loader = DataLoader(TensorDataset(*(t[order].to(ctx.device) for t in data.tensors)), batch_size=lvd.BATCH,
+                        shuffle=False, drop_last=True)
+    nbeta = lvd.BATCH / math.log(lvd.BATCH)
+    flops = lvd.step_flops([len(b[0]) for b in loader]) * draws / lvd.DRAWS  # its count is for DRAWS steps
+
+    def config(d):
+        return LLCConfig(epsilon=lvd.EPSILON, gamma=lvd.GAMMA, chains=lvd.CHAINS, draws=d, burn_in=0, seed=0)
+
+    def ours():
+        if not ctx.quick:
+            estimate_llc(model, loader, cross_entropy, config(5), device=ctx.device, progress=False)  # warm-up
+        results = []
+        times = ctx.timed(lambda: results.append(estimate_llc(model, loader, cross_entropy, config(draws),
+                                                              device=ctx.device, progress=False)), reps=reps, warmup=0)
+        r = results[-1]
+        return {"s": times, "median_s": statistics.median(times), "llc": r.mean, "llc_std": r.std,
+                "path": r.diagnostics.get("path"), "chain_groups": r.diagnostics.get("chain_groups"),
+                "flags": r.flags, "gflops": flops / statistics.median(times) / 1e9}
+
+    def theirs():
+        import warnings
+
+        try:
+            from devinterp.optim.sgld import SGLD
+            from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+        except Exception as exc:  # noqa: BLE001 - not installed on this machine
+            return {"skipped": f"devinterp not importable: {type(exc).__name__}: {exc}"}
+
+        def evaluate(m, batch):
+            x, y = batch
+            return nn.functional.cross_entropy(m(x), y), {}
+
+        def run(d):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return estimate_learning_coeff_with_summary(
+                    model, loader, evaluate=evaluate, sampling_method=SGLD,
+                    optimizer_kwargs=dict(lr=lvd.EPSILON, localization=lvd.GAMMA, nbeta=nbeta),
+                    num_chains=lvd.CHAINS, num_draws=d, num_burnin_steps=0, seed=0, device=ctx.device, verbose=False)
+
+        if not ctx.quick:  # (devinterp has seconds of fixed cost per call on a CPU)
+            run(5)  # warm-up
+        results = []
+        times = ctx.timed(lambda: results.append(run(draws)), reps=reps, warmup=0)
+        r = results[-1]
+        return {"version": _version("devinterp"), "s": times, "median_s": statistics.median(times),
+                "llc": float(r["llc/mean"]), "llc_std": float(r["llc/std"])}
+
+    o = ctx.part("ours", ours, need=3)
+    t = ctx.part("devinterp", theirs, need=3)
+    if _num(o.get("median_s")) and _num(t.get("median_s")):
+        ctx.record["speedup"] = t["median_s"] / o["median_s"]
+        ctx.record["agree"] = abs(o["llc"] - t["llc"]) <= math.sqrt(o["llc_std"] ** 2 + t["llc_std"] ** 2)
+
+
+# ---------------------------------------------------------------------------- 4. forward-model training
+def _forward_shape(ctx: Ctx) -> dict:
+    if ctx.cuda:  # the paper's ~26M model, 8 x 2048 tokens per step (also with --quick: fewer steps only)
+        return dict(d_model=2048, swiglu_hidden=4096, batch=8, seq=2048, steps=5 if ctx.quick else 20)
+    return dict(d_model=128, swiglu_hidden=256, batch=2, seq=64, steps=2)
+
+
+def _forward_step(ctx: Ctx, compiled: bool, autocast_dtype, shape: dict):
+    """A ``train_forward`` step (AdamW, MSE in fp32, clip 1.0) with optional bf16 autocast and torch.compile."""
+    torch = ctx.torch
+    import torch.nn.functional as F
+
+    from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+    from selfmodels.optim import make_adamw
+
+    torch.manual_seed(0)
+    model = ForwardModel(ForwardModelConfig(d_model=shape["d_model"], mlp="swiglu", swiglu_hidden=shape["swiglu_hidden"])).to(ctx.device)
+    opt = make_adamw(model.parameters(), 1e-4, 0.01)
+    x = torch.randn(shape["batch"], shape["seq"], shape["d_model"], device=ctx.device)  # (B, T, d)
+    y = x + 0.1 * torch.randn_like(x)
+    fn = torch.compile(model) if compiled else model
+    losses = []
+
+    def step():
+        ctx_manager = (torch.autocast(device_type=ctx.device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                       else contextlib.nullcontext())
+        with ctx_manager:
+            out = fn(x)
+        loss = F.mse_loss(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.detach())
+
+    return model, step, losses
+
+
+def _throughput(ctx: Ctx, model, step, losses, shape: dict, warmup: int) -> dict:
+    torch = ctx.torch
+    tokens = shape["batch"] * shape["seq"]
+    flops_step = 3 * model.flops_per_token(shape["seq"]) * tokens
+    for _ in range(warmup):
+        ctx.check(1)
+        step()
+    ctx.sync()
+    began = time.perf_counter()
+    if ctx.cuda:  # one pair of events around all the steps: no synchronisation between steps, as in training
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    done = 0
+    while done < shape["steps"]:
+        step()
+        done += 1
+        if ctx.left() < 3 * (time.perf_counter() - began) / done + 1:  # stop early, well before the time box
+            break
+    if ctx.cuda:
+        end.record()
+        end.synchronize()
+        total = start.elapsed_time(end) / 1000
+    else:
+        total = time.perf_counter() - began
+    out = {"tokens_per_s": tokens * done / total, "step_s_mean": total / done, "steps_timed": done,
+           "achieved_tflops": flops_step * done / total / 1e12, "flops_per_step": flops_step, "tokens_per_step": tokens,
+           "final_loss": float(losses[-1]), "loss_finite": bool(torch.isfinite(losses[-1]).item())}
+    if ctx.cuda:
+        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 3)
+    return out
+
+
+def sec_forward_train(ctx: Ctx) -> None:
+    torch = ctx.torch
+    shape = _forward_shape(ctx)
+    torch.set_float32_matmul_precision("highest")
+    ctx.record.update(shape=shape, scaled_down=not ctx.cuda, fp32_matmul="TF32 off",
+                      params=None)
+
+    def variant(dtype):
+        if ctx.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(ctx.device)
+        model, step, losses = _forward_step(ctx, False, dtype, shape)
+        ctx.record["params"] = model.num_params()
+        return _throughput(ctx, model, step, losses, shape, warmup=3 if ctx.cuda else 1)
+
+    ctx.part("fp32", lambda: variant(None), need=3)
+    ctx.part("bf16_autocast", lambda: variant(torch.bfloat16), need=3)
+    if _num(ctx.record["fp32"].get("tokens_per_s")) and _num(ctx.record["bf16_autocast"].get("tokens_per_s")):
+        ctx.record["bf16_speedup"] = ctx.record["bf16_autocast"]["tokens_per_s"] / ctx.record["fp32"]["tokens_per_s"]
+
+
+COMPILE_DRY_RUN = ("quick CPU dry run: torch.compile's C++ build takes minutes on a small CPU; "
+                   "run without --quick to try it")
+
+
+def sec_forward_compile(ctx: Ctx) -> None:
+    torch = ctx.torch
+    if ctx.quick and not ctx.cuda:
+        ctx.record["skipped"] = COMPILE_DRY_RUN
+        return
+    shape = _forward_shape(ctx)
+    ctx.record.update(shape=shape, scaled_down=not ctx.cuda, autocast="bf16", mode="default")
+    if ctx.cuda:
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    model, step, losses = _forward_step(ctx, True, torch.bfloat16, shape)
+
+    def first_step():  # compiles the forward and the backward
+        began = time.monotonic()
+        step()
+        ctx.sync()
+        return {"compile_s": time.monotonic() - began, "loss_finite": bool(torch.isfinite(losses[-1]).item())}
+
+    compiled = ctx.part("compile", first_step, need=5)
+    ctx.record["compiled"] = "compile_s" in compiled
+    if "error" in compiled:
+        compiled["error"] = "torch.compile failed: " + compiled["error"]
+    if ctx.record["compiled"]:
+        ctx.part("steady_state", lambda: _throughput(ctx, model, step, losses, shape, warmup=2), need=3)
+    else:
+        ctx.record["steady_state"] = {"skipped": "the compiled step did not run (see compile)"}
+
+
+# ---------------------------------------------------------------------------- 5. subject throughput
+SUBJECTS = {
+    "smollm2_135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
+    "llama_3_2_1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+}
+
+
+def sec_subject_throughput(ctx: Ctx) -> None:
+    torch = ctx.torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from selfmodels.subjects.hf import HFSubject
+
+    batch, seq = (8, 2048) if ctx.cuda else (2, 32)
+    dtype = torch.bfloat16
+    ctx.record.update(batch=batch, seq_len=seq, dtype="bf16", scaled_down=not ctx.cuda, layers=[7, 8],
+                      transformers=_version("transformers"))
+
+    def one(name: str, shape: dict):
+        if not ctx.cuda:  # the dry run: same code, a tiny model of the same kind
+            shape = dict(shape, hidden_size=64, intermediate_size=128, num_hidden_layers=9, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=512)
+        config = LlamaConfig(**shape, max_position_embeddings=max(seq, 2048))
+        if ctx.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(ctx.device)
+        began = time.monotonic()
+        with torch.device(ctx.device):
+            try:
+                model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+            except (TypeError, ValueError, ImportError):
+                model = AutoModelForCausalLM.from_config(config)
+        model = model.to(dtype).eval().requires_grad_(False)
+        out = {"build_s": time.monotonic() - began, "params": sum(p.numel() for p in model.parameters()),
+               "attn_implementation": getattr(model.config, "_attn_implementation", None)}
+        subject = HFSubject(model, name)
+        ids = torch.randint(0, config.vocab_size, (batch, seq), device=ctx.device, generator=torch.Generator(device=ctx.device).manual_seed(0))
+        tokens = ids.numel()
+        with torch.inference_mode():
+            acts = subject.residuals(ids, [7, 8])
+            out["residual_shape"], out["residual_dtype"] = list(acts[8].shape), str(acts[8].dtype)
+            del acts
+            ctx.check(2)
+            t = ctx.timed(lambda: subject.residuals(ids, [7, 8]), reps=5, warmup=0)
+            out["residuals_7_8"] = {"tokens_per_s": tokens * len(t) / sum(t), "s_median": statistics.median(t), "reps": len(t)}
+            ctx.record[name] = out
+            ctx.save()
+            ctx.check(2)
+            t = ctx.timed(lambda: model(input_ids=ids, use_cache=False), reps=5, warmup=1)
+            out["full_forward"] = {"tokens_per_s": tokens * len(t) / sum(t), "s_median": statistics.median(t), "reps": len(t),
+                                   "note": "all blocks and the LM head (full-vocabulary logits)"}
+        out["early_exit_speedup"] = out["residuals_7_8"]["tokens_per_s"] and (
+            out["residuals_7_8"]["tokens_per_s"] / out["full_forward"]["tokens_per_s"])
+        if ctx.cuda:
+            out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 3)
+        return out  # the model goes with this frame
+
+    for name, shape in SUBJECTS.items():
+        ctx.part(name, lambda n=name, s=shape: one(n, s), need=5)
+
+
+# ---------------------------------------------------------------------------- 6. training loops
+def sec_training_loops(ctx: Ctx) -> None:
+    torch = ctx.torch
+    from torch.utils.data import TensorDataset
+
+    from selfmodels.data.classification import ClassificationData
+    from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+    from selfmodels.forward.ridge import RidgeMap
+    from selfmodels.forward.train import ForwardTrainConfig, on_the_fly_batches, train_forward
+    from selfmodels.nets.gpt import GPT, GPTConfig
+    from selfmodels.selfmodeling.runs import resolve_run, run_one
+    from selfmodels.subjects.gpt import GPTSubject
+    from selfmodels.subjects.gpt_training import CoTrain, LMTrainConfig, train_lm
+
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_loops_"))
+    ctx.record["device"] = str(ctx.device)
+    gpt_cfg = GPTConfig(vocab_size=256, block_size=64, n_layer=2, n_head=2, d_model=64)
+    tokens = torch.randint(0, 256, (40_000,), generator=torch.Generator().manual_seed(0))
+
+    def on_device(module) -> bool:
+        return all(p.device.type == ctx.device.type for p in module.parameters())
+
+    def selfmodeling():
+        g = torch.Generator().manual_seed(0)
+
+        def part(n):
+            y = torch.arange(n) % 10
+            x = 0.5 * torch.randn(n, 1, 28, 28, generator=g)
+            x.view(n, -1)[torch.arange(n), y] += 1.0
+            return TensorDataset(x, y)
+
+        n = 256 if ctx.quick else 1024
+        data = ClassificationData("mnist", "random (gpu_check)", part(n), part(128), part(128), 10, (1, 28, 28), None,
+                                  {"sizes": {"train": n, "val": 128, "test": 128}})
+        config = resolve_run("mnist", hidden=64, method="self-model", strength=1.0, seed=0, epochs=1 if ctx.quick else 3,
+                             batch_size=64)
+        record = run_one(config, data, tmp / "selfmodeling", device=ctx.device, progress=False)
+        ok = record is not None and 0 <= record["test_accuracy"] <= 1 and math.isfinite(record["train_ce"])
+        return {"ok": bool(ok), "test_accuracy": record["test_accuracy"], "train_ce": record["train_ce"],
+                "train_aux": record["train_aux"], "epochs": record["epochs"]}
+
+    def gpt():
+        torch.manual_seed(0)
+        model = GPT(gpt_cfg)
+        fwd = ForwardModel(ForwardModelConfig(d_model=64, d_head=32))
+        r = train_lm(model, tokens[:36_000], tokens[36_000:], LMTrainConfig(steps=10, batch_size=8, eval_every=10, eval_batches=1),
+                     tmp / "gpt", ctx.device, seed=0, cotrain=CoTrain(fwd, 0, 1), progress=False)
+        ok = math.isfinite(r["val_loss"]) and on_device(model) and on_device(fwd) and (tmp / "gpt" / "forward.safetensors").is_file()
+        return {"ok": bool(ok), **r}
+
+    def forward_on_the_fly():
+        torch.manual_seed(0)
+        subject = GPTSubject(GPT(gpt_cfg).to(ctx.device).eval().requires_grad_(False))
+
+        def pair(ids):
+            acts = subject.residuals(ids, [0, 1])
+            return acts[0], acts[1]
+
+        batches = on_the_fly_batches(tokens, 64, 8, torch.Generator().manual_seed(0), pair)
+        model = ForwardModel(ForwardModelConfig(d_model=64, d_head=32))
+        r = train_forward(model, batches, ForwardTrainConfig(steps=10, batch_size=8), ctx.device, progress=False)
+        r["train_s"] = r.pop("seconds")
+        ok = math.isfinite(r["final_mse"]) and on_device(model)
+        # the ridge baseline, fitted on the same kind of batches, on the same device
+        ridge = RidgeMap(64).to(ctx.device)
+        for _ in range(8):
+            source, target = next(batches)
+            ridge.accumulate(source, target)
+        ridge.fit()
+        source, target = next(batches)
+        ridge_mse = float(((ridge(source) - target.float()) ** 2).mean())
+        skip_mse = float(((source.float() - target.float()) ** 2).mean())
+        return {"ok": bool(ok and math.isfinite(ridge_mse)), **r, "ridge_mse": ridge_mse, "skip_mse": skip_mse,
+                "ridge_device": str(ridge.weight.device)}
+
+    ctx.part("selfmodeling_run_one", selfmodeling, need=3)
+    ctx.part("gpt_train_lm_cotrain", gpt, need=3)
+    ctx.part("forward_train_on_the_fly_and_ridge", forward_on_the_fly, need=3)
+    parts = [ctx.record[k] for k in ("selfmodeling_run_one", "gpt_train_lm_cotrain", "forward_train_on_the_fly_and_ridge")]
+    ctx.record["all_ok"] = all(p.get("ok") is True for p in parts)
+
+
+# ---------------------------------------------------------------------------- 7. pytest smoke test
+def sec_pytest_smoke(ctx: Ctx) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("pytest") is None:
+        ctx.record["skipped"] = "pytest is not installed for this Python"
+        return
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/subjects/test_contract.py"]
+    if ctx.quick:
+        cmd += ["-k", "llama"]  # the dry run: one family
+    limit = max(1.0, min(60.0, ctx.left() - 2))
+    ctx.record.update(command=" ".join(cmd[1:]), time_box_s=round(limit, 1))
+    status, out = ctx.command(cmd, timeout=limit)
+    if status is None:
+        ctx.record.update(skipped=f"pytest did not finish within {limit:.0f} s", output_tail=out[-2000:])
+        return
+    lines = [line for line in out.strip().splitlines() if line.strip()]
+    ctx.record.update(returncode=status, passed=status == 0, summary=lines[-1] if lines else "")
+    if status != 0:
+        ctx.record.update(error=f"pytest failed (status {status}): {ctx.record['summary']}", output_tail=out[-2000:])
+
+
+SECTION_FUNCS = {"environment": sec_environment, "matmul_peak": sec_matmul_peak, "llc": sec_llc,
+                 "forward_train": sec_forward_train, "forward_compile": sec_forward_compile,
+                 "subject_throughput": sec_subject_throughput, "training_loops": sec_training_loops,
+                 "pytest_smoke": sec_pytest_smoke}
+
+def child(args) -> int:
+    record_path = Path(args.record)
+    try:
+        deadline = args.deadline if args.deadline is not None else time.monotonic() + 60
+        ctx = Ctx(args.child, args.device, args.quick, deadline, record_path, use_torch=args.child != "pytest_smoke")
+    except Exception as exc:  # noqa: BLE001 - torch itself does not import
+        _write_json(record_path, {"section": args.child, "error": f"{type(exc).__name__}: {exc}",
+                                  "traceback": traceback.format_exc()[-3000:], "seconds": 0})
+        return 0
+    ctx.record["device"] = str(ctx.device)
+    if args.child not in ("environment", "pytest_smoke") and args.device.startswith("cuda") and not ctx.cuda:
+        ctx.record["skipped"] = ctx.no_cuda_reason()
+    else:
+        try:
+            SECTION_FUNCS[args.child](ctx)
+        except TimeBox as exc:
+            ctx.record.setdefault("skipped", str(exc))
+        except Exception as exc:  # noqa: BLE001
+            ctx.record["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            ctx.record["traceback"] = traceback.format_exc()[-3000:]
+    ctx.finish()
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (a dry run)")
+    p.add_argument("--quick", action="store_true", help="small shapes and few steps (the CPU dry run of the tests)")
+    p.add_argument("--out", default=None, help="JSON file (default: $OUT/gpu_check.json if $OUT is set, else gpu_check.json)")
+    p.add_argument("--budget", type=float, default=None, help="total seconds (default 280; 50 with --quick)")
+    p.add_argument("--sections", default=None, help=f"comma-separated subset of: {','.join(NAMES)}")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--record", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)  # time.monotonic() value
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    if args.budget is None:
+        args.budget = 50.0 if args.quick else 280.0
+    parent = Parent(args)
+    rc = parent.run()
+    print(f"[gpu_check] wrote {parent.out}", file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
