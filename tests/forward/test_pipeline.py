@@ -223,12 +223,12 @@ def test_eval_of_a_missing_run_exits_2(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_frozen_training_computes_activations_per_batch(tmp_path, corpus):
-    out = tmp_path / "frozen"
-    assert main(["forward", "train", "--out", str(out), "--corpus", str(corpus), "--training", "frozen",
-                 "--no-baseline.enabled", *GPT_FLAGS]) == 0
+def test_streamed_training_writes_no_activation_cache(tmp_path, corpus):
+    out = tmp_path / "stream"
+    assert main(["forward", "train", "--out", str(out), "--corpus", str(corpus), "--training", "stream",
+                 "--buffer-sequences", "8", "--pass-sequences", "4", "--no-baseline.enabled", *GPT_FLAGS]) == 0
     r = _results(out)
-    assert r["pair"]["training"] == "frozen subject, activations computed per batch"
+    assert r["pair"]["training"] == "frozen subject, activations streamed through a shuffle buffer"
     assert r["baseline_mlp"] is None and r["data"]["cache"] is None  # nothing trained from a cache: none written
     assert not list((out / "stages").glob("cache-*"))
     assert r["forward_model"]["train"]["steps"] == 6

@@ -27,7 +27,7 @@ BATCH_CHUNKS = 256  # pieces per encode_batch call (one progress-bar step)
 
 
 def chunk_text(text: str, chunk_chars: int) -> list[str]:
-    """Cut ``text`` into pieces of about ``chunk_chars`` whose concatenation is ``text``.
+    r"""Cut ``text`` into pieces of about ``chunk_chars`` whose concatenation is ``text``.
 
     Cuts are made only just before a non-space character that follows a single newline, itself after a
     non-space character (``"x\nY"`` is cut as ``"x\n" | "Y"``). The GPT-2-style pre-tokenizer (ours, and that

@@ -63,11 +63,46 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     _common(sweep)
     sweep.set_defaults(func=_sweep)
 
+    profile = sub.add_parser("profile", help="a forward model for every layer pair (k, k + gap) of a subject in one streaming "
+                                             "run, each beside the skip and ridge baselines, on the same held-out tokens",
+                             conflict_handler="resolve")
+    _profile_options(profile)
+    profile.set_defaults(func=_profile)
+
     rep = reproduce.add_parser("forward-self-models", help="the forward-self-models paper on our GPT (sweeps) or a pretrained "
                                                           "LM (decomposition): forward model, baseline, substitution, analyses, report",
                                conflict_handler="resolve")
     _run_options(rep, "CPU-sized run on offline data (our GPT ~7 min, SmolLM2 ~4 min on 2 cores)")
     rep.set_defaults(func=_reproduce)
+
+
+def _profile_options(parser: argparse.ArgumentParser) -> None:
+    from selfmodels.forward.profile import ProfileConfig
+
+    add_arguments(parser, ProfileConfig)
+    parser.add_argument("--out", type=Path, required=True, help="output directory (reused and resumed if it exists)")
+    parser.add_argument("--quick", action="store_true", help="2 CPU cores: every pair of SmolLM2 in about 25 minutes "
+                                                             "(otherwise sized for one GPU)")
+    parser.add_argument("--main", default="smollm2", help="subject: smollm2 (default, offline), gpt (ours, trained here) "
+                                                          "or a Hugging Face model id / local directory")
+    parser.add_argument("--corpus", dest="corpus_name", default=None, help="corpus (default: the preset's)")
+    _common(parser)
+
+
+def _profile(args) -> int:
+    from selfmodels.forward.profile import ProfileConfig, preset, run
+
+    progress = _setup(args)
+    cfg = from_args(ProfileConfig, args, base=preset(args.main, args.quick))
+    if args.corpus_name is not None:
+        cfg = dataclasses.replace(cfg, corpus=dataclasses.replace(cfg.corpus, corpus=args.corpus_name))
+    r = run(dataclasses.replace(cfg, subject=dataclasses.replace(cfg.subject, main=args.main)), args.out, args.device, progress)
+    for row in r["rows"]:
+        print(f"{row['source']:>3} -> {row['target']:<3} cosine {row['cosine']:.4f} (skip {row['skip_cosine']:.4f}, ridge "
+              f"{row['ridge_cosine']:.4f})  update R2 {row['delta_r2']:.3f}  recovery {row['recovery']:.3f} "
+              f"(KL skip {row['kl_skipped']:.3f})")
+    print(f"results: {Path(args.out) / 'results.json'}, report: {Path(args.out) / 'report.md'}")
+    return 0
 
 
 def _setup(args) -> bool:

@@ -18,7 +18,7 @@ from selfmodels.forward.model import ForwardModelConfig
 from selfmodels.forward.train import ForwardTrainConfig
 from selfmodels.subjects.registry import CorpusConfig, SubjectConfig
 
-TRAINING = ("cotrain", "cache", "frozen")
+TRAINING = ("cotrain", "cache", "stream")
 
 
 @dataclass
@@ -53,8 +53,10 @@ class RunConfig:
     model: ForwardModelConfig = field(default_factory=ForwardModelConfig)
     train: ForwardTrainConfig = field(default_factory=ForwardTrainConfig)
     training: str = option("cache", "how the forward model is trained: cotrain (beside our GPT, as the paper), "
-                                    "cache (from cached activations of the frozen subject) or frozen (activations computed per batch)",
-                           choices=TRAINING)
+                                    "cache (from the disk cache of the frozen subject's activations) or stream (activations "
+                                    "computed on the fly through a shuffle buffer, no disk)", choices=TRAINING)
+    buffer_sequences: int = option(64, "stream: shuffle buffer of whole sequences (memory: buffer x 2 x seq_len x d x 4 bytes)")
+    pass_sequences: int = option(8, "stream: sequences per subject forward pass filling the buffer")
     seq_len: int = option(128, "tokens per sequence for caching, evaluation and analyses")
     train_sequences: int = option(2048, "training sequences in the activation cache (spread over the training text)")
     eval_sequences: int = option(256, "held-out sequences for the regression metrics and causal substitution")
@@ -62,6 +64,7 @@ class RunConfig:
     analysis_sequences: int = option(64, "held-out sequences for the analyses (0: none)")
     cache_dtype: str = option("float16", "activation cache precision", choices=("float16", "float32"))
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    ridge: float = option(1e-3, "the ridge (affine) baseline map's regulariser, relative to the source covariance's mean eigenvalue")
     sweeps: SweepConfig = field(default_factory=SweepConfig)
     seed: int = option(0, "random seed (weights, data order)")
 
@@ -71,10 +74,14 @@ class RunConfig:
         self.model.validate()
         self.train.validate()
         require(self.training in TRAINING, f"--training must be one of {', '.join(TRAINING)}, got {self.training!r}")
-        for name in ("seq_len", "train_sequences", "eval_sequences", "eval_batch"):
+        for name in ("seq_len", "train_sequences", "eval_sequences", "eval_batch", "buffer_sequences", "pass_sequences"):
             require(getattr(self, name) >= 1 if name != "seq_len" else self.seq_len >= 2, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         require(self.analysis_sequences == 0 or self.analysis_sequences >= 2,
                 f"--analysis-sequences must be 0 (no analyses) or at least 2, got {self.analysis_sequences}")
+        if self.training == "stream":
+            require(self.buffer_sequences >= self.train.batch_size, f"--buffer-sequences {self.buffer_sequences} is smaller "
+                                                                    f"than a batch (--train.batch-size {self.train.batch_size})")
+        require(self.ridge > 0, f"--ridge must be positive, got {self.ridge}")
         require(self.baseline.hidden_mult >= 1, f"--baseline.hidden-mult must be at least 1, got {self.baseline.hidden_mult}")
         unknown = [c for c in self.sweeps.capacity if c not in CAPACITY]
         require(not unknown, f"unknown capacity configuration(s) {', '.join(unknown)}: use {', '.join(CAPACITY)}")

@@ -9,7 +9,8 @@ corpus -> tokens -> subject -> activations -> fit -> evaluate -> analyze -> (swe
 3. cache the frozen subject's residuals at every index a model trains on (when any does);
 4. fit the headline forward model (unless co-trained), the per-position MLP baseline and the sweeps'
    models;
-5. evaluate each on the held-out windows: cosine beside the skip cosine, update cosine and R², causal
+5. evaluate each, and a closed-form ridge (affine) map fitted on the training windows, on the held-out
+   windows: cosine beside the skip cosine, update cosine and R², causal
    substitution (KL substituted / skipped, recovery), per behavioural category for the headline model;
 6. the analyses of the headline pair (attention, gauge, CKA, residual structure, decomposition);
 7. ``results.json`` (schema in docs/forward-self-models.md), ``report.md`` with plots, the headline
@@ -42,14 +43,17 @@ from selfmodels.forward.config import CAPACITY, RunConfig
 from selfmodels.forward.evaluate import REGRESSION_KEYS, batches_of, evaluate
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
 from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION, paper_reference
+from selfmodels.forward.ridge import RidgeMap
 from selfmodels.forward.stages import StageStore
-from selfmodels.forward.train import ForwardTrainConfig, on_the_fly_batches, train_forward
+from selfmodels.forward.multi import train_many
+from selfmodels.forward.stream import ActivationStream
+from selfmodels.forward.train import ForwardTrainConfig, train_forward
 from selfmodels.optim import make_adamw
 from selfmodels.runtime import resolve_device
 from selfmodels.subjects.registry import CoTrain, OpenedSubject, open_subject
 
 TRAINING_LABELS = {"cotrain": "co-trained", "cache": "frozen subject, from the activation cache",
-                   "frozen": "frozen subject, activations computed per batch"}
+                   "stream": "frozen subject, activations streamed through a shuffle buffer"}
 
 
 def check_out(out: Path) -> Path:
@@ -169,23 +173,24 @@ class _Run:
     def fit(self, name: str, model: torch.nn.Module, identity: dict, source: int, target: int, train: ForwardTrainConfig,
             from_cache: bool = True) -> tuple[dict, str]:
         """Train ``model`` (whose shape ``identity`` describes) on (source, target), from the activation cache or
-        on activations computed per batch; kept as stage ``name``."""
+        from activations streamed on the fly; kept as stage ``name``."""
         cfg = self.cfg
+        streamed = {**self.data_key, "stream": [cfg.buffer_sequences, cfg.pass_sequences]}
         inputs = {**self.subject_key, "source": source, "target": target, "train": to_dict(train), "seed": cfg.seed,
-                  "model": identity, "data": self.cache_key if from_cache else {**self.data_key, "on_the_fly": True}}
+                  "model": identity, "data": self.cache_key if from_cache else streamed}
 
         def compute(directory: Path) -> dict:
-            generator = torch.Generator().manual_seed(cfg.seed)
-            if from_cache:
-                batches = self.activations.batches(str(source), str(target), train.batch_size, generator)
+            if not from_cache:
+                stream = ActivationStream(self.subject, self.opened.train, [source, target], cfg.seq_len, train.batch_size,
+                                          cfg.buffer_sequences, cfg.pass_sequences, cfg.seed, self.opened.bos_id,
+                                          autocast=torch.bfloat16 if self.device.type == "cuda" else None)
+                info = train_many({name: (model, source, target)}, stream, train, self.device, directory, self.progress)[name]
             else:
-                def collect(ids: torch.Tensor):
-                    acts = self.subject.residuals(ids, [source, target])
-                    return acts[source].float(), acts[target].float()
-                batches = on_the_fly_batches(self.opened.train, cfg.seq_len, train.batch_size, generator, collect)
-            info = train_forward(model, batches, train, self.device, metrics_path=directory / "metrics.jsonl",
-                                 checkpoint=directory / "checkpoint.safetensors", generator=generator,
-                                 progress=self.progress, desc=name)
+                generator = torch.Generator().manual_seed(cfg.seed)
+                batches = self.activations.batches(str(source), str(target), train.batch_size, generator)
+                info = train_forward(model, batches, train, self.device, metrics_path=directory / "metrics.jsonl",
+                                     checkpoint=directory / "checkpoint.safetensors", generator=generator,
+                                     progress=self.progress, desc=name)
             save_tensors(directory / "model.safetensors", model.state_dict())
             return info
 
@@ -243,6 +248,29 @@ class _Run:
                 "hidden_mult": cfg.baseline.hidden_mult, "steps_rule": cfg.baseline.steps, "time_matching": plan,
                 "train": info, **{k: ev[k] for k in REGRESSION_KEYS}, "recovery": ev["substitution"]["recovery"],
                 "substitution": ev["substitution"]}
+
+    def ridge(self) -> dict:
+        """The closed-form ridge (affine) map source -> target, fitted on the training windows of the cache (the
+        same sequences the cached models train on), evaluated like a forward model; its results entry."""
+        cfg, s, t = self.cfg, self.cfg.source, self.cfg.target
+        windows, _ = spread_windows(self.opened.train, cfg.seq_len, cfg.train_sequences, self.opened.bos_id, "training")
+        ridge = RidgeMap(self.d_model, cfg.ridge)
+
+        def fit(directory: Path) -> dict:
+            with torch.no_grad():
+                for i in range(0, windows.shape[0], cfg.eval_batch):
+                    acts = self.subject.residuals(windows[i : i + cfg.eval_batch], [s, t])
+                    ridge.accumulate(acts[s].float(), acts[t].float())
+            ridge.fit()
+            save_tensors(directory / "model.safetensors", ridge.state_dict())
+            return {"tokens": ridge.tokens}
+
+        info, directory, key = self.store.run("ridge_map", {**self.subject_key, **self.data_key, "source": s, "target": t,
+                                                            "ridge": cfg.ridge, "train_sequences": cfg.train_sequences}, fit)
+        ridge.load_state_dict(load_tensors(directory / "model.safetensors"))
+        ev = self.evaluate("ridge_map", ridge.to(self.device), key, s, t)
+        return {"ridge": cfg.ridge, "fitted_on_tokens": info["tokens"], **{k: ev[k] for k in REGRESSION_KEYS},
+                "recovery": ev["substitution"]["recovery"], "substitution": ev["substitution"]}
 
     def sweeps(self, models: list) -> tuple[list[dict], list[dict]]:
         """Fit and evaluate every sweep model; the capacity and layer-gap rows."""
@@ -302,6 +330,7 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
     headline, headline_key, headline_train = r.headline()
     head_eval = r.evaluate("forward_model", headline, headline_key, s, t, categories=True)
     baseline = r.baseline(headline_key, headline_train) if cfg.baseline.enabled else None
+    ridge = r.ridge()
     capacity, gaps = r.sweeps(sweep_models)
     analyses = r.analyses(headline, headline_key)
 
@@ -330,6 +359,7 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
         "substitution": {k: v for k, v in sub.items() if k != "categories"},
         "categories": sub["categories"],
         "baseline_mlp": baseline,
+        "ridge_map": ridge,
         "capacity_sweep": capacity,
         "layer_gap_sweep": gaps,
         "decomposition": analyses["decomposition"],

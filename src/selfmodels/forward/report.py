@@ -107,34 +107,44 @@ def _header(r: dict) -> list[str]:
 
 
 def _prediction(r: dict) -> list[str]:
-    s, p, b = r["substitution"], r["paper"], r.get("baseline_mlp")
-    bs = b["substitution"] if b else {}
+    s, p, b, g = r["substitution"], r["paper"], r.get("baseline_mlp"), r.get("ridge_map")
+    bs, gs = (b["substitution"] if b else {}), (g["substitution"] if g else {})
     paper_pair = f"{p['source']} -> {p['target']}"
 
-    def row(name, ours, base, paper):
-        return [name, ours, base if b else "-", paper]
+    def row(name, ours, base, ridge, paper):
+        return [name, ours, base if b else "-", ridge if g else "-", paper]
+
+    def metric(key, digits=None):
+        values = (r[key], b and b[key], g and g[key])
+        return [fmt(v, digits) for v in values] if digits else list(values)
 
     rows = [
-        row("parameters", f"{r['forward_model']['params']:,}", f"{b['params']:,}" if b else "-", f"{p['forward_params']:,}"),
-        row("cosine", r["cosine"], b and b["cosine"], p["cosine"]),
-        row("skip cosine (copy the source)", r["skip_cosine"], r["skip_cosine"], p["skip_cosine"]),
-        row("update cosine", r["delta_cosine"], b and b["delta_cosine"], p["delta_cosine"]),
-        row("update R²", r["delta_r2"], b and b["delta_r2"], p["delta_r2"]),
-        row("MSE", fmt(r["mse"], 4), fmt(b and b["mse"], 4), fmt(p["mse"], 4)),
+        row("parameters", f"{r['forward_model']['params']:,}", f"{b['params']:,}" if b else "-",
+            "closed form" if g else "-", f"{p['forward_params']:,}"),
+        row("cosine", *metric("cosine"), p["cosine"]),
+        row("skip cosine (copy the source)", r["skip_cosine"], r["skip_cosine"], r["skip_cosine"], p["skip_cosine"]),
+        row("update cosine", *metric("delta_cosine"), p["delta_cosine"]),
+        row("update R²", *metric("delta_r2"), p["delta_r2"]),
+        row("MSE", *metric("mse", 4), fmt(p["mse"], 4)),
     ]
     for mode in ("normal", "substituted", "skipped", "zero"):
-        rows.append(row(f"accuracy {mode}", s[f"accuracy_{mode}"], bs.get(f"accuracy_{mode}"), p.get(f"accuracy_{mode}")))
+        key = f"accuracy_{mode}"
+        rows.append(row(f"accuracy {mode}", s[key], bs.get(key), gs.get(key), p.get(key)))
     for mode in ("substituted", "skipped", "zero"):
-        rows.append(row(f"KL {mode} (nats)", s[f"kl_{mode}"], bs.get(f"kl_{mode}"), p.get(f"kl_{mode}")))
-    rows.append(row("**recovery**", s["recovery"], b and b["recovery"], p["recovery"]))
-    rows.append(row("recovery against zero-ablation", s["recovery_vs_zero"], bs.get("recovery_vs_zero"), None))
+        key = f"kl_{mode}"
+        rows.append(row(f"KL {mode} (nats)", s[key], bs.get(key), gs.get(key), p.get(key)))
+    rows.append(row("**recovery**", s["recovery"], b and b["recovery"], g and g["recovery"], p["recovery"]))
+    rows.append(row("recovery against zero-ablation", s["recovery_vs_zero"], bs.get("recovery_vs_zero"), gs.get("recovery_vs_zero"), None))
     lines = [
         "## Prediction and causal substitution (held-out text)\n",
         "`cosine`: mean per-token cosine; `skip cosine`: the source itself against the target (what copying scores); "
         "`update cosine` / `update R²`: the predicted against the true update (target - source), which the paper did not "
         "report. Substitution replaces the predicted blocks' output and runs the rest of the subject; skipped = those blocks "
         "as the identity (the paper's \"ablated\"); zero = the target residual set to 0; recovery = 1 - mean KL_sub / mean KL_skip.\n",
-        table(["", "ours: forward model", "ours: per-position MLP", f"paper ({paper_pair})"], rows, digits=4),
+        table(["", "ours: forward model", "ours: per-position MLP", "ours: ridge map", f"paper ({paper_pair})"], rows, digits=4),
+        "The ridge map is the closed-form affine map source -> target fitted on the training windows "
+        f"({g['fitted_on_tokens']:,} tokens, ridge {g['ridge']:g}): what the forward model gains over it is what a linear map "
+        "cannot do.\n" if g else "",
         "MSE is in the subject's own activation units: it compares only within one subject.\n",
     ]
     if s["kl_skipped"] < WEAK_SKIP_NATS:

@@ -1,0 +1,318 @@
+"""A whole-model profile: which layers of a subject are compressible, and which are computationally novel.
+
+``selfmodels forward profile --main MODEL [--gap 1] [--layers ...]`` trains a forward model for every layer
+pair ``(k, k + gap)`` of the subject in ONE streaming run (:mod:`selfmodels.forward.stream`: one subject
+pass per step feeds every model, :func:`selfmodels.forward.multi.train_many`), and evaluates each on the
+**same** held-out tokens beside two baselines fitted without gradient descent:
+
+- the skip map (copy the source: ``skip_cosine``, and skipping the blocks: ``kl_skipped``);
+- a closed-form ridge (affine) map from source to target (:class:`selfmodels.forward.ridge.RidgeMap`), fitted on
+  ``ridge_sequences`` training windows: ``ridge_cosine``, ``ridge_delta_r2``, ``ridge_recovery``.
+
+A pair where the forward model beats the ridge map by little is one an affine map already explains
+(compressible); a low update R² with a large KL of skipping marks computation a small observer cannot
+anticipate (novel). For one-block pairs the row also has the decomposition's alignment of the forward model's
+residual with the block's MLP and heads (``mlp_cos_residual``, ``heads_cos_residual_mean``, ``heads_norm_share``).
+
+Stages are kept under keys of their inputs (:mod:`selfmodels.forward.stages`), so a rerun reuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from selfmodels.artifacts import load_tensors, save_tensors, write_config, write_json, write_text
+from selfmodels.configs import from_dict, option, to_dict
+from selfmodels.data.windows import consecutive_windows, spread_windows
+from selfmodels.errors import require
+from selfmodels.forward.analysis.decomposition import decomposition_report
+from selfmodels.forward.evaluate import REGRESSION_KEYS, batches_of, evaluate, regression
+from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+from selfmodels.forward.multi import train_many
+from selfmodels.forward.pipeline import check_out
+from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION
+from selfmodels.forward.ridge import RidgeMap
+from selfmodels.forward.stages import StageStore
+from selfmodels.forward.stream import ActivationStream
+from selfmodels.forward.substitution import substitution_eval
+from selfmodels.forward.train import ForwardTrainConfig
+from selfmodels.report.figures import save_figure, subplots
+from selfmodels.report.markdown import fmt, table
+from selfmodels.runtime import resolve_device
+from selfmodels.subjects.registry import CorpusConfig, SubjectConfig, open_subject
+
+PROFILE_DEFINITIONS = {
+    **DEFINITIONS,
+    "ridge_*": "the closed-form ridge (affine) map source -> target fitted on the training windows: the same metric for it",
+    "mlp_cos_residual / heads_cos_residual_mean": "one-block pairs: mean cos between the forward model's residual "
+                                                  "(target - prediction) and the block's MLP output / each head's write",
+}
+
+
+@dataclass
+class ProfileConfig:
+    """Settings of a whole-model profile. Layer indices: -1 = embeddings, k = residual after block k."""
+
+    subject: SubjectConfig = field(default_factory=lambda: SubjectConfig(main="smollm2"))
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    gap: int = option(1, "blocks each forward model stands in for: pairs (k, k + gap)")
+    layers: list[int] = option([], "source indices to profile (empty: every source from -1 to the last that fits the gap)")
+    model: ForwardModelConfig = field(default_factory=ForwardModelConfig)
+    train: ForwardTrainConfig = field(default_factory=ForwardTrainConfig)
+    seq_len: int = option(128, "tokens per sequence")
+    buffer_sequences: int = option(64, "shuffle buffer of whole sequences (memory: buffer x indices x seq_len x d x 4 bytes)")
+    pass_sequences: int = option(8, "sequences per subject forward pass filling the buffer")
+    ridge: float = option(1e-3, "ridge map regulariser, relative to the source covariance's mean eigenvalue")
+    ridge_sequences: int = option(64, "training windows the ridge maps are fitted on")
+    eval_sequences: int = option(16, "held-out windows every pair is evaluated on (the same for all pairs)")
+    eval_batch: int = option(4, "sequences per evaluation batch")
+    decomposition_sequences: int = option(4, "held-out windows for the one-block pairs' decomposition (0: none)")
+    seed: int = option(0, "random seed (weights, data order)")
+
+    def validate(self) -> None:
+        self.subject.validate()
+        self.corpus.validate()
+        self.model.validate()
+        self.train.validate()
+        require(self.gap >= 1, f"--gap must be at least 1, got {self.gap}")
+        for name in ("seq_len", "buffer_sequences", "pass_sequences", "ridge_sequences", "eval_sequences", "eval_batch"):
+            require(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        require(self.buffer_sequences >= self.train.batch_size,
+                f"--buffer-sequences {self.buffer_sequences} is smaller than a batch (--train.batch-size {self.train.batch_size})")
+        require(self.ridge > 0, f"--ridge must be positive, got {self.ridge}")
+
+
+def preset(main: str, quick: bool) -> ProfileConfig:
+    """``profile-quick`` (2 CPU cores) or ``profile-full`` (one GPU), with ``main`` set."""
+    name = f"profile-{'quick' if quick else 'full'}"
+    text = resources.files("selfmodels.forward").joinpath("presets", f"{name}.json").read_text(encoding="utf-8")
+    data = to_dict(ProfileConfig())
+    for key, value in json.loads(text).items():
+        if key.startswith("_"):
+            continue
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    data["subject"]["main"] = main
+    return from_dict(ProfileConfig, data)
+
+
+def pairs_of(cfg: ProfileConfig, n_layers: int) -> list[tuple[int, int]]:
+    """The (source, target) pairs: every source from -1 that has a target ``gap`` blocks on, or ``--layers``."""
+    sources = cfg.layers or list(range(-1, n_layers - cfg.gap))
+    require(sources, "--layers is empty: give at least one source index")
+    for s in sources:
+        require(-1 <= s and s + cfg.gap < n_layers, f"--layers: source {s} with gap {cfg.gap} is out of range for a "
+                                                     f"{n_layers}-block subject (sources -1 .. {n_layers - 1 - cfg.gap})")
+    return [(s, s + cfg.gap) for s in sorted(set(sources))]
+
+
+def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool = True) -> dict:
+    """The profile into ``out``: ``results.json`` (one row per pair), ``report.md`` with one plot per metric."""
+    cfg.validate()
+    out = check_out(out)
+    began = time.perf_counter()
+    device = resolve_device(device_name)
+    if cfg.subject.trained_here:
+        pairs_of(cfg, cfg.subject.gpt.n_layer)  # checked before our GPT is trained
+    opened = open_subject(cfg.subject, cfg.corpus, device, cfg.seed, None, progress)
+    subject = opened.subject
+    pairs = pairs_of(cfg, subject.n_layers)
+    described = subject.describe()
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, {"experiment": "forward-profile", "config": to_dict(cfg), "device": str(device),
+                       "subject": {k: v for k, v in described.items() if k != "indices"}})
+    store = StageStore(out)
+    indices = sorted({k for pair in pairs for k in pair})
+    base_key = {"weights_sha256": described["weights_sha256"], "dtype": str(subject.dtype), "data": opened.data,
+                "seq_len": cfg.seq_len, "bos": cfg.corpus.bos, "val_fraction": cfg.corpus.val_fraction}
+    model_cfg = dataclasses.replace(cfg.model, d_model=subject.d_model)
+
+    # Every forward model from one streaming run.
+    models = {}
+    for s, t in pairs:
+        torch.manual_seed(cfg.seed)  # every pair's model starts from the same weights
+        models[f"{s}->{t}"] = (ForwardModel(model_cfg), s, t)
+
+    def train_all(directory: Path) -> dict:
+        stream = ActivationStream(subject, opened.train, indices, cfg.seq_len, cfg.train.batch_size, cfg.buffer_sequences,
+                                  cfg.pass_sequences, cfg.seed, opened.bos_id,
+                                  autocast=torch.bfloat16 if device.type == "cuda" else None)
+        info = train_many(models, stream, cfg.train, device, directory, progress)
+        save_tensors(directory / "models.safetensors",
+                     {f"{name}/{k}": v for name, (m, _, _) in models.items() for k, v in m.state_dict().items()})
+        return {"models": info, "tokens_seen": stream.tokens_seen, "passes": stream.passes}
+
+    train_inputs = {**base_key, "pairs": pairs, "model": to_dict(model_cfg), "train": to_dict(cfg.train), "seed": cfg.seed,
+                    "buffer": [cfg.buffer_sequences, cfg.pass_sequences]}
+    trained, directory, train_key = store.run("train", train_inputs, train_all)
+    weights = load_tensors(directory / "models.safetensors")
+    for name, (model, _, _) in models.items():
+        model.load_state_dict({k.split("/", 1)[1]: v for k, v in weights.items() if k.startswith(name + "/")})
+        model.to(device).eval()
+
+    # Ridge maps, fitted on training windows.
+    def fit_ridges(directory: Path) -> dict:
+        windows, _ = spread_windows(opened.train, cfg.seq_len, cfg.ridge_sequences, opened.bos_id, "training")
+        ridges = {name: RidgeMap(subject.d_model, cfg.ridge) for name in models}
+        with torch.no_grad():
+            for i in range(0, windows.shape[0], cfg.eval_batch):
+                acts = subject.residuals(windows[i : i + cfg.eval_batch], indices)
+                for name, (_, s, t) in models.items():
+                    ridges[name].accumulate(acts[s].float(), acts[t].float())
+        for ridge in ridges.values():
+            ridge.fit()
+        save_tensors(directory / "ridges.safetensors", {f"{n}/{k}": v for n, r in ridges.items() for k, v in r.state_dict().items()})
+        return {"tokens": int(windows.numel())}
+
+    ridge_info, ridge_dir, ridge_key = store.run("ridge", {**base_key, "pairs": pairs, "ridge": cfg.ridge,
+                                                           "ridge_sequences": cfg.ridge_sequences}, fit_ridges)
+    ridge_weights = load_tensors(ridge_dir / "ridges.safetensors")
+    ridges = {}
+    for name in models:
+        ridges[name] = RidgeMap(subject.d_model, cfg.ridge)
+        ridges[name].load_state_dict({k.split("/", 1)[1]: v for k, v in ridge_weights.items() if k.startswith(name + "/")})
+        ridges[name].to(device)
+
+    # Every pair on the same held-out windows.
+    x, y = consecutive_windows(opened.val, cfg.seq_len, cfg.eval_sequences, opened.bos_id, "validation")
+    batches = batches_of(x, y, cfg.eval_batch)
+    eval_key = {**base_key, "eval_sequences": cfg.eval_sequences}
+    rows = []
+    for name, (model, s, t) in models.items():
+        def evaluate_pair(directory: Path, model=model, ridge=ridges[name], s=s, t=t) -> dict:
+            ev = evaluate(subject, model, batches, s, t)
+            ridge_reg = regression(subject, {"ridge": ridge}, batches, s, t)["ridge"]
+            ridge_sub = substitution_eval(subject.split(s, t), lambda h, ridge=ridge: ridge(h.float()),
+                                          [(a.to(subject.device), b.to(subject.device)) for a, b in batches])
+            row = {**{k: ev[k] for k in REGRESSION_KEYS}, **{k: ev["substitution"][k] for k in (
+                "kl_substituted", "kl_skipped", "kl_zero", "recovery", "accuracy_normal", "accuracy_substituted", "accuracy_skipped")},
+                "ridge_cosine": ridge_reg["cosine"], "ridge_delta_r2": ridge_reg["delta_r2"],
+                "ridge_recovery": ridge_sub["recovery"], "ridge_kl_substituted": ridge_sub["kl_substituted"]}
+            if t == s + 1 and cfg.decomposition_sequences:
+                row.update(_alignment(subject, model, opened.val, s, cfg))
+            return row
+
+        result, _, _ = store.run(f"evaluate {name}", {**eval_key, "model": train_key, "ridge": ridge_key, "pair": [s, t],
+                                                      "decomposition_sequences": cfg.decomposition_sequences}, evaluate_pair)
+        rows.append({"source": s, "target": t, "source_hook": subject.hook_name(s), "target_hook": subject.hook_name(t),
+                     **result, "train_mse": trained["models"][name]["final_mse"]})
+
+    first = next(iter(trained["models"].values()))
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "profile",
+        "definitions": PROFILE_DEFINITIONS,
+        "subject": {**{k: v for k, v in described.items() if k != "indices"}, "dtype": str(subject.dtype).replace("torch.", ""),
+                    "training": opened.training},
+        "data": {**opened.data, "train_tokens": int(opened.train.numel()), "val_tokens": int(opened.val.numel()),
+                 "seq_len": cfg.seq_len, "bos": cfg.corpus.bos, "eval_tokens": int(x.numel()),
+                 "ridge_tokens": ridge_info["tokens"], "tokens_per_model": cfg.train.steps * cfg.train.batch_size * cfg.seq_len},
+        "gap": cfg.gap,
+        "forward_model": {"params": next(iter(models.values()))[0].num_params(), "config": to_dict(model_cfg),
+                          "train_config": to_dict(cfg.train), "share_of_main": next(iter(models.values()))[0].num_params() / subject.n_params},
+        "stream": {"buffer_sequences": cfg.buffer_sequences, "pass_sequences": cfg.pass_sequences,
+                   "tokens_seen": trained["tokens_seen"], "passes": trained["passes"],
+                   "train_seconds": first["seconds"]},
+        "rows": rows,
+        "seed": cfg.seed,
+        "seconds": time.perf_counter() - began,
+        "stages": store.log,
+    }
+    write_json(out / "results.json", results)
+    write_profile_report(out, results)
+    return results
+
+
+def _alignment(subject, model: ForwardModel, val: torch.Tensor, source: int, cfg: ProfileConfig) -> dict:
+    """The decomposition's MLP-vs-heads alignment of the forward model's residual, for a one-block pair."""
+    ids, _ = consecutive_windows(val, cfg.seq_len, cfg.decomposition_sequences, what="validation")
+    parts = subject.block_parts(ids, source + 1, attention=False)
+    with torch.no_grad():
+        residual = parts["output"] - model(parts["input"].to(next(model.parameters()).device)).float().cpu()
+    report = decomposition_report(parts["input"], parts["output"], parts["heads"], parts["attn_bias"], parts["mlp_out"], residual,
+                                  [w["o"] for w in subject.head_weights(source + 1)], subject.n_kv_heads)
+    return {k: report[k] for k in ("mlp_cos_residual", "heads_cos_residual_mean", "heads_norm_share", "mlp_norm_share")}
+
+
+# --- report ----------------------------------------------------------------------------------------
+PLOTTED = [("cosine", ["cosine", "skip_cosine", "ridge_cosine"], "cosine (forward model, skip, ridge)"),
+           ("delta_r2", ["delta_r2", "ridge_delta_r2"], "update R² (forward model, ridge)"),
+           ("kl", ["kl_substituted", "kl_skipped", "ridge_kl_substituted"], "KL to normal, nats (substituted, skipped, ridge)"),
+           ("recovery", ["recovery", "ridge_recovery"], "recovery (forward model, ridge)"),
+           ("alignment", ["mlp_cos_residual", "heads_cos_residual_mean"], "cos(residual, MLP) and mean cos(residual, head)")]
+
+
+def _plot(rows: list[dict], keys: list[str], title: str, path: Path) -> str:
+    fig, ax = subplots(figsize=(6.5, 3.2))
+    depth = [r["source"] for r in rows]
+    for key in keys:
+        if any(key in r for r in rows):
+            ax.plot([d for d, r in zip(depth, rows) if key in r], [r[key] for r in rows if key in r], "o-", ms=3, label=key)
+    ax.set(xlabel="source index (-1 = embeddings)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def write_profile_report(out: Path, r: dict) -> None:
+    """``report.md`` of a profile: the settings, one plot per metric against depth, one table row per pair."""
+    m, d, f, st = r["subject"], r["data"], r["forward_model"], r["stream"]
+    c = f["config"]
+    rows = r["rows"]
+    lines = [
+        f"# Whole-model profile of {m['name']}: every pair (k, k + {r['gap']})\n",
+        f"**Subject**: {m['family']}, {m['id']}, {m['params']:,} parameters, {m['n_layers']} blocks, d = {m['d_model']}; "
+        f"{m['dtype']}; weights sha256 {m['weights_sha256'][:16]}.\n",
+        f"**Data**: corpus `{d['corpus']}` ({d['source']}); windows of {d['seq_len']} tokens; every pair evaluated on the "
+        f"same {d['eval_tokens']:,} held-out tokens; ridge maps fitted on {d['ridge_tokens']:,} training tokens. **Seed** {r['seed']}.\n",
+        f"**Budget**: {len(rows)} forward models, each {c['n_layer']} block(s), {c['n_head']} head(s) x {c['d_head']}, "
+        f"{c['mlp']} MLP ({f['params']:,} parameters, {100 * f['share_of_main']:.2f}% of the subject), trained together from one "
+        f"activation stream: {f['train_config']['steps']:,} steps of {f['train_config']['batch_size']} x {d['seq_len']} tokens "
+        f"({d['tokens_per_model']:,} tokens per model) at lr {f['train_config']['lr']:g}; shuffle buffer {st['buffer_sequences']} "
+        f"sequences filled {st['pass_sequences']} per subject pass ({st['passes']} passes); training {st['train_seconds']:.0f} s.\n",
+        "A pair the ridge map already matches is affine-compressible; a low update R² where skipping costs a lot marks "
+        "computation a small observer does not anticipate. Recovery = 1 - KL_sub / KL_skip; read it with KL skipped.\n",
+    ]
+    for name, keys, title in PLOTTED:
+        if any(k in row for row in rows for k in keys):
+            lines.append(f"![{name}](plots/{_plot(rows, keys, title, out / 'plots' / f'profile_{name}.png')})\n")
+    headers = ["pair", "cosine", "skip cos", "ridge cos", "update R²", "ridge R²", "KL sub", "KL skip", "recovery",
+               "ridge recovery", "cos(r, MLP)", "cos(r, heads)"]
+    body = [[f"{x['source']} -> {x['target']}", x["cosine"], x["skip_cosine"], x["ridge_cosine"], x["delta_r2"], x["ridge_delta_r2"],
+             x["kl_substituted"], x["kl_skipped"], x["recovery"], x["ridge_recovery"], x.get("mlp_cos_residual"),
+             x.get("heads_cos_residual_mean")] for x in rows]
+    lines += ["## Every pair\n", table(headers, body)]
+    reference = _single_pair_reference(m, rows)
+    if reference:
+        lines += reference
+    lines += ["## Definitions\n"] + [f"- `{k}`: {v}" for k, v in r["definitions"].items()]
+    lines += [f"\nWall time of this invocation: {r['seconds']:.0f} s.\n"]
+    write_text(out / "report.md", "\n".join(lines))
+
+
+# The single-pair quick reproduction on SmolLM2 7 -> 8 (docs/forward-self-models.md, measured with the current
+# code): shown beside the profile's 7 -> 8 row so a reader sees what the profile's smaller budget costs.
+SINGLE_PAIR_SMOLLM2 = {"pair": [7, 8], "forward_params": 2_804_736, "tokens": 614_400, "cosine": 0.9874, "skip_cosine": 0.9406,
+                       "delta_r2": 0.8016, "kl_substituted": 0.0830, "kl_skipped": 1.1727, "recovery": 0.929}
+
+
+def _single_pair_reference(subject: dict, rows: list[dict]) -> list[str]:
+    row = next((x for x in rows if [x["source"], x["target"]] == SINGLE_PAIR_SMOLLM2["pair"]), None)
+    if row is None or subject.get("id") != "smollm2":
+        return []
+    ref = SINGLE_PAIR_SMOLLM2
+    return ["## 7 -> 8 beside the single-pair quick run\n",
+            table(["", "profile (this run)", f"single-pair quick run ({ref['forward_params']:,}-parameter model, {ref['tokens']:,} tokens)"], [
+                ["cosine (skip)", f"{fmt(row['cosine'], 4)} ({fmt(row['skip_cosine'], 4)})", f"{fmt(ref['cosine'], 4)} ({fmt(ref['skip_cosine'], 4)})"],
+                ["update R²", row["delta_r2"], ref["delta_r2"]],
+                ["KL substituted / skipped", f"{fmt(row['kl_substituted'], 4)} / {fmt(row['kl_skipped'], 4)}",
+                 f"{fmt(ref['kl_substituted'], 4)} / {fmt(ref['kl_skipped'], 4)}"],
+                ["recovery", row["recovery"], ref["recovery"]]]),
+            "The single-pair numbers are the measured quick reproduction (other held-out windows: 32 x 128 tokens). "
+            "The difference is what the profile's smaller model and budget cost.\n"]
