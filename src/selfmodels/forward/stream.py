@@ -48,7 +48,7 @@ from contextlib import nullcontext
 
 import torch
 
-from selfmodels.data.windows import _count, _window
+from selfmodels.data.windows import cut_windows, window_count
 from selfmodels.errors import UserError, require
 from selfmodels.subjects.base import Subject
 
@@ -120,7 +120,7 @@ class ActivationStream:
         require(autocast is None or autocast in AUTOCAST_DTYPES,
                 f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast}")
         self.tokens = tokens.detach().cpu()
-        n_windows = _count(self.tokens, seq_len, bos_id)
+        n_windows = window_count(self.tokens, seq_len, bos_id)
         if n_windows < 1:
             need = seq_len + (1 if bos_id is None else 0)
             raise UserError(f"the training token stream ({self.tokens.numel()} tokens) is shorter than one window of "
@@ -174,7 +174,7 @@ class ActivationStream:
     def window_inputs(self, windows: list[int] | torch.Tensor) -> torch.Tensor:
         """The input token ids (n, T) of the given windows (the cutting of :mod:`selfmodels.data.windows`)."""
         starts = torch.as_tensor(windows, dtype=torch.long) * self.seq_len
-        return _window(self.tokens, starts, self.seq_len, self.bos_id)[0].long()
+        return cut_windows(self.tokens, starts, self.seq_len, self.bos_id)[0].long()
 
     # --- subject passes --------------------------------------------------------------------------------
     def _compute(self, pass_number: int) -> tuple[list[int], dict[int, torch.Tensor]]:
