@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from selfmodels import __version__
+from selfmodels import __version__, distributed
 from selfmodels.errors import UserError
 
 # The modules that contribute subcommands, in --help order.
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the process exit status (0 ok, 2 bad input, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     try:
-        status = args.func(args)
+        status = distributed.run_main(args.func, args)  # under torchrun: one process group, failures reach every rank
     except UserError as exc:
         print(f"selfmodels: error: {exc}", file=sys.stderr)
         return 2

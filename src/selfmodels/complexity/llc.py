@@ -15,6 +15,10 @@ Sampling mode, chosen explicitly: by default (``model_mode="eval"``) the model i
 mode, so BatchNorm uses its running statistics (a fixed function of w) and dropout is off; the data are
 used as given, with no augmentation. ``model_mode="train"`` reproduces the paper's code (BatchNorm on
 batch statistics; each chain keeps its own running statistics) and runs the chains sequentially.
+
+Across processes (``torchrun``, see :mod:`selfmodels.distributed`): chain c runs on rank c % world with
+the seed and noise generator it has on one process, and the traces are gathered to every rank, so every
+rank returns the estimate, traces and flags of a one-process run.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from selfmodels import distributed
 from selfmodels.complexity.batches import as_batch_cycle
 from selfmodels.complexity.diagnostics import diagnose
 from selfmodels.complexity.losses import cross_entropy
@@ -196,6 +201,8 @@ def estimate_llc(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tenso
     require(_trainable_count(model) > 0, "the model has no trainable parameters: there is nothing to sample "
             "(set requires_grad=True on the parameters whose LLC you want)")
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    device = distributed.local_device(device)  # under torchrun: this rank's GPU
+    progress = progress and distributed.is_main()
     batches = as_batch_cycle(data, config.batch_size, seed=config.seed, shuffle=config.shuffle, device=device)
     if config.nbeta is not None:
         nbeta = float(config.nbeta)
@@ -223,15 +230,26 @@ def estimate_llc(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tenso
                                num_params=_trainable_count(model))
     if fallback:
         verdict.diagnostics["fallback_reasons"] = fallback
+    if distributed.world()[1] > 1:
+        verdict.diagnostics["ranks"] = distributed.world()[1]
     return LLCResult(verdict.mean, verdict.std, verdict.per_chain, traces.cpu(), init_loss, nbeta,
                      verdict.flags, verdict.diagnostics, {**to_dict(config), "nbeta_used": nbeta})
 
 
-def _chain_groups(config: LLCConfig, device: torch.device) -> list[list[int]]:
-    """The chains' seeds, split into groups that advance in parallel threads (one group on GPU)."""
-    seeds = [config.seed + c for c in range(config.chains)]
-    count = config.chain_groups or (min(config.chains, torch.get_num_threads()) if device.type == "cpu" else 1)
-    return [[int(seed) for seed in part] for part in np.array_split(seeds, count)]
+def _chain_groups(config: LLCConfig, device: torch.device, chains: list[int]) -> list[list[int]]:
+    """The seeds of ``chains`` (this process's), split into groups that advance in parallel threads (one
+    group on GPU)."""
+    seeds = [config.seed + c for c in chains]
+    count = config.chain_groups or (min(len(chains), torch.get_num_threads()) if device.type == "cpu" else 1)
+    return [[int(seed) for seed in part] for part in np.array_split(seeds, min(count, len(chains)))]
+
+
+def _gather_chains(traces: torch.Tensor, chains: list[int], config: LLCConfig) -> torch.Tensor:
+    """Every rank's (its chains, draws) traces, put together as (config.chains, draws) in chain order."""
+    full = torch.empty(config.chains, config.draws, dtype=traces.dtype, device=traces.device)
+    for indices, part in distributed.all_gather_object((chains, traces.cpu())):
+        full[indices] = part.to(traces.device)
+    return full
 
 
 @contextmanager
@@ -252,12 +270,16 @@ def _sample(model, batches, loss_fn, config: LLCConfig, nbeta: float, progress: 
     Chains are independent, so on a CPU with several threads they run as groups in parallel threads,
     each group with its share of the intra-op threads: small products parallelize better across
     chains than inside one product, and the Gaussian noise (drawn serially by torch's CPU generator)
-    is drawn for several groups at once. Each chain's numbers do not depend on the grouping.
+    is drawn for several groups at once. Each chain's numbers do not depend on the grouping, nor on
+    the process that runs it: under torchrun this process runs its share of the chains (chain c on
+    rank c % world), then the traces of all chains are gathered.
     """
-    groups = _chain_groups(config, device)
+    rank, ranks = distributed.world()
+    chains = distributed.shard(range(config.chains), rank, ranks, what="LLC chains")  # which chains run here
+    groups = _chain_groups(config, device, chains)
     total = config.draws * config.steps_between_draws
     bar = tqdm(total=total * len(groups), disable=not progress, leave=False,
-               desc=f"LLC SGLD ({config.chains} chains in {len(groups)} group{'s' * (len(groups) > 1)})")
+               desc=f"LLC SGLD ({len(chains)} chains in {len(groups)} group{'s' * (len(groups) > 1)})")
     lock = threading.Lock()
 
     def advance():
@@ -282,7 +304,10 @@ def _sample(model, batches, loss_fn, config: LLCConfig, nbeta: float, progress: 
                 traces = list(pool.map(lambda run: run(), runs))
     finally:
         bar.close()
-    return torch.cat(traces), path, fallback, len(groups)
+    traces = torch.cat(traces)
+    if ranks > 1:
+        traces = _gather_chains(traces, chains, config)
+    return traces, path, fallback, len(groups)
 
 
 def _first_step(model, batch, loss_fn, config: LLCConfig, nbeta: float, seeds: list[int]):

@@ -4,6 +4,8 @@
   x seed) with results.json, report.md and plots.
 - ``selfmodels reproduce self-modeling [--quick] --out DIR``: the paper's MNIST experiment; ``--quick``
   is a CPU-sized version on the offline MNIST subset (see ``presets.QUICK_*``).
+
+Both run under ``torchrun`` too (the runs are split across the processes; see :mod:`~selfmodels.selfmodeling.grid`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from selfmodels import distributed
 from selfmodels.configs import add_arguments, from_args
 from selfmodels.selfmodeling import presets
 from selfmodels.selfmodeling.grid import LLC_CHOICES, GridConfig, run_and_report
@@ -39,22 +42,30 @@ QUICK_NOTE = (
 def _regularize(args: argparse.Namespace) -> int:
     grid = from_args(GridConfig, args, base=GridConfig())
     results = run_and_report(grid, args.out, progress=not args.quiet)
-    print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'} ({len(results['runs'])} runs)")
+    if distributed.is_main():
+        print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'} ({len(results['runs'])} runs)")
     return 0
 
 
+def _default_workers() -> int:
+    """2 runs in parallel on a machine with 2 cores or more; 1 under torchrun (a process per rank already)."""
+    return 1 if distributed.world()[1] > 1 else min(2, os.cpu_count() or 1)
+
+
 def _reproduce(args: argparse.Namespace) -> int:
+    workers = args.workers if args.workers is not None else _default_workers()
     if args.quick:
-        grid = quick_grid(args.workers, args.llc)
+        grid = quick_grid(workers, args.llc)
         extra = {"note": QUICK_NOTE.format(epochs=presets.QUICK_EPOCHS), "mode": "quick"}
     else:
-        grid = GridConfig(task="mnist", workers=args.workers, llc=args.llc,
+        grid = GridConfig(task="mnist", workers=workers, llc=args.llc,
                           weight_decay_strengths=list(presets.WEIGHT_DECAY_STRENGTHS))
         extra = {"mode": "full (the paper's MNIST grid)"}
     if args.device:
         grid = dataclasses.replace(grid, device=args.device)
     results = run_and_report(grid, args.out, progress=not args.quiet, extra=extra)
-    print(f"wrote {Path(args.out) / 'report.md'} ({len(results['runs'])} runs)")
+    if distributed.is_main():
+        print(f"wrote {Path(args.out) / 'report.md'} ({len(results['runs'])} runs)")
     return 0
 
 
@@ -78,8 +89,9 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     )
     rep.add_argument("--out", required=True, help="output directory")
     rep.add_argument("--quick", action="store_true", help="CPU-sized version on the offline MNIST subset")
-    rep.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                     help="runs trained in parallel, one thread each (default: 2, or 1 on a 1-core machine)")
+    rep.add_argument("--workers", type=int, default=None,
+                     help="runs trained in parallel, one thread each (default: 2, or 1 on a 1-core machine or "
+                          "under torchrun)")
     rep.add_argument("--llc", choices=LLC_CHOICES, default="paper",
                      help="estimate each run's LLC with the paper's SGLD settings, or none (default: paper)")
     rep.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")

@@ -5,6 +5,10 @@ present) is read back instead of trained again, an interrupted one resumes from 
 After the runs, ``OUT/results.json`` gets ``runs`` (one record per run), ``summary`` (one record per
 condition: mean and 95% CI over seeds), ``trends`` (see :mod:`~selfmodels.selfmodeling.statistics`)
 and ``grid`` (the resolved settings); ``OUT/report.md`` and the PNG plots are written from it.
+
+Across processes (``torchrun``, see :mod:`selfmodels.distributed`): rank r trains runs r, r + world, ...
+(each in its own directory, alone: an LLC's chains stay on the rank that owns the run); the records are
+gathered, and rank 0 alone writes what the runs share (results.json, report.md, plots).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from selfmodels import distributed
 from selfmodels.artifacts import write_json
 from selfmodels.configs import option, to_dict
 from selfmodels.errors import UserError
@@ -137,16 +142,24 @@ def _run_in_worker(config: dict, run_dir: str, device: str) -> dict:
 
 
 def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=None) -> list[dict]:
-    """Train every run of the grid that is not finished yet; returns all run records.
+    """Train every run of the grid that is not finished yet; returns all run records (on every rank).
 
-    ``data`` (a ClassificationData) skips loading, e.g. in tests with a synthetic dataset.
+    ``data`` (a ClassificationData) skips loading, e.g. in tests with a synthetic dataset. Under
+    torchrun, this process trains its share of the runs (run i on rank i % world).
     """
     runs = expand(grid)
+    rank, ranks = distributed.world()
+    if ranks > 1 and grid.workers > 1:
+        raise UserError(f"--workers {grid.workers} trains runs in parallel processes on one machine; under torchrun "
+                        f"each of the {ranks} processes already trains its share of the runs: use --workers 1")
+    mine = distributed.shard(runs, rank, ranks, what="runs")
     out = Path(out)
     set_threads(grid.threads)
-    device = resolve_device(grid.device)
+    device = distributed.local_device(resolve_device(grid.device))
+    progress = progress and distributed.is_main()
     if data is None:
-        data = load_data(runs[0].data)
+        with distributed.main_first():  # a download or conversion happens once
+            data = load_data(runs[0].data)
     # Fail fast on a bad target name, before any run starts (the message lists the module names).
     from selfmodels.selfmodeling.runs import build_model
     from selfmodels.selfmodeling.targets import resolve_modules
@@ -154,11 +167,12 @@ def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=N
     for config in {c.model.hidden: c for c in runs}.values():
         resolve_modules(build_model(config, data), config.targets)
     records: list[dict] = []
-    bar = tqdm(total=len(runs), desc="runs", disable=not progress, unit="run")
+    bar = tqdm(total=len(mine), desc="runs", disable=not progress, unit="run")
     if grid.workers == 1 or device.type != "cpu":
-        for config in runs:
+        for config in mine:
             bar.set_postfix_str(config.name)
-            records.append(run_one(config, data, out / "runs" / config.name, device=device, progress=progress))
+            with distributed.solo():  # the run (and its LLC) is this process's alone
+                records.append(run_one(config, data, out / "runs" / config.name, device=device, progress=progress))
             bar.update()
     else:
         import multiprocessing
@@ -167,7 +181,7 @@ def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=N
         init = (data, grid.threads)
         pool = ProcessPoolExecutor(grid.workers, mp_context=context, initializer=_init_worker, initargs=init)
         try:
-            futures = [pool.submit(_run_in_worker, run_config_to_dict(c), str(out / "runs" / c.name), str(device)) for c in runs]
+            futures = [pool.submit(_run_in_worker, run_config_to_dict(c), str(out / "runs" / c.name), str(device)) for c in mine]
             for future in futures:
                 records.append(future.result())
                 bar.update()
@@ -178,7 +192,8 @@ def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=N
             raise
         pool.shutdown()
     bar.close()
-    return records
+    shares = distributed.all_gather_object(records)  # [records of rank r]: run i is rank i % world's (i // world)-th
+    return [shares[i % ranks][i // ranks] for i in range(len(runs))]
 
 
 # ---- summarising --------------------------------------------------------------------------------
@@ -223,11 +238,11 @@ def summarize(records: list[dict]) -> list[dict]:
     return summary
 
 
-def write_results(out: str | Path, grid: GridConfig, records: list[dict], *, extra: dict | None = None) -> dict:
-    """Write ``OUT/results.json`` (runs, summary, trends, grid settings) and return it."""
+def collect_results(grid: GridConfig, records: list[dict], *, extra: dict | None = None) -> dict:
+    """The content of ``OUT/results.json``: runs, summary, trends, grid settings."""
     from selfmodels.selfmodeling.statistics import trends
 
-    results = {
+    return {
         "grid": to_dict(grid),
         "paper": reference.PAPER,
         **(extra or {}),
@@ -235,12 +250,18 @@ def write_results(out: str | Path, grid: GridConfig, records: list[dict], *, ext
         "summary": summarize(records),
         "trends": trends(records),
     }
+
+
+def write_results(out: str | Path, grid: GridConfig, records: list[dict], *, extra: dict | None = None) -> dict:
+    """Write ``OUT/results.json`` (runs, summary, trends, grid settings) and return it."""
+    results = collect_results(grid, records, extra=extra)
     write_json(Path(out) / "results.json", results)
     return results
 
 
 def run_and_report(grid: GridConfig, out: str | Path, *, progress: bool = True, extra: dict | None = None, data=None) -> dict:
-    """Run the grid, then write results.json, report.md and the plots. Returns the results."""
+    """Run the grid, then write results.json, report.md and the plots. Returns the results (on every rank;
+    under torchrun rank 0 writes the files, and every rank returns once they are written)."""
     from selfmodels.selfmodeling.report import write_report
 
     records = run_grid(grid, out, progress=progress, data=data)
@@ -248,9 +269,12 @@ def run_and_report(grid: GridConfig, out: str | Path, *, progress: bool = True, 
     settings = {
         "epochs": first.optim.epochs, "optimizer": to_dict(first.optim), "targets": first.targets,
         "detach": first.detach, "data_source": records[0].get("data_source"), "threads": grid.threads,
-        "workers": grid.workers, "cpu_count": os.cpu_count(),
+        "workers": grid.workers, "processes": distributed.world()[1], "cpu_count": os.cpu_count(),
         "llc_config": None if first.llc is None else to_dict(first.llc),
     }
-    results = write_results(out, grid, records, extra={"settings": settings, **(extra or {})})
-    write_report(results, out)
+    results = collect_results(grid, records, extra={"settings": settings, **(extra or {})})
+    if distributed.is_main():  # every run is on disk: the records were gathered from every rank
+        write_json(Path(out) / "results.json", results)
+        write_report(results, out)
+    distributed.barrier()
     return results

@@ -11,13 +11,20 @@ below the self-modeling area and imports nothing from it.
 
 Unless given on the command line, the SGLD settings are the ones stored with the run, else the
 paper's for the run's task (with the run's batch size).
+
+Under ``torchrun`` the chains are split across the processes (see :mod:`~selfmodels.complexity.llc`)
+and rank 0 alone writes the files.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
+from selfmodels import distributed
 from selfmodels.configs import add_arguments, from_args, from_dict
 from selfmodels.errors import UserError, require
 
@@ -55,7 +62,8 @@ def _load(run_dir: str, args: argparse.Namespace):
 
     require(Path(run_dir).is_dir(), f"run directory {run_dir} does not exist: give a finished run's directory")
     set_threads(args.threads)
-    model, data, run = load_trained_classifier(run_dir)
+    with distributed.main_first():  # a download or conversion of the run's data happens once
+        model, data, run = load_trained_classifier(run_dir)
     config = from_args(LLCConfig, args, base=_base_config(run))
     config.validate()
     return model, data, run, config, resolve_device(args.device)
@@ -83,6 +91,8 @@ def _estimate(args: argparse.Namespace) -> int:
         "run": {k: run.get(k) for k in ("method", "strength", "seed")} | {"task": data.task},
         **_paper_reference(run),
     }
+    if not distributed.is_main():  # every rank has the same result; rank 0 writes it
+        return 0
     write_json(run_dir / "llc.json", record)
     plot_trace(result, run_dir / "llc_trace.png", title=f"LLC of {run_dir.name}")
     shown = "null (flagged)" if record["llc_mean"] is None or record["llc_mean"] != record["llc_mean"] else \
@@ -102,10 +112,26 @@ def _calibrate(args: argparse.Namespace) -> int:
     nbetas = parse_values(args.nbetas, "nbetas") if args.nbetas else [None]
     model, data, run, config, device = _load(args.second, args)
     out = Path(args.out) if args.out else Path(args.second) / "llc_calibration"
-    cells = calibrate(model, data.train, cross_entropy, config, epsilons, gammas, nbetas, out, device=device,
-                      progress=not args.quiet)
-    print(f"{len(cells)} settings; wrote {out / 'calibration.md'} and {out / 'calibration.png'}")
+    with _written_by_main(out) as where:
+        cells = calibrate(model, data.train, cross_entropy, config, epsilons, gammas, nbetas, where, device=device,
+                          progress=not args.quiet and distributed.is_main())
+    if distributed.is_main():
+        print(f"{len(cells)} settings; wrote {out / 'calibration.md'} and {out / 'calibration.png'}")
     return 0
+
+
+@contextmanager
+def _written_by_main(out: Path):
+    """``out`` on rank 0; on other ranks a scratch copy of it, deleted afterwards. A calibration writes its
+    files as it goes and resumes from them: every rank resumes from the same cells (the same estimates,
+    whose chains are split across the ranks), and only rank 0's files are kept."""
+    main = distributed.is_main()
+    with tempfile.TemporaryDirectory(prefix="selfmodels-calibration-") as scratch:
+        where = out if main else Path(scratch) / "out"
+        if not main and out.is_dir():
+            shutil.copytree(out, where)
+        distributed.barrier()  # copied before rank 0 writes anything
+        yield where
 
 
 def _llc(args: argparse.Namespace) -> int:

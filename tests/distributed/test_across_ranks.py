@@ -1,0 +1,146 @@
+"""Two processes under torchrun (gloo, CPU) give what one process gives, and only rank 0 writes what the
+ranks share: the forward-model trainer (DDP), the LLC's chains, the self-modeling grid and the llc command.
+
+Each test starts tests/distributed/dist_harness.py under torchrun and builds the one-process reference here."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import dist_harness as harness
+from selfmodels.artifacts import read_json, read_jsonl
+
+
+def _files(writes) -> set[str]:
+    """The files a rank wrote (renamed into place or opened for writing), temporary files left out."""
+    return {path for event, path in writes if event != "os.remove" and not path.rsplit("/", 1)[-1].startswith(".")}
+
+
+def _without_key_bias(name: str, value: torch.Tensor) -> torch.Tensor:
+    """The key bias (the middle third of the fused QKV bias) has a gradient of exactly zero in exact
+    arithmetic (softmax ignores a constant added to every score of a query), so what it gets is
+    round-off, which AdamW scales up to full-size steps: it differs with the order of any sum (here by
+    about 2e-4) and is left out; every other weight agrees to 1e-5 (in practice to about 1e-7)."""
+    if name.endswith("attn.qkv.bias"):
+        q, _, v = value.chunk(3)
+        return torch.cat([q, v])
+    return value
+
+
+def test_forward_model_trained_on_two_ranks_equals_one_rank_on_both_ranks_batches(torchrun, tmp_path):
+    from selfmodels.forward.train import train_forward
+
+    run = torchrun("forward", tmp_path / "dist")
+    assert run.returncode == 0, run.output
+    # One process, the same 24 steps, each on rank 0's and rank 1's batches concatenated (2 x 4 sequences).
+    # The batches are the same size, so the MSE (a mean) over the concatenation is the mean of the two
+    # ranks' MSEs, and its gradient the mean of theirs: what DDP's all-reduce averages.
+    ranks = [harness.forward_batches(harness.forward_generator(rank)) for rank in (0, 1)]
+
+    def both():
+        while True:
+            (x0, y0), (x1, y1) = next(ranks[0]), next(ranks[1])
+            yield torch.cat([x0, x1]), torch.cat([y0, y1])
+
+    reference = harness.forward_model()
+    info = train_forward(reference, both(), harness.forward_config(batch_size=2 * harness.FORWARD_BATCH),
+                         torch.device("cpu"), progress=False)
+    for rank in (0, 1):
+        result = run.result(rank)
+        for name, value in reference.state_dict().items():
+            torch.testing.assert_close(_without_key_bias(name, result["state"][name]), _without_key_bias(name, value),
+                                       rtol=0, atol=1e-5, msg=f"rank {rank}: {name}")
+        assert result["info"]["final_mse"] == pytest.approx(info["final_mse"], abs=1e-5)  # the ranks' mean
+        assert result["info"]["tokens"] == 12 * 2 * harness.FORWARD_BATCH * 3  # the resumed half, both ranks
+    # The curve and checkpoints are rank 0's alone; the resumed run did not repeat the curve's lines.
+    assert _files(run.writes(1)) == set()
+    assert _files(run.writes(0)) == {"fm/metrics.jsonl", "fm/checkpoint.safetensors"}
+    assert [r["step"] for r in read_jsonl(run.out / "work" / "fm" / "metrics.jsonl")] == [5, 10, 12, 15, 20, 24]
+
+
+def test_llc_chains_split_across_two_ranks_equal_the_same_chains_on_one(torchrun, tmp_path):
+    from selfmodels.complexity.llc import cross_entropy, estimate_llc
+
+    run = torchrun("llc", tmp_path / "dist")
+    assert run.returncode == 0, run.output
+    model, data, config = harness.llc_problem()  # 3 chains: 0 and 2 on rank 0, 1 on rank 1
+    reference = harness.llc_summary(estimate_llc(model, data, cross_entropy, config, progress=False))
+    for rank in (0, 1):  # every rank returns the whole estimate
+        result = run.result(rank)
+        torch.testing.assert_close(result["traces"], reference["traces"], rtol=1e-12, atol=0)
+        assert result["flags"] == reference["flags"] and result["init_loss"] == reference["init_loss"]
+        assert result["mean"] == pytest.approx(reference["mean"], rel=1e-10)
+        assert result["per_chain"] == pytest.approx(reference["per_chain"], rel=1e-10)
+        assert run.writes(rank) == []
+
+
+def test_grid_runs_split_across_two_ranks_equal_one_rank_and_rank_0_alone_writes_the_report(torchrun, tmp_path):
+    from selfmodels.selfmodeling.grid import expand, run_grid
+
+    run = torchrun("grid", tmp_path / "dist")
+    assert run.returncode == 0, run.output
+    reference = run_grid(harness.grid_config(), tmp_path / "one", progress=False, data=harness.tiny_data())
+
+    def comparable(records):  # everything but the LLC's wall-clock time
+        return [{k: v for k, v in r.items() if k != "llc_seconds"} for r in records]
+
+    for rank in (0, 1):
+        assert comparable(run.result(rank)["runs"]) == comparable(reference)
+    on_disk = read_json(run.out / "work" / "grid" / "results.json")
+    assert comparable(on_disk["runs"]) == comparable(reference) and on_disk["settings"]["processes"] == 2
+
+    # Rank r trained runs r, r + 2: each run directory was written by one rank, and what the runs share
+    # (results.json, report.md, the plots) by rank 0 alone, once.
+    names = [c.name for c in expand(harness.grid_config())]
+    written = [_files(run.writes(rank)) for rank in (0, 1)]
+    assert not written[0] & written[1]
+    for rank in (0, 1):
+        assert {path.split("/")[2] for path in written[rank] if path.startswith("grid/runs/")} == set(names[rank::2])
+    shared = {path for path in written[0] if not path.startswith("grid/runs/")}
+    assert {"grid/results.json", "grid/report.md", "grid/llc_vs_strength.png"} <= shared
+    renames = [path for event, path in run.writes(0) if event == "os.rename"]
+    assert all(renames.count(path) == 1 for path in shared)
+    assert all(path.startswith("grid/runs/") for path in written[1])
+
+
+def _assert_close(a, b, path="") -> None:
+    """Equal JSON values, numbers to a relative 1e-6 (the same float32 chains, grouped differently)."""
+    if isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-6), path
+    elif isinstance(a, (list, dict)):
+        assert type(a) is type(b) and len(a) == len(b), path
+        for key in (a if isinstance(a, dict) else range(len(a))):
+            _assert_close(a[key], b[key], f"{path}/{key}")
+    else:
+        assert a == b, path
+
+
+def test_llc_command_and_calibration_on_two_ranks_match_one_and_rank_0_alone_writes(torchrun, tmp_path):
+    from selfmodels.cli import main
+    from selfmodels.selfmodeling.runs import load_data, resolve_run, run_one
+
+    config = resolve_run("mnist", hidden=8, epochs=1, source="offline")  # the offline MNIST subset
+    run_dir = tmp_path / "dist" / "work" / "run"
+    run_one(config, load_data(config.data), run_dir, progress=False)
+    one = tmp_path / "one" / "run"
+    shutil.copytree(run_dir, one)
+    estimate = ["--draws", "10", "--chains", "2", "--threads", "1", "--quiet"]
+    calibration = ["--epsilons", "1e-5", "1e-4", "--gammas", "100", "--draws", "8", "--chains", "2", "--threads", "1", "--quiet"]
+
+    run = torchrun("cli", tmp_path / "dist", "llc", str(run_dir), *estimate, "::", "llc", "calibrate", str(run_dir), *calibration)
+    assert run.returncode == 0, run.output
+    assert main(["llc", str(one), *estimate]) == 0
+    assert main(["llc", "calibrate", str(one), *calibration]) == 0
+
+    keys = ("llc_mean", "llc_std", "llc_raw_mean", "llc_flags", "llc_per_chain", "llc_loss_at_wstar", "llc_loss_traces")
+    two, ref = read_json(run_dir / "llc.json"), read_json(one / "llc.json")
+    _assert_close({k: two[k] for k in keys}, {k: ref[k] for k in keys})
+    cells = [read_json(d / "llc_calibration" / "calibration.json") for d in (run_dir, one)]
+    _assert_close([{k: c[k] for k in keys[:-1]} for c in cells[0]], [{k: c[k] for k in keys[:-1]} for c in cells[1]])
+    assert _files(run.writes(1)) == set()
+    assert _files(run.writes(0)) == {"run/llc.json", "run/llc_trace.png", *(f"run/llc_calibration/{name}" for name in (
+        "calibration.jsonl", "calibration.json", "calibration.md", "calibration.png", "traces.safetensors"))}
+    assert run.output.count("wrote") == 2  # one line per command, from rank 0
