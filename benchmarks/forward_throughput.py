@@ -21,7 +21,8 @@ from _matmul import matmul_flops  # benchmarks/_matmul.py (this script's folder 
 
 from selfmodels.forward.cache import CacheSpec, write_cache
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
-from selfmodels.forward.train import ForwardTrainConfig, on_the_fly_batches, train_forward
+from selfmodels.forward.stream import ActivationStream
+from selfmodels.forward.train import ForwardTrainConfig, train_forward
 from selfmodels.nets.gpt import GPT, GPTConfig
 from selfmodels.subjects.gpt import GPTSubject
 
@@ -42,9 +43,10 @@ def main() -> None:
     gpt = GPT(GPTConfig(vocab_size=4096, block_size=args.seq_len, n_layer=4, n_head=4, d_model=args.d_model)).eval().requires_grad_(False)
     subject = GPTSubject(gpt)
 
-    def pair(ids):
-        acts = subject.residuals(ids, [0, 1])
-        return acts[0], acts[1]
+    def pairs_of(stream):
+        """(source, target) batches from the activation stream (subject computed on the fly, shuffle buffer)."""
+        for acts in stream:
+            yield acts[0], acts[1]
 
     tokens = torch.randint(0, 4096, (args.sequences * args.seq_len * 2,))
     fcfg = ForwardModelConfig(d_model=args.d_model)
@@ -58,7 +60,8 @@ def main() -> None:
         cache.verify()
         sources = {
             "cache": (cache.batches("0", "1", args.batch_size, torch.Generator().manual_seed(0)), 0),
-            "on_the_fly": (on_the_fly_batches(tokens, args.seq_len, args.batch_size, torch.Generator().manual_seed(0), pair),
+            "on_the_fly": (pairs_of(ActivationStream(subject, tokens, [0, 1], args.seq_len, args.batch_size, 4 * args.batch_size,
+                                                     args.batch_size, 0)),
                            gpt.flops_per_token(blocks=2, head=False) * step_tokens),
         }
         for name, (batches, main_flops) in sources.items():

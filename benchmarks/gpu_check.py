@@ -792,7 +792,9 @@ def sec_training_loops(ctx: Ctx) -> None:
     from selfmodels.data.classification import ClassificationData
     from selfmodels.forward.model import ForwardModel, ForwardModelConfig
     from selfmodels.forward.ridge import RidgeMap
-    from selfmodels.forward.train import ForwardTrainConfig, on_the_fly_batches, train_forward
+    from selfmodels.forward.multi import train_many
+    from selfmodels.forward.stream import ActivationStream
+    from selfmodels.forward.train import ForwardTrainConfig
     from selfmodels.nets.gpt import GPT, GPTConfig
     from selfmodels.selfmodeling.runs import resolve_run, run_one
     from selfmodels.subjects.gpt import GPTSubject
@@ -837,23 +839,21 @@ def sec_training_loops(ctx: Ctx) -> None:
     def forward_on_the_fly():
         torch.manual_seed(0)
         subject = GPTSubject(GPT(gpt_cfg).to(ctx.device).eval().requires_grad_(False))
-
-        def pair(ids):
-            acts = subject.residuals(ids, [0, 1])
-            return acts[0], acts[1]
-
-        batches = on_the_fly_batches(tokens, 64, 8, torch.Generator().manual_seed(0), pair)
+        autocast = torch.bfloat16 if ctx.device.type == "cuda" else None
+        stream = ActivationStream(subject, tokens, [0, 1], 64, 8, 32, 8, 0, autocast=autocast)
         model = ForwardModel(ForwardModelConfig(d_model=64, d_head=32))
-        r = train_forward(model, batches, ForwardTrainConfig(steps=10, batch_size=8), ctx.device, progress=False)
+        r = train_many({"fwd": (model, 0, 1)}, stream, ForwardTrainConfig(steps=10, batch_size=8), ctx.device, None,
+                       progress=False)["fwd"]
         r["train_s"] = r.pop("seconds")
         ok = math.isfinite(r["final_mse"]) and on_device(model)
         # the ridge baseline, fitted on the same kind of batches, on the same device
         ridge = RidgeMap(64).to(ctx.device)
         for _ in range(8):
-            source, target = next(batches)
-            ridge.accumulate(source, target)
+            acts = next(stream)
+            ridge.accumulate(acts[0], acts[1])
         ridge.fit()
-        source, target = next(batches)
+        acts = next(stream)
+        source, target = acts[0], acts[1]
         ridge_mse = float(((ridge(source) - target.float()) ** 2).mean())
         skip_mse = float(((source.float() - target.float()) ** 2).mean())
         return {"ok": bool(ok and math.isfinite(ridge_mse)), **r, "ridge_mse": ridge_mse, "skip_mse": skip_mse,

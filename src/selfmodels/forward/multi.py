@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -26,21 +25,10 @@ from selfmodels.artifacts import append_jsonl, keep_jsonl
 from selfmodels.checkpoint import load_checkpoint, save_checkpoint
 from selfmodels.errors import UserError, require
 from selfmodels.forward.stream import ActivationStream
-from selfmodels.forward.train import ForwardTrainConfig
+from selfmodels.forward.train import ForwardTrainConfig, forward_step
 from selfmodels.optim import make_adamw
 
 CHECKPOINT_NAME, METRICS_NAME = "checkpoint.safetensors", "metrics.jsonl"
-
-
-def forward_step(model: nn.Module, opt: torch.optim.Optimizer, source: torch.Tensor, target: torch.Tensor, grad_clip: float) -> float:
-    """One optimizer step of ``train_forward``: MSE in float32 of ``model(source)`` against ``target``
-    (both detached), gradient-norm clip, AdamW step; returns the loss."""
-    loss = F.mse_loss(model(source.detach()).float(), target.detach().float())
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
-    return loss.item()
 
 
 def train_many(

@@ -49,6 +49,7 @@ from selfmodels.forward.multi import train_many
 from selfmodels.forward.stream import ActivationStream
 from selfmodels.forward.train import ForwardTrainConfig, train_forward
 from selfmodels.optim import make_adamw
+from selfmodels.distributed import check_single_process
 from selfmodels.runtime import resolve_device
 from selfmodels.subjects.registry import CoTrain, OpenedSubject, open_subject
 
@@ -313,6 +314,7 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
     from selfmodels.forward.report import write_report
 
     cfg.validate()
+    check_single_process()
     out = check_out(out)
     began = time.perf_counter()
     r = _Run(cfg, out, resolve_device(device_name), progress)

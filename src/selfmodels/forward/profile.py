@@ -45,6 +45,7 @@ from selfmodels.forward.substitution import substitution_eval
 from selfmodels.forward.train import ForwardTrainConfig
 from selfmodels.report.figures import save_figure, subplots
 from selfmodels.report.markdown import fmt, table
+from selfmodels.distributed import check_single_process
 from selfmodels.runtime import resolve_device
 from selfmodels.subjects.registry import CorpusConfig, SubjectConfig, open_subject
 
@@ -115,6 +116,7 @@ def pairs_of(cfg: ProfileConfig, n_layers: int) -> list[tuple[int, int]]:
 def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool = True) -> dict:
     """The profile into ``out``: ``results.json`` (one row per pair), ``report.md`` with one plot per metric."""
     cfg.validate()
+    check_single_process()
     out = check_out(out)
     began = time.perf_counter()
     device = resolve_device(device_name)
