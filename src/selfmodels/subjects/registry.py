@@ -43,7 +43,8 @@ def content_key(obj) -> str:
 class CorpusConfig:
     """The text a subject reads and how it becomes tokens."""
 
-    corpus: str = option("offline", "corpus: offline (KJV + Wikipedia sample, no internet), kjv, wikipedia, fineweb-edu (online) or a .txt path")
+    corpus: str = option("offline", "corpus: offline (KJV + Wikipedia sample, no internet), kjv, wikipedia, fineweb-edu (online) "
+                                    "or a .txt path (on the command line: --corpus)", cli=False)
     max_chars: int | None = option(None, "keep only the first N characters of the corpus")
     vocab_size: int = option(4096, "vocabulary of the byte-level BPE fitted on the corpus (our GPT only)")
     val_fraction: float = option(0.1, "the last fraction of the token stream held out for validation")
@@ -58,7 +59,8 @@ class CorpusConfig:
 class SubjectConfig:
     """Which model the forward models observe, and (for our GPT) how it is trained."""
 
-    main: str = option(GPT_NAME, "subject: gpt (ours, trained here), smollm2 (offline SmolLM2-135M) or a Hugging Face model id / directory")
+    main: str = option(GPT_NAME, "subject: gpt (ours, trained here), smollm2 (offline SmolLM2-135M) or a Hugging Face model id / "
+                                 "directory (on the command line: --main)", cli=False)
     gpt: GPTConfig = field(default_factory=GPTConfig)
     lm: LMTrainConfig = field(default_factory=LMTrainConfig)
     dtype: str = option("auto", "subject weights: auto (float32 on CPU, bfloat16 on CUDA), float32 or bfloat16",
