@@ -89,3 +89,15 @@ def test_categories_on_a_hand_made_sequence():
     assert masks["content_words"].tolist() == [[False, False, True, False, False]]
     result = substitution_eval(GPTSubject(_model()).split(-1, 0), lambda s: s, [(x % 10, y)], categories=None)
     assert "categories" not in result
+
+
+def test_several_predictors_share_the_normal_skipped_and_zero_runs():
+    from selfmodels.forward.substitution import substitution_eval_many
+
+    gpt = _model(2)
+    split = GPTSubject(gpt).split(0, 2)
+    predictors = {"half": lambda s: 0.5 * s, "identity": lambda s: s, "true": split.middle}
+    together = substitution_eval_many(split, predictors, _batches())
+    for name, predictor in predictors.items():
+        assert together[name] == substitution_eval(split, predictor, _batches())
+    assert together["true"]["recovery"] == 1.0 and together["identity"]["recovery"] == 0.0

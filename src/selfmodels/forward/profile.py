@@ -33,7 +33,7 @@ from selfmodels.configs import from_dict, option, to_dict
 from selfmodels.data.windows import consecutive_windows, spread_windows
 from selfmodels.errors import require
 from selfmodels.forward.analysis.decomposition import decomposition_report
-from selfmodels.forward.evaluate import REGRESSION_KEYS, batches_of, evaluate, regression
+from selfmodels.forward.evaluate import REGRESSION_KEYS, as_predictor, batches_of, regression
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
 from selfmodels.forward.multi import train_many
 from selfmodels.forward.pipeline import check_out
@@ -41,7 +41,7 @@ from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION
 from selfmodels.forward.ridge import RidgeMap
 from selfmodels.forward.stages import StageStore
 from selfmodels.forward.stream import ActivationStream
-from selfmodels.forward.substitution import substitution_eval
+from selfmodels.forward.substitution import substitution_eval_many
 from selfmodels.forward.train import ForwardTrainConfig
 from selfmodels.report.figures import save_figure, subplots
 from selfmodels.report.markdown import fmt, table
@@ -188,14 +188,14 @@ def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool
     rows = []
     for name, (model, s, t) in models.items():
         def evaluate_pair(directory: Path, model=model, ridge=ridges[name], s=s, t=t) -> dict:
-            ev = evaluate(subject, model, batches, s, t)
-            ridge_reg = regression(subject, {"ridge": ridge}, batches, s, t)["ridge"]
-            ridge_sub = substitution_eval(subject.split(s, t), lambda h, ridge=ridge: ridge(h.float()),
-                                          [(a.to(subject.device), b.to(subject.device)) for a, b in batches])
-            row = {**{k: ev[k] for k in REGRESSION_KEYS}, **{k: ev["substitution"][k] for k in (
+            # Both maps in one pass each: the residuals once, and the normal / skipped / zero runs once.
+            reg = regression(subject, {"model": model, "ridge": ridge}, batches, s, t)
+            sub = substitution_eval_many(subject.split(s, t), {"model": as_predictor(model), "ridge": as_predictor(ridge)},
+                                         [(a.to(subject.device), b.to(subject.device)) for a, b in batches])
+            row = {**{k: reg["model"][k] for k in REGRESSION_KEYS}, **{k: sub["model"][k] for k in (
                 "kl_substituted", "kl_skipped", "kl_zero", "recovery", "accuracy_normal", "accuracy_substituted", "accuracy_skipped")},
-                "ridge_cosine": ridge_reg["cosine"], "ridge_delta_r2": ridge_reg["delta_r2"],
-                "ridge_recovery": ridge_sub["recovery"], "ridge_kl_substituted": ridge_sub["kl_substituted"]}
+                "ridge_cosine": reg["ridge"]["cosine"], "ridge_delta_r2": reg["ridge"]["delta_r2"],
+                "ridge_recovery": sub["ridge"]["recovery"], "ridge_kl_substituted": sub["ridge"]["kl_substituted"]}
             if t == s + 1 and cfg.decomposition_sequences:
                 row.update(_alignment(subject, model, opened.val, s, cfg))
             return row

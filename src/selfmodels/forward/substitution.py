@@ -53,42 +53,55 @@ class _Totals:
         return out
 
 
+def _per_token(logits: torch.Tensor, normal: torch.Tensor, y: torch.Tensor, mode: str) -> dict[str, torch.Tensor]:
+    """Correctness, cross-entropy and KL(normal || mode) per position of one mode's logits (B, T, V)."""
+    return {
+        f"correct_{mode}": (logits.argmax(-1) == y).float(),  # (B, T)
+        f"ce_{mode}": F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view_as(y),
+        f"kl_{mode}": kl_per_token(normal, logits) if mode != "normal" else torch.zeros_like(y, dtype=torch.float),
+    }
+
+
 @torch.no_grad()
-def substitution_eval(
+def substitution_eval_many(
     split: LayerSplit,
-    predictor: Callable[[torch.Tensor], torch.Tensor],
+    predictors: dict[str, Callable[[torch.Tensor], torch.Tensor]],
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     categories: TokenCategories | None = None,
     shared_prefix: bool = True,
     progress: bool = False,
-) -> dict:
-    """Substitution metrics over ``batches`` of (inputs (B, T), next tokens (B, T)).
+) -> dict[str, dict]:
+    """Substitution metrics of several predictors of the same split over ``batches`` of (inputs (B, T), next
+    tokens (B, T)): the normal, skipped and zero-ablated runs are computed once and shared, each predictor adds
+    one substituted run. Returns ``{name: the _Totals result}`` (with ``categories`` when given).
 
-    ``shared_prefix=False`` recomputes the prefix for every mode (three naive full passes and one
-    more for zero-ablation): the same numbers, more work; kept for the benchmark.
-    Returns the ``_Totals`` result over all tokens, plus ``categories: {name: {...}}`` when given.
+    ``shared_prefix=False`` recomputes the prefix for every mode (naive full passes): the same numbers, more
+    work; kept for the benchmark.
     """
-    overall = _Totals()
-    per_cat = {name: _Totals() for name in CATEGORIES} if categories is not None else {}
+    overall = {name: _Totals() for name in predictors}
+    per_cat = {name: {c: _Totals() for c in CATEGORIES} for name in predictors} if categories is not None else {}
     for x, y in tqdm(batches, desc="substitution", disable=not progress, leave=False):
         src = split.prefix(x)  # (B, T, d)
-        tgt = split.middle(src)
-        logits = {"normal": split.suffix(tgt)}  # (B, T, V)
         fresh = (lambda: src) if shared_prefix else (lambda: split.prefix(x))
-        logits["substituted"] = split.suffix(predictor(fresh()))
-        logits["skipped"] = split.suffix(fresh())
-        logits["zero"] = split.suffix(torch.zeros_like(fresh()))
-        per_token = {}
-        for mode, lg in logits.items():
-            per_token[f"correct_{mode}"] = (lg.argmax(-1) == y).float()  # (B, T)
-            per_token[f"ce_{mode}"] = F.cross_entropy(lg.flatten(0, 1).float(), y.flatten(), reduction="none").view_as(y)
-            per_token[f"kl_{mode}"] = kl_per_token(logits["normal"], lg) if mode != "normal" else torch.zeros_like(y, dtype=torch.float)
-        per_token = {k: v.cpu() for k, v in per_token.items()}
-        overall.add(None, per_token)
-        if categories is not None:
-            for name, mask in categories.masks(x, y, logits["normal"]).items():
-                per_cat[name].add(mask, per_token)
-    result = overall.result()
-    if categories is not None:
-        result["categories"] = {name: totals.result() for name, totals in per_cat.items()}
-    return result
+        normal = split.suffix(split.middle(src))  # (B, T, V)
+        shared = {}
+        for mode, logits in (("normal", normal), ("skipped", split.suffix(fresh())), ("zero", split.suffix(torch.zeros_like(fresh())))):
+            shared.update(_per_token(logits, normal, y, mode))
+        masks = categories.masks(x, y, normal) if categories is not None else {}
+        for name, predictor in predictors.items():
+            per_token = {**shared, **_per_token(split.suffix(predictor(fresh())), normal, y, "substituted")}
+            per_token = {k: v.cpu() for k, v in per_token.items()}
+            overall[name].add(None, per_token)
+            for category, mask in masks.items():
+                per_cat[name][category].add(mask, per_token)
+    results = {name: totals.result() for name, totals in overall.items()}
+    for name in per_cat:
+        results[name]["categories"] = {c: totals.result() for c, totals in per_cat[name].items()}
+    return results
+
+
+def substitution_eval(split: LayerSplit, predictor: Callable[[torch.Tensor], torch.Tensor],
+                      batches: Iterable[tuple[torch.Tensor, torch.Tensor]], categories: TokenCategories | None = None,
+                      shared_prefix: bool = True, progress: bool = False) -> dict:
+    """:func:`substitution_eval_many` for one predictor."""
+    return substitution_eval_many(split, {"model": predictor}, batches, categories, shared_prefix, progress)["model"]
