@@ -7,8 +7,8 @@
   angles of subspaces).
 - :mod:`.cka`: linear CKA between representations.
 - :mod:`.residual`: the residual's PCA ranks, both effective ranks, per-category effect sizes, correlations.
-- :mod:`.plots`: one matplotlib figure per analysis (Agg backend, PNG files).
+- :mod:`.plots`: one figure per analysis, written as PNG by :mod:`selfmodels.report.figures`.
 
-They work for any main model: our GPT (pass its attention patterns / weights) and Hugging Face models
-(tensors collected with :class:`selfmodels.nets.hf_adapter.HFAdapter`).
+They work for any subject: :mod:`selfmodels.forward.analyze` feeds them the tensors a subject's
+``block_parts`` and ``head_weights`` give.
 """
