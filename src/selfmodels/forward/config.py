@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import TypeVar
 
 from selfmodels.configs import from_dict, option, to_dict
 from selfmodels.errors import require
@@ -18,6 +19,7 @@ from selfmodels.forward.model import ForwardModelConfig
 from selfmodels.forward.train import ForwardTrainConfig
 from selfmodels.subjects.registry import CorpusConfig, SubjectConfig
 
+T = TypeVar("T")
 TRAINING = ("cotrain", "cache", "stream")
 
 
@@ -107,10 +109,14 @@ def _overlay(base: dict, over: dict) -> dict:
     return out
 
 
+def load_preset(name: str, cls: type[T], main: str) -> T:
+    """``presets/<name>.json`` laid over ``cls``'s defaults (keys starting with ``_`` are comments), ``main`` set."""
+    text = resources.files("selfmodels.forward").joinpath("presets", f"{name}.json").read_text(encoding="utf-8")
+    data = _overlay(to_dict(cls()), {k: v for k, v in json.loads(text).items() if not k.startswith("_")})
+    data["subject"]["main"] = main
+    return from_dict(cls, data)
+
+
 def preset(main: str, quick: bool) -> RunConfig:
     """The preset for a subject (``gpt`` or a pretrained model name) at quick or full size, with ``main`` set."""
-    name = preset_name(main, quick)
-    text = resources.files("selfmodels.forward").joinpath("presets", f"{name}.json").read_text(encoding="utf-8")
-    data = _overlay(to_dict(RunConfig()), {k: v for k, v in json.loads(text).items() if not k.startswith("_")})
-    data["subject"]["main"] = main
-    return from_dict(RunConfig, data)
+    return load_preset(preset_name(main, quick), RunConfig, main)

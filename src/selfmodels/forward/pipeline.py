@@ -43,7 +43,7 @@ from selfmodels.forward.config import CAPACITY, RunConfig
 from selfmodels.forward.evaluate import REGRESSION_KEYS, batches_of, evaluate
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
 from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION, paper_reference
-from selfmodels.forward.ridge import RidgeMap
+from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
 from selfmodels.forward.stages import StageStore
 from selfmodels.forward.multi import train_many
 from selfmodels.forward.stream import ActivationStream
@@ -258,13 +258,9 @@ class _Run:
         ridge = RidgeMap(self.d_model, cfg.ridge)
 
         def fit(directory: Path) -> dict:
-            with torch.no_grad():
-                for i in range(0, windows.shape[0], cfg.eval_batch):
-                    acts = self.subject.residuals(windows[i : i + cfg.eval_batch], [s, t])
-                    ridge.accumulate(acts[s].float(), acts[t].float())
-            ridge.fit()
-            save_tensors(directory / "model.safetensors", ridge.state_dict())
-            return {"tokens": ridge.tokens}
+            fitted = fit_ridge_maps(self.subject, windows, [(s, t)], cfg.ridge, cfg.eval_batch)[(s, t)]
+            save_tensors(directory / "model.safetensors", fitted.state_dict())
+            return {"tokens": fitted.tokens}
 
         info, directory, key = self.store.run("ridge_map", {**self.subject_key, **self.data_key, "source": s, "target": t,
                                                             "ridge": cfg.ridge, "train_sequences": cfg.train_sequences}, fit)

@@ -20,25 +20,24 @@ Stages are kept under keys of their inputs (:mod:`selfmodels.forward.stages`), s
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from selfmodels.artifacts import load_tensors, save_tensors, write_config, write_json, write_text
-from selfmodels.configs import from_dict, option, to_dict
+from selfmodels.configs import option, to_dict
 from selfmodels.data.windows import consecutive_windows, spread_windows
 from selfmodels.errors import require
 from selfmodels.forward.analysis.decomposition import decomposition_report
 from selfmodels.forward.evaluate import REGRESSION_KEYS, as_predictor, batches_of, regression
+from selfmodels.forward.config import load_preset
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
 from selfmodels.forward.multi import train_many
 from selfmodels.forward.pipeline import check_out
 from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION
-from selfmodels.forward.ridge import RidgeMap
+from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
 from selfmodels.forward.stages import StageStore
 from selfmodels.forward.stream import ActivationStream
 from selfmodels.forward.substitution import substitution_eval_many
@@ -92,15 +91,7 @@ class ProfileConfig:
 
 def preset(main: str, quick: bool) -> ProfileConfig:
     """``profile-quick`` (2 CPU cores) or ``profile-full`` (one GPU), with ``main`` set."""
-    name = f"profile-{'quick' if quick else 'full'}"
-    text = resources.files("selfmodels.forward").joinpath("presets", f"{name}.json").read_text(encoding="utf-8")
-    data = to_dict(ProfileConfig())
-    for key, value in json.loads(text).items():
-        if key.startswith("_"):
-            continue
-        data[key] = {**data[key], **value} if isinstance(value, dict) else value
-    data["subject"]["main"] = main
-    return from_dict(ProfileConfig, data)
+    return load_preset(f"profile-{'quick' if quick else 'full'}", ProfileConfig, main)
 
 
 def pairs_of(cfg: ProfileConfig, n_layers: int) -> list[tuple[int, int]]:
@@ -161,14 +152,8 @@ def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool
     # Ridge maps, fitted on training windows.
     def fit_ridges(directory: Path) -> dict:
         windows, _ = spread_windows(opened.train, cfg.seq_len, cfg.ridge_sequences, opened.bos_id, "training")
-        ridges = {name: RidgeMap(subject.d_model, cfg.ridge) for name in models}
-        with torch.no_grad():
-            for i in range(0, windows.shape[0], cfg.eval_batch):
-                acts = subject.residuals(windows[i : i + cfg.eval_batch], indices)
-                for name, (_, s, t) in models.items():
-                    ridges[name].accumulate(acts[s].float(), acts[t].float())
-        for ridge in ridges.values():
-            ridge.fit()
+        fitted = fit_ridge_maps(subject, windows, pairs, cfg.ridge, cfg.eval_batch)
+        ridges = {name: fitted[(s, t)] for name, (_, s, t) in models.items()}
         save_tensors(directory / "ridges.safetensors", {f"{n}/{k}": v for n, r in ridges.items() for k, v in r.state_dict().items()})
         return {"tokens": int(windows.numel())}
 

@@ -152,3 +152,18 @@ class RidgeMap(nn.Module):
 
     def flops_per_token(self, seq_len: int = 0) -> int:
         return 2 * self.d_model * self.d_model
+
+
+@torch.no_grad()
+def fit_ridge_maps(subject, windows: torch.Tensor, pairs: list[tuple[int, int]], ridge: float, batch_size: int) -> dict[tuple[int, int], RidgeMap]:
+    """One fitted :class:`RidgeMap` per (source, target) pair, from one pass of ``subject`` (anything with
+    ``residuals(ids, at)`` and ``d_model``) per batch of ``windows`` (N, T) at every index the pairs need."""
+    indices = sorted({k for pair in pairs for k in pair})
+    maps = {pair: RidgeMap(subject.d_model, ridge) for pair in pairs}
+    for i in range(0, windows.shape[0], batch_size):
+        acts = subject.residuals(windows[i : i + batch_size], indices)
+        for (s, t), ridge_map in maps.items():
+            ridge_map.accumulate(acts[s].float(), acts[t].float())
+    for ridge_map in maps.values():
+        ridge_map.fit()
+    return maps
