@@ -10,7 +10,7 @@ models, both optimizers and the data-order RNG, so an interrupted run resumes ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,7 +46,9 @@ class LMTrainConfig:
 
 @dataclass
 class CoTrain:
-    """A module (a forward model) trained beside the GPT from residual index ``source`` to index ``target``."""
+    """A module (a forward model) trained beside the GPT from residual index ``source`` to index ``target``, detached.
+    ``identity`` is everything that determines its result besides the GPT's own training (its config): part of
+    the key a trained GPT is cached under."""
 
     model: torch.nn.Module
     source: int
@@ -54,6 +56,7 @@ class CoTrain:
     lr: float = 1e-3
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    identity: dict = field(default_factory=dict)
 
 
 @torch.no_grad()

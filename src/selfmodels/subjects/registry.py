@@ -28,7 +28,7 @@ from selfmodels.errors import UserError, require
 from selfmodels.nets.gpt import GPTConfig
 from selfmodels.runtime import cache_dir
 from selfmodels.subjects.base import Subject
-from selfmodels.subjects.gpt_training import LMTrainConfig
+from selfmodels.subjects.gpt_training import CoTrain, LMTrainConfig  # CoTrain: what open_subject accepts
 
 GPT_NAME = "gpt"
 DATA_FORMAT = 3  # 2: our BPE is fitted on the training part only; 3: no chunk cut after a run of whitespace
@@ -75,20 +75,6 @@ class SubjectConfig:
         if self.trained_here:
             self.gpt.validate()
             self.lm.validate()
-
-
-@dataclass
-class CoTrain:
-    """A module (a forward model) trained beside the subject on residual ``source`` -> ``target``, detached.
-    ``identity`` is everything that determines its result besides the subject's own training (its config)."""
-
-    model: torch.nn.Module
-    source: int
-    target: int
-    identity: dict
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
 
 
 @dataclass
@@ -187,7 +173,7 @@ def _our_gpt(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device,
              progress: bool) -> OpenedSubject:
     from selfmodels.nets.gpt import GPT
     from selfmodels.subjects.gpt import GPTSubject
-    from selfmodels.subjects.gpt_training import CoTrain as GPTCoTrain, train_lm
+    from selfmodels.subjects.gpt_training import train_lm
     from selfmodels.runtime import seed_everything
 
     require(not corpus_cfg.bos, "our GPT's BPE has no BOS token: run --main gpt without --bos")
@@ -211,9 +197,7 @@ def _our_gpt(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device,
     else:
         seed_everything(seed)
         gpt = GPT(gpt_cfg)
-        helper = None if cotrain is None else GPTCoTrain(cotrain.model, cotrain.source, cotrain.target, cotrain.lr,
-                                                          cotrain.weight_decay, cotrain.grad_clip)
-        training = train_lm(gpt, train, val, cfg.lm, work, device, seed, helper, progress=progress)
+        training = train_lm(gpt, train, val, cfg.lm, work, device, seed, cotrain, progress=progress)
         write_json(done, training)
         training = {**training, "reused_from_cache": None}
     gpt.to(device).eval().requires_grad_(False)
