@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from selfmodels import distributed
-from selfmodels.artifacts import append_jsonl, keep_jsonl
+from selfmodels.artifacts import keep_jsonl
 from selfmodels.configs import option
+from selfmodels.curves import Mirror, append_curve
 from selfmodels.errors import require
 from selfmodels.checkpoint import load_checkpoint, save_checkpoint
 from selfmodels.optim import make_adamw
@@ -61,13 +62,15 @@ def train_forward(
     progress: bool = True,
     desc: str = "forward model",
     tag: dict | None = None,
+    mirror: Mirror | None = None,
 ) -> dict:
     """Train ``model`` for ``cfg.steps`` steps; returns ``{"final_mse", "steps", "tokens", "seconds"}``.
 
     With ``checkpoint``, the model, optimizer and ``generator`` (the one feeding ``batches``) are saved
     every ``checkpoint_every`` steps and restored on the next call, which continues where it stopped.
     Under torchrun every rank's generator is saved (rank r > 0 as ``data.rank{r}``); the reported
-    ``final_mse`` is the mean over the ranks and ``tokens`` their sum.
+    ``final_mse`` is the mean over the ranks and ``tokens`` their sum. ``mirror`` also receives each line of
+    ``metrics.jsonl``, as curve ``desc``.
     """
     cfg.validate()
     rank, ranks = distributed.world()
@@ -99,7 +102,7 @@ def train_forward(
         if ranks > 1 and logging:
             last = sum(distributed.all_gather_object(last)) / ranks
         if metrics_path is not None and logging:
-            append_jsonl(metrics_path, {**(tag or {}), "step": step + 1, "forward_mse": last})
+            append_curve(metrics_path, {**(tag or {}), "step": step + 1, "forward_mse": last}, mirror, curve=desc, labels=tuple(tag or {}))
             bar.set_postfix(mse=f"{last:.4g}")
         if checkpoint is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             _save(checkpoint, step + 1, model, opt, gens, rank, ranks)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from selfmodels import distributed
 from selfmodels.configs import add_arguments, from_args
+from selfmodels.curves import add_log_option, check_sinks
 from selfmodels.selfmodeling import presets
 from selfmodels.selfmodeling.grid import LLC_CHOICES, GridConfig, run_and_report
 
@@ -40,8 +41,9 @@ QUICK_NOTE = (
 
 
 def _regularize(args: argparse.Namespace) -> int:
+    log = check_sinks(args.log)  # a missing extra stops here, before any run starts
     grid = from_args(GridConfig, args, base=GridConfig())
-    results = run_and_report(grid, args.out, progress=not args.quiet)
+    results = run_and_report(grid, args.out, progress=not args.quiet, log=log)
     if distributed.is_main():
         print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'} ({len(results['runs'])} runs)")
     return 0
@@ -53,6 +55,7 @@ def _default_workers() -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    log = check_sinks(args.log)  # a missing extra stops here, before any run starts
     workers = args.workers if args.workers is not None else _default_workers()
     if args.quick:
         grid = quick_grid(workers, args.llc)
@@ -63,7 +66,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         extra = {"mode": "full (the paper's MNIST grid)"}
     if args.device:
         grid = dataclasses.replace(grid, device=args.device)
-    results = run_and_report(grid, args.out, progress=not args.quiet, extra=extra)
+    results = run_and_report(grid, args.out, progress=not args.quiet, extra=extra, log=log)
     if distributed.is_main():
         print(f"wrote {Path(args.out) / 'report.md'} ({len(results['runs'])} runs)")
     return 0
@@ -79,6 +82,7 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     parser.add_argument("--out", required=True, help="output directory (runs are resumed / skipped if present)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_arguments(parser, GridConfig)
+    add_log_option(parser)
     parser.set_defaults(func=_regularize)
 
     rep = reproduce.add_parser(
@@ -96,4 +100,5 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
                      help="estimate each run's LLC with the paper's SGLD settings, or none (default: paper)")
     rep.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_log_option(rep)
     rep.set_defaults(func=_reproduce)

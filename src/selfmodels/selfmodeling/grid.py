@@ -137,15 +137,16 @@ def _init_worker(data, threads: int) -> None:
     _WORKER["data"] = data
 
 
-def _run_in_worker(config: dict, run_dir: str, device: str) -> dict:
-    return run_one(run_config_from_dict(config), _WORKER["data"], run_dir, device=device, progress=False)
+def _run_in_worker(config: dict, run_dir: str, device: str, log: tuple[str, ...] = ()) -> dict:
+    return run_one(run_config_from_dict(config), _WORKER["data"], run_dir, device=device, progress=False, log=log)
 
 
-def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=None) -> list[dict]:
+def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=None, log: tuple[str, ...] = ()) -> list[dict]:
     """Train every run of the grid that is not finished yet; returns all run records (on every rank).
 
     ``data`` (a ClassificationData) skips loading, e.g. in tests with a synthetic dataset. Under
-    torchrun, this process trains its share of the runs (run i on rank i % world).
+    torchrun, this process trains its share of the runs (run i on rank i % world). ``log``: the sinks each run's
+    training curve is mirrored to (:mod:`selfmodels.curves`), in its run directory.
     """
     runs = expand(grid)
     rank, ranks = distributed.world()
@@ -172,7 +173,7 @@ def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=N
         for config in mine:
             bar.set_postfix_str(config.name)
             with distributed.solo():  # the run (and its LLC) is this process's alone
-                records.append(run_one(config, data, out / "runs" / config.name, device=device, progress=progress))
+                records.append(run_one(config, data, out / "runs" / config.name, device=device, progress=progress, log=log))
             bar.update()
     else:
         import multiprocessing
@@ -181,7 +182,7 @@ def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=N
         init = (data, grid.threads)
         pool = ProcessPoolExecutor(grid.workers, mp_context=context, initializer=_init_worker, initargs=init)
         try:
-            futures = [pool.submit(_run_in_worker, run_config_to_dict(c), str(out / "runs" / c.name), str(device)) for c in mine]
+            futures = [pool.submit(_run_in_worker, run_config_to_dict(c), str(out / "runs" / c.name), str(device), log) for c in mine]
             for future in futures:
                 records.append(future.result())
                 bar.update()
@@ -259,12 +260,13 @@ def write_results(out: str | Path, grid: GridConfig, records: list[dict], *, ext
     return results
 
 
-def run_and_report(grid: GridConfig, out: str | Path, *, progress: bool = True, extra: dict | None = None, data=None) -> dict:
+def run_and_report(grid: GridConfig, out: str | Path, *, progress: bool = True, extra: dict | None = None, data=None,
+                   log: tuple[str, ...] = ()) -> dict:
     """Run the grid, then write results.json, report.md and the plots. Returns the results (on every rank;
     under torchrun rank 0 writes the files, and every rank returns once they are written)."""
     from selfmodels.selfmodeling.report import write_report
 
-    records = run_grid(grid, out, progress=progress, data=data)
+    records = run_grid(grid, out, progress=progress, data=data, log=log)
     first = expand(grid)[0]
     settings = {
         "epochs": first.optim.epochs, "optimizer": to_dict(first.optim), "targets": first.targets,

@@ -5,7 +5,8 @@ It lives here, not in :mod:`selfmodels.complexity`, because it loads a trained s
 below the self-modeling area and imports nothing from it.
 
 - ``selfmodels llc RUN_DIR [LLC flags]``: the LLC of a trained run's classifier (classifier only, mean
-  cross-entropy on its training set); writes ``RUN_DIR/llc.json`` and ``RUN_DIR/llc_trace.png``.
+  cross-entropy on its training set); writes ``RUN_DIR/llc.json`` and ``RUN_DIR/llc_trace.png``; with
+  ``--log tensorboard`` / ``wandb`` the traces also go there, draw by draw (:mod:`selfmodels.curves`).
 - ``selfmodels llc calibrate RUN_DIR --epsilons ... --gammas ... [--nbetas ...]``: the same estimate
   over a grid of SGLD settings; writes ``RUN_DIR/llc_calibration/`` (table, grid plot, records).
 
@@ -73,6 +74,7 @@ def _estimate(args: argparse.Namespace) -> int:
     from selfmodels.artifacts import write_json
     from selfmodels.complexity.llc import cross_entropy, estimate_llc
     from selfmodels.complexity.llc_plots import plot_trace
+    from selfmodels.curves import Mirror, check_sinks
 
     require(args.second is None, f"unexpected argument {args.second!r}: use `selfmodels llc RUN_DIR` or "
             f"`selfmodels llc calibrate RUN_DIR`")
@@ -80,6 +82,7 @@ def _estimate(args: argparse.Namespace) -> int:
         require(getattr(args, name) is None, f"--{name} belongs to `selfmodels llc calibrate RUN_DIR`; "
                 f"for one estimate use --epsilon/--gamma/--nbeta")
     run_dir = Path(args.target)
+    log = check_sinks(args.log)  # a missing extra stops here, before any work starts
     model, data, run, config, device = _load(args.target, args)
     result = estimate_llc(model, data.train, cross_entropy, config, device=device, progress=not args.quiet)
     record = {
@@ -95,6 +98,8 @@ def _estimate(args: argparse.Namespace) -> int:
         return 0
     write_json(run_dir / "llc.json", record)
     plot_trace(result, run_dir / "llc_trace.png", title=f"LLC of {run_dir.name}")
+    with Mirror(run_dir, log, name=f"{run_dir.name} llc", config={"llc": dict(result.config)}) as mirror:
+        mirror.log_all(result.trace_records(), curve="llc", step="draw")  # the traces of llc.json, draw by draw
     shown = "null (flagged)" if record["llc_mean"] is None or record["llc_mean"] != record["llc_mean"] else \
         f"{result.mean:.3f} ± {result.std:.3f} (chain std)"
     print(f"LLC {shown}; L(w*) = {result.init_loss:.4g}; flags: {', '.join(result.flags) or 'none'}; "
@@ -107,6 +112,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from selfmodels.complexity.llc import cross_entropy
 
     require(args.second is not None, "usage: selfmodels llc calibrate RUN_DIR --epsilons ... --gammas ...")
+    require(not args.log, "--log belongs to `selfmodels llc RUN_DIR` (one estimate's traces), not to llc calibrate")
     epsilons, gammas = parse_values(args.epsilons, "epsilons"), parse_values(args.gammas, "gammas")
     require(epsilons and gammas, "llc calibrate needs --epsilons and --gammas (e.g. --epsilons 1e-5 1e-4 --gammas 10 100)")
     nbetas = parse_values(args.nbetas, "nbetas") if args.nbetas else [None]
@@ -141,6 +147,7 @@ def _llc(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParsersAction) -> None:
     """Add ``llc`` (and its ``calibrate`` form) to ``selfmodels``."""
     from selfmodels.complexity.llc import LLCConfig
+    from selfmodels.curves import add_log_option
 
     parser = commands.add_parser(
         "llc", help="estimate a trained run's local learning coefficient (or: llc calibrate RUN_DIR)",
@@ -155,6 +162,7 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_log_option(parser)
     group = parser.add_argument_group("calibrate")
     group.add_argument("--epsilons", nargs="+", help="(calibrate) step sizes to try")
     group.add_argument("--gammas", nargs="+", help="(calibrate) localization strengths to try")

@@ -21,6 +21,7 @@ from torch import nn
 
 from selfmodels.artifacts import load_tensors, read_json, read_jsonl, save_tensors, write_config, write_json
 from selfmodels.configs import option, to_dict
+from selfmodels.curves import Mirror
 from selfmodels.errors import UserError
 from selfmodels.nets.classifiers import ClassifierConfig, build_classifier
 from selfmodels.runtime import seed_everything
@@ -144,11 +145,12 @@ def _add_llc(record: dict, classifier: nn.Module, data, config: RunConfig, devic
 
 
 def run_one(config: RunConfig, data, run_dir: str | Path, *, device: str | torch.device = "cpu", progress: bool = True,
-            stop_after: int | None = None) -> dict | None:
+            stop_after: int | None = None, log: tuple[str, ...] = ()) -> dict | None:
     """Train (or resume, or skip) one run; returns its record, or None when ``stop_after`` cut it short.
 
     A finished run is not trained again; if LLC settings are given that its record lacks (or that
-    differ), only the LLC is estimated and the record updated.
+    differ), only the LLC is estimated and the record updated. ``log`` names the sinks the training curve is
+    mirrored to (:mod:`selfmodels.curves`), in ``run_dir``.
     """
     config.validate()
     run_dir = Path(run_dir)
@@ -172,10 +174,11 @@ def run_one(config: RunConfig, data, run_dir: str | Path, *, device: str | torch
         config.method, model, config.strength, targets=config.targets, example_input=example,
         head=config.head, detach=config.detach, seed=config.seed,
     )
-    history = train_objective(
-        objective, data.train, data.val, data.test, config.optim, run_dir,
-        seed=config.seed, device=device, progress=progress, stop_after=stop_after,
-    )
+    with Mirror(run_dir, log, name=config.name, config=wanted) as mirror:
+        history = train_objective(
+            objective, data.train, data.val, data.test, config.optim, run_dir,
+            seed=config.seed, device=device, progress=progress, stop_after=stop_after, mirror=mirror,
+        )
     if len(history) < config.optim.epochs:
         return None
     classifier = objective.classifier()

@@ -24,9 +24,10 @@ import torch
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from selfmodels.artifacts import append_jsonl, read_jsonl, write_text
+from selfmodels.artifacts import read_jsonl, write_text
 from selfmodels.checkpoint import load_checkpoint, save_checkpoint
 from selfmodels.configs import option
+from selfmodels.curves import Mirror, append_curve
 from selfmodels.errors import UserError
 from selfmodels.selfmodeling.augment import random_affine_flip
 from selfmodels.selfmodeling.objectives import Objective
@@ -99,11 +100,13 @@ def train_objective(
     device: torch.device | str = "cpu",
     progress: bool = True,
     stop_after: int | None = None,
+    mirror: Mirror | None = None,
 ) -> list[dict]:
     """Train ``objective.module`` for ``config.epochs``, resuming from ``run_dir``'s checkpoint if any.
 
     ``stop_after`` ends the call after that many epochs of this call (to simulate an interruption in
-    tests). Returns the metrics of every finished epoch (also those of earlier, resumed calls).
+    tests). Returns the metrics of every finished epoch (also those of earlier, resumed calls). ``mirror``
+    also receives each epoch's line, as curve ``classifier`` over ``epoch`` (see :mod:`selfmodels.curves`).
     """
     config.validate()
     run_dir = Path(run_dir)
@@ -154,7 +157,7 @@ def train_objective(
             "seconds": time.perf_counter() - began,
         }
         # Metrics line first, checkpoint second: a crash in between repeats this epoch on resume.
-        append_jsonl(metrics_path, record)
+        append_curve(metrics_path, record, mirror, curve="classifier", step="epoch")
         save_checkpoint(checkpoint, epoch + 1, {"model": module}, {"optim": optimizer}, {})
         history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record['val_accuracy']:.3f}")

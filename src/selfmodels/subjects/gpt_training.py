@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from selfmodels.artifacts import append_jsonl, keep_jsonl, save_tensors
+from selfmodels.artifacts import keep_jsonl, save_tensors
 from selfmodels.configs import option
+from selfmodels.curves import Mirror, append_curve
 from selfmodels.errors import require
 from selfmodels.checkpoint import load_checkpoint, save_checkpoint
 from selfmodels.data.windows import consecutive_windows, random_windows
@@ -94,11 +95,13 @@ def train_lm(
     seed: int,
     cotrain: CoTrain | None = None,
     progress: bool = True,
+    mirror: Mirror | None = None,
 ) -> dict:
     """Train (or resume training) the GPT; returns ``{"val_loss", "train_loss", "steps"}``.
 
     Writes ``metrics.jsonl`` (one line per logged step), ``checkpoint.safetensors`` every
     ``eval_every`` steps and ``main.safetensors`` (and ``forward.safetensors`` when co-training) at the end.
+    ``mirror`` also receives each line of ``metrics.jsonl``, as curve ``subject``.
     """
     cfg.validate()
     run_dir = Path(run_dir)
@@ -144,7 +147,7 @@ def train_lm(
             record["val_loss"] = validation_loss(gpt, val_tokens, cfg.batch_size, cfg.eval_batches, device)
             save_checkpoint(ckpt, step + 1, modules, optimizers, {"data": generator})
         if (step + 1) % 10 == 0 or "val_loss" in record:
-            append_jsonl(metrics_path, record)
+            append_curve(metrics_path, record, mirror, curve="subject")
             bar.set_postfix(loss=f"{last_loss:.3f}")
     val = validation_loss(gpt, val_tokens, cfg.batch_size, cfg.eval_batches, device)
     save_tensors(run_dir / "main.safetensors", gpt.state_dict())

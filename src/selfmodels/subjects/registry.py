@@ -24,6 +24,7 @@ import torch
 
 from selfmodels.artifacts import atomic_path, load_tensors, read_json, sha256_file, write_json
 from selfmodels.configs import option, to_dict
+from selfmodels.curves import Mirror
 from selfmodels.errors import UserError, require
 from selfmodels.nets.gpt import GPTConfig
 from selfmodels.runtime import cache_dir
@@ -102,12 +103,13 @@ def model_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def open_subject(cfg: SubjectConfig, corpus: CorpusConfig, device: torch.device, seed: int,
-                 cotrain: CoTrain | None = None, progress: bool = True) -> OpenedSubject:
-    """The subject named by ``cfg.main`` and its train / validation token streams."""
+                 cotrain: CoTrain | None = None, progress: bool = True, mirror: Mirror | None = None) -> OpenedSubject:
+    """The subject named by ``cfg.main`` and its train / validation token streams. ``mirror`` receives our GPT's
+    training curve when it is trained here (not when it is reused from the cache)."""
     cfg.validate()
     corpus.validate()
     if cfg.trained_here:
-        return _our_gpt(cfg, corpus, device, seed, cotrain, progress)
+        return _our_gpt(cfg, corpus, device, seed, cotrain, progress, mirror)
     if cotrain is not None:
         raise UserError(f"co-training a forward model needs a subject trained here (--main gpt); {cfg.main!r} is "
                         "pretrained: train the forward model from its activations instead (--training cache)")
@@ -170,7 +172,7 @@ def prepare_text(corpus_cfg: CorpusConfig, store: Path, progress: bool = True) -
 
 
 def _our_gpt(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device, seed: int, cotrain: CoTrain | None,
-             progress: bool) -> OpenedSubject:
+             progress: bool, mirror: Mirror | None = None) -> OpenedSubject:
     from selfmodels.nets.gpt import GPT
     from selfmodels.subjects.gpt import GPTSubject
     from selfmodels.subjects.gpt_training import train_lm
@@ -197,7 +199,7 @@ def _our_gpt(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device,
     else:
         seed_everything(seed)
         gpt = GPT(gpt_cfg)
-        training = train_lm(gpt, train, val, cfg.lm, work, device, seed, cotrain, progress=progress)
+        training = train_lm(gpt, train, val, cfg.lm, work, device, seed, cotrain, progress=progress, mirror=mirror)
         write_json(done, training)
         training = {**training, "reused_from_cache": None}
     gpt.to(device).eval().requires_grad_(False)
