@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "selfmodels.selfmodeling.commands",
     "selfmodels.selfmodeling.llc_commands",
     "selfmodels.forward.commands",
+    "selfmodels.lm_selfmodeling.commands",
 )
 
 

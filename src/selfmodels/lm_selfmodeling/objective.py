@@ -1,0 +1,118 @@
+"""The self-modeling objective on a language model, and its controls.
+
+For logits from the LM on inputs x with next tokens y, and a strength w >= 0::
+
+    L = CE(logits, y) + w * A
+
+with the auxiliary term A chosen by ``method``:
+
+- ``self-model`` (paper form): the LM head gets extra outputs ``P = W_aux · u + b_aux`` on its own input u (the
+  head's input at the same position) that predict the site's activation a: ``A = D(P, sg(a))``, sg = stop-gradient
+  by default (the paper's detached target), so the gradient reaches the network through the prediction path.
+- ``random-target`` (control): the same head predicts the site's activation of *another* sequence of the batch
+  (sequence b predicts sequence b-1's, cyclically): an auxiliary prediction that is not of itself.
+- ``forward`` (forward form): a co-trained forward model F predicts residual j from residual i,
+  ``A = D(F(h_i'), h_j')`` where ``h_i' = h_i`` if the gradient may flow into the source (``flow`` = source or
+  both) else ``sg(h_i)``, and likewise for the target (``flow`` = target or both); ``none`` detaches both.
+- ``activation-l2`` (control): ``A = mean(a²)`` over the site's elements.
+- ``weight-decay`` (control): ``A = 0``; the strength is AdamW's decoupled decay coefficient (matrices only).
+- ``baseline``: ``A = 0``.
+
+The discrepancy D (``loss``): ``mse`` = mean over elements of (P - T)²; ``scaled-mse`` = mse / sg(mean(T²)) (scale-
+free: the target's mean square is detached, else shrinking or growing the target would change the loss by itself);
+``cosine`` = mean over tokens of 1 - cos(P_t, T_t).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfmodels.errors import UserError, require
+
+METHODS = ("baseline", "self-model", "forward", "activation-l2", "random-target", "weight-decay")
+LOSSES = ("mse", "scaled-mse", "cosine")
+FLOWS = ("source", "target", "both", "none")
+PREDICTING = ("self-model", "random-target")  # methods with extra LM-head outputs
+
+
+def discrepancy(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """D(P, T) of the module docstring, a scalar in float32."""
+    pred, target = pred.float(), target.float()
+    if loss == "mse":
+        return (pred - target).pow(2).mean()
+    if loss == "scaled-mse":
+        return (pred - target).pow(2).mean() / target.detach().pow(2).mean().clamp_min(1e-12)
+    if loss == "cosine":
+        return (1 - F.cosine_similarity(pred, target, dim=-1, eps=1e-8)).mean()
+    raise UserError(f"unknown self-model loss {loss!r}; choose from {', '.join(LOSSES)}")
+
+
+def check_objective(method: str, strength: float, loss: str, flow: str) -> None:
+    """One clear message for a method, strength, loss or gradient-flow option that is not allowed."""
+    require(method in METHODS, f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    require(isinstance(strength, (int, float)) and math.isfinite(strength) and strength >= 0,
+            f"strengths must be finite and non-negative, got {strength}")
+    require(loss in LOSSES, f"unknown self-model loss {loss!r}; choose from {', '.join(LOSSES)}")
+    require(flow in FLOWS, f"gradient flow {flow!r} is not one of {', '.join(FLOWS)} (where the forward form's "
+                           "loss may send its gradient into the main model)")
+
+
+class AuxiliaryObjective(nn.Module):
+    """The auxiliary parameters (extra LM-head outputs, or a co-trained forward model) and the term A.
+
+    ``lr`` is the auxiliary optimizer's learning rate (None: the main model's). ``sites()`` lists the activations the training loop must capture; :meth:`term` computes A from them.
+    """
+
+    def __init__(self, method: str, site: str, loss: str = "mse", detach_target: bool = True, d_model: int = 0,
+                 site_width: int = 0, forward_model: nn.Module | None = None, source: int = 0, target: int = 1,
+                 flow: str = "both", lr: float | None = None):
+        super().__init__()
+        self.lr = lr  # the auxiliary optimizer's learning rate (None: the main model's)
+        self.method, self.site, self.loss, self.detach_target = method, site, loss, detach_target
+        self.source, self.target, self.flow = source, target, flow
+        self.aux_head = None
+        self.forward_model = forward_model
+        if method in PREDICTING:
+            self.aux_head = nn.Linear(d_model, site_width)  # the extra rows of the LM head (with a bias)
+            nn.init.normal_(self.aux_head.weight, std=0.02)
+            nn.init.zeros_(self.aux_head.bias)
+        require(method != "forward" or forward_model is not None, "the forward form needs a forward model")
+
+    def sites(self) -> list[str]:
+        if self.method in PREDICTING:
+            return ["head-input", self.site]
+        if self.method == "activation-l2":
+            return [self.site]
+        if self.method == "forward":
+            return [f"resid:{self.source}", f"resid:{self.target}"]
+        return []
+
+    def prediction_and_target(self, acts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(P, T) of the predicting methods and the forward form (None for the others), detached as configured."""
+        if self.method in PREDICTING:
+            target = acts[self.site]
+            if self.detach_target:
+                target = target.detach()
+            if self.method == "random-target":
+                require(target.shape[0] >= 2, "the random-target control needs batches of at least 2 sequences")
+                target = target.roll(1, dims=0)  # sequence b gets sequence b-1's activations
+            return self.aux_head(acts["head-input"]), target
+        if self.method == "forward":
+            src, tgt = acts[f"resid:{self.source}"], acts[f"resid:{self.target}"]
+            if self.flow not in ("source", "both"):
+                src = src.detach()
+            if self.flow not in ("target", "both"):
+                tgt = tgt.detach()
+            return self.forward_model(src.float()), tgt
+        return None
+
+    def term(self, acts: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The auxiliary term A (None for baseline and weight decay)."""
+        if self.method == "activation-l2":
+            return acts[self.site].float().pow(2).mean()
+        pair = self.prediction_and_target(acts)
+        return None if pair is None else discrepancy(*pair, self.loss)

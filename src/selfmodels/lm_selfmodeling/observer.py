@@ -1,0 +1,93 @@
+"""Predictability by a fresh observer: a NEW forward model, trained after the LM is frozen, on a fixed layer pair.
+
+The observer is never the co-trained model: a :class:`~selfmodels.forward.model.ForwardModel` of fixed size
+(``ObserverConfig``) is trained with :func:`~selfmodels.forward.train.train_forward` for a fixed number of steps on
+residuals the frozen subject computes from held-out windows (the first part of the validation stream), then
+evaluated with :func:`~selfmodels.forward.evaluate.evaluate` on other held-out windows: update R²
+(``delta_r2``), cosine beside the skip cosine, and causal-substitution recovery beside the KL of skipping.
+A pair whose KL of skipping is under ``MIN_KL_SKIPPED`` nats does not count (``counts`` false): the skipped
+blocks do too little for recovery to mean anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from selfmodels.configs import option
+from selfmodels.errors import UserError, require
+from selfmodels.forward.evaluate import batches_of, evaluate
+from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+from selfmodels.forward.train import ForwardTrainConfig, train_forward
+from selfmodels.subjects.base import Subject
+
+MIN_KL_SKIPPED = 0.3  # nats
+
+
+@dataclass
+class ObserverConfig:
+    """The fresh observer: pairs, size and budget (the same for every run of a comparison)."""
+
+    near: list[int] = option([0, 1], "the observer's layer pair near the trained site (source target)")
+    far: list[int] = option([-1, 0], "a second observer pair, far from the trained site")
+    steps: int = option(300, "observer training steps")
+    batch_size: int = option(16, "observer sequences per step")
+    lr: float = option(1e-3, "observer learning rate")
+    n_head: int = option(1, "observer attention heads")
+    d_head: int = option(32, "observer head width")
+    mlp_mult: int = option(2, "observer GELU MLP width multiple")
+    train_windows: int = option(512, "held-out windows the observer trains on (from the first half of the validation stream)")
+    eval_windows: int = option(64, "held-out windows the observer is evaluated on (from the second half)")
+
+    def pairs(self) -> dict[str, tuple[int, int]]:
+        return {"near": tuple(self.near), "far": tuple(self.far)}
+
+    def validate(self) -> None:
+        for name, pair in (("near", self.near), ("far", self.far)):
+            require(len(pair) == 2, f"observer --{name} takes two indices (source target), got {pair}")
+        for name in ("steps", "batch_size", "n_head", "d_head", "mlp_mult", "train_windows", "eval_windows"):
+            require(getattr(self, name) >= 1, f"observer {name} must be at least 1, got {getattr(self, name)}")
+
+
+def check_disjoint(pair: tuple[int, int], trained: set[int], what: str) -> None:
+    """The observer's pair covers indices source..target; none may be one the objective trained."""
+    covered = set(range(pair[0], pair[1] + 1))
+    shared = covered & trained
+    if shared:
+        raise UserError(f"observer pair {pair[0]} -> {pair[1]} ({what}) shares indices {sorted(shared)} with the trained "
+                        f"site or forward pair (indices {sorted(trained)}): choose an observer pair away from them")
+
+
+def _batches(subject: Subject, windows: torch.Tensor, source: int, target: int, batch_size: int,
+             generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches of (source, target) residuals of random held-out windows, computed by the frozen subject."""
+    while True:
+        pick = torch.randint(0, windows.shape[0], (batch_size,), generator=generator)
+        with torch.no_grad():
+            acts = subject.residuals(windows[pick], [source, target])
+        yield acts[source].float(), acts[target].float()
+
+
+def observe(subject: Subject, pair: tuple[int, int], train_x: torch.Tensor, eval_xy: tuple[torch.Tensor, torch.Tensor],
+            cfg: ObserverConfig, seed: int) -> dict:
+    """Train a fresh observer on ``pair`` and evaluate it; the numbers of the module docstring."""
+    source, target = pair
+    subject.check_pair(source, target)
+    torch.manual_seed(seed)
+    model = ForwardModel(ForwardModelConfig(d_model=subject.d_model, n_head=cfg.n_head, d_head=cfg.d_head,
+                                            mlp_mult=cfg.mlp_mult))
+    generator = torch.Generator().manual_seed(seed)
+    train = train_forward(model, _batches(subject, train_x, source, target, cfg.batch_size, generator),
+                          ForwardTrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, checkpoint_every=cfg.steps),
+                          subject.device, progress=False)
+    x, y = eval_xy
+    result = evaluate(subject, model, batches_of(x, y, cfg.batch_size), source, target)
+    sub = result["substitution"]
+    return {
+        "source": source, "target": target, "params": sum(p.numel() for p in model.parameters()),
+        "train_mse": train["final_mse"], "delta_r2": result["delta_r2"], "cosine": result["cosine"],
+        "skip_cosine": result["skip_cosine"], "recovery": sub["recovery"], "kl_substituted": sub["kl_substituted"],
+        "kl_skipped": sub["kl_skipped"], "counts": bool(sub["kl_skipped"] >= MIN_KL_SKIPPED),
+    }

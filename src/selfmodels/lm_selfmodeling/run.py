@@ -1,0 +1,283 @@
+"""One condition: train an LM with the objective, then measure it (``selfmodels selfmodel-lm``).
+
+A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoint.safetensors`` (resume), ``main.safetensors``
+(and ``aux.safetensors``), for the baseline ``snapshots/`` along training, and ``result.json`` written last with the
+key of its config: a finished run with the same key is read back, never recomputed; an interrupted one resumes from
+its checkpoint. Every measurement is made by :func:`measure_model`, which also serves the baseline's snapshots.
+
+Data: our GPT reads the corpus through our byte-level BPE (fitted on the training part) and is trained from scratch;
+any other ``main`` is a pretrained Hugging Face subject read with its own tokenizer and fine-tuned. The token stream's
+last ``val_fraction`` is held out; its first half trains the fresh observer, its second half gives the evaluation
+windows (validation loss, norms, the self-model's fit, the observer's evaluation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from selfmodels.artifacts import load_tensors, read_json, save_tensors, write_config, write_json
+from selfmodels.configs import option, to_dict
+from selfmodels.complexity.llc import LLCConfig
+from selfmodels.data.windows import consecutive_windows, spread_windows
+from selfmodels.errors import UserError, require
+from selfmodels.lm_selfmodeling.objective import METHODS, PREDICTING, AuxiliaryObjective, check_objective
+from selfmodels.lm_selfmodeling.observer import ObserverConfig, check_disjoint, observe
+from selfmodels.lm_selfmodeling.sites import parse_site, site_indices, site_width
+from selfmodels.lm_selfmodeling import measure
+from selfmodels.lm_selfmodeling.train import train_with_objective
+from selfmodels.nets.gpt import GPTConfig
+from selfmodels.runtime import cache_dir, seed_everything
+from selfmodels.subjects.base import Subject
+from selfmodels.subjects.gpt_training import LMTrainConfig
+from selfmodels.subjects.registry import CorpusConfig, content_key
+
+RESULT_VERSION = 1
+
+
+@dataclass
+class ObjectiveConfig:
+    """Which objective trains the LM (see :mod:`selfmodels.lm_selfmodeling.objective`)."""
+
+    method: str = option("baseline", "baseline, self-model, forward, activation-l2, random-target or weight-decay",
+                         choices=METHODS)
+    strength: float = option(0.0, "w in CE + w * A (weight-decay: AdamW's decay coefficient instead of the baseline's)")
+    site: str = option("head-input", "site the self-model predicts / activation-l2 regularises: head-input, resid:K, mlp:K")
+    loss: str = option("mse", "discrepancy: mse, scaled-mse (mse / mean target²) or cosine (1 - cos)")
+    detach_target: bool = option(True, "stop-gradient on the self-model's target, as in the paper")
+    source: int = option(2, "forward form: source residual index i")
+    target: int = option(3, "forward form: target residual index j")
+    flow: str = option("both", "forward form: where its loss sends gradient into the main model: source, target, both, none")
+    forward_lr: float = option(1e-3, "forward form: the co-trained forward model's learning rate")
+    forward_d_head: int = option(32, "forward form: the co-trained forward model's head width (1 head, MLP 2x)")
+
+    def validate(self, n_layers: int) -> None:
+        """Everything that can be wrong with the objective, as one message (exit 2)."""
+        check_objective(self.method, self.strength, self.loss, self.flow)
+        parse_site(self.site, n_layers)
+        if self.method == "forward":
+            require(-1 <= self.source < self.target < n_layers,
+                    f"forward-form pair {self.source} -> {self.target} is out of range for {n_layers} blocks: use "
+                    f"-1 <= source < target <= {n_layers - 1}")
+
+    def trained_indices(self, n_layers: int) -> set[int]:
+        """Residual indices the objective acts on (a fresh observer's pair must avoid them)."""
+        if self.method in PREDICTING or self.method == "activation-l2":
+            return site_indices(self.site, n_layers)
+        if self.method == "forward":
+            return set(range(self.source, self.target + 1))
+        return set()
+
+    @property
+    def label(self) -> str:
+        return "baseline" if self.method == "baseline" else f"{self.method}-{self.strength:g}"
+
+
+@dataclass
+class LMRunConfig:
+    """One self-modeling LM run."""
+
+    main: str = option("gpt", "gpt (ours, trained from scratch) or a pretrained Hugging Face model to fine-tune", cli=False)
+    seq_len: int = option(64, "tokens per window (our GPT's context)")
+    gpt: GPTConfig = field(default_factory=lambda: GPTConfig(n_layer=4, n_head=4, d_model=64))
+    lm: LMTrainConfig = field(default_factory=lambda: LMTrainConfig(steps=1000, batch_size=16, lr=1e-3, eval_every=100))
+    corpus: CorpusConfig = field(default_factory=lambda: CorpusConfig(vocab_size=512))
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    observer: ObserverConfig = field(default_factory=ObserverConfig)
+    eval_windows: int = option(64, "held-out windows for the validation loss, norms and the self-model's fit")
+    llc: LLCConfig = field(default_factory=lambda: LLCConfig(chains=2, draws=200, batch_size=16, epsilon=1e-4, gamma=100.0))
+    estimate_llc: bool = option(True, "estimate the LM's LLC (SGLD on per-token LM loss)")
+    llc_windows: int = option(512, "training windows the LLC's minibatches come from")
+    snapshots: bool = option(False, "save the main model along training (the baseline's matched-loss checkpoints)")
+    seed: int = option(0, "seed of the initialisation, data order, observer")
+
+    def validate(self, n_layers: int) -> None:
+        self.objective.validate(n_layers)
+        self.observer.validate()
+        self.lm.validate()
+        require(self.seq_len >= 2, f"--seq-len must be at least 2, got {self.seq_len}")
+        require(self.eval_windows >= 1, f"--eval-windows must be at least 1, got {self.eval_windows}")
+        trained = self.objective.trained_indices(n_layers)
+        for name, pair in self.observer.pairs().items():
+            require(-1 <= pair[0] < pair[1] < n_layers,
+                    f"observer pair {pair[0]} -> {pair[1]} ({name}) is out of range for {n_layers} blocks")
+            check_disjoint(pair, trained, name)
+
+    def key(self) -> str:
+        return content_key({"config": to_dict(self), "version": RESULT_VERSION})
+
+
+@dataclass
+class LMData:
+    """Token streams and the fixed windows every measurement uses."""
+
+    train: torch.Tensor
+    observer_train: torch.Tensor  # (N, T) held-out windows the observer trains on
+    eval_x: torch.Tensor  # (N, T)
+    eval_y: torch.Tensor
+    eval_bytes: int
+    llc_windows: torch.Tensor  # (N, T+1) training windows
+    info: dict
+    tokenizer: object = None
+
+
+def _windows(tokenizer, train: torch.Tensor, val: torch.Tensor, cfg: LMRunConfig, info: dict) -> LMData:
+    T = cfg.seq_len
+    half = val.numel() // 2
+    obs_x, _ = spread_windows(val[:half], T, cfg.observer.train_windows, what="observer (held-out)")
+    ex, ey = consecutive_windows(val[half:], T, max(cfg.eval_windows, cfg.observer.eval_windows), what="evaluation (held-out)")
+    # Consecutive windows predict one contiguous piece of text: its UTF-8 length is the bytes the loss codes.
+    n_bytes = len(tokenizer.decode(ey[: cfg.eval_windows].flatten().tolist()).encode("utf-8"))
+    lx, ly = spread_windows(train, T, cfg.llc_windows, what="training")
+    return LMData(train, obs_x, ex, ey, n_bytes, torch.cat([lx, ly[:, -1:]], dim=1), info, tokenizer)
+
+
+def load_data(cfg: LMRunConfig, device: torch.device, progress: bool = False) -> LMData:
+    """Our GPT's BPE and token streams (cached under ``$SELFMODELS_CACHE``), cut into the run's windows."""
+    from selfmodels.subjects.registry import DATA_FORMAT, prepare_text
+
+    require(cfg.main == "gpt", "load_data serves our GPT; a pretrained subject brings its own tokenizer")
+    store = cache_dir() / "lm-selfmodeling-data" / content_key({"corpus": to_dict(cfg.corpus), "format": DATA_FORMAT})
+    tokenizer, train, val, info = prepare_text(cfg.corpus, store, progress)
+    return _windows(tokenizer, train, val, cfg, info)
+
+
+def build_subject(cfg: LMRunConfig, data: LMData | None, device: torch.device, progress: bool = False) -> tuple[Subject, LMData]:
+    """A fresh GPT (seeded) or the pretrained subject to fine-tune, with its data."""
+    if cfg.main == "gpt":
+        from selfmodels.nets.gpt import GPT
+        from selfmodels.subjects.gpt import GPTSubject
+
+        data = data or load_data(cfg, device, progress)
+        seed_everything(cfg.seed)
+        gpt_cfg = dataclasses.replace(cfg.gpt, vocab_size=data.tokenizer.get_vocab_size(), block_size=cfg.seq_len)
+        return GPTSubject(GPT(gpt_cfg).to(device)), data
+    from selfmodels.subjects.registry import SubjectConfig, open_subject
+
+    opened = open_subject(SubjectConfig(main=cfg.main, dtype="float32"), cfg.corpus, device, cfg.seed, progress=progress)
+    data = data or _windows(opened.tokenizer, opened.train, opened.val, cfg, opened.data)
+    return opened.subject, data
+
+
+def build_objective(cfg: ObjectiveConfig, subject: Subject) -> AuxiliaryObjective:
+    """The auxiliary parameters for ``cfg`` on ``subject`` (created after the main model: its init is untouched)."""
+    forward_model = None
+    if cfg.method == "forward":
+        from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+
+        forward_model = ForwardModel(ForwardModelConfig(d_model=subject.d_model, d_head=cfg.forward_d_head))
+    width = site_width(subject, cfg.site) if cfg.method in PREDICTING else 0
+    objective = AuxiliaryObjective(cfg.method, cfg.site, cfg.loss, cfg.detach_target, subject.d_model, width,
+                                   forward_model, cfg.source, cfg.target, cfg.flow,
+                                   lr=cfg.forward_lr if cfg.method == "forward" else None)
+    return objective.to(subject.device)
+
+
+def lm_train_config(cfg: LMRunConfig) -> LMTrainConfig:
+    """The main model's optimisation; the weight-decay control replaces the baseline's decay by its strength."""
+    if cfg.objective.method == "weight-decay":
+        return dataclasses.replace(cfg.lm, weight_decay=cfg.objective.strength)
+    return cfg.lm
+
+
+def measure_model(subject: Subject, objective: AuxiliaryObjective | None, data: LMData, cfg: LMRunConfig,
+                  with_llc: bool) -> dict:
+    """Every measurement of a trained (frozen) LM: LM metrics, weight spread, norms, the self-model's fit, the fresh
+    observer on both pairs and (``with_llc``) the LLC."""
+    subject.model.eval().requires_grad_(False)
+    bs = cfg.lm.batch_size
+    ex, ey = data.eval_x[: cfg.eval_windows], data.eval_y[: cfg.eval_windows]
+    out = {**measure.lm_metrics(subject, ex, ey, data.eval_bytes, bs), **measure.weight_spread(subject),
+           **measure.residual_norms(subject, ex, bs)}
+    if objective is not None:
+        out.update(measure.objective_fit(subject, objective, ex, bs))
+    eval_obs = (data.eval_x[: cfg.observer.eval_windows], data.eval_y[: cfg.observer.eval_windows])
+    for name, pair in cfg.observer.pairs().items():
+        obs = observe(subject, pair, data.observer_train, eval_obs, cfg.observer, cfg.seed)
+        out.update({f"observer_{name}_{k}": v for k, v in obs.items()})
+    if with_llc:
+        out.update(estimate_lm_llc(subject, data, cfg))
+    return out
+
+
+def estimate_lm_llc(subject: Subject, data: LMData, cfg: LMRunConfig) -> dict:
+    """The LM's LLC (``llc_*`` keys of :meth:`LLCResult.summary`), or ``llc_unavailable`` when the LM estimator
+    is not in this installation."""
+    try:
+        from selfmodels.complexity.lm_llc import lm_llc
+    except ImportError:
+        return {"llc_unavailable": "selfmodels.complexity.lm_llc is not available"}
+    model = subject.model
+    model.requires_grad_(True)
+    try:
+        result = lm_llc(model, data.llc_windows, cfg.llc, device=subject.device, progress=False)
+    finally:
+        model.requires_grad_(False)
+    return result.summary()
+
+
+def run_one(cfg: LMRunConfig, out: str | Path, data: LMData | None = None, device: torch.device | str = "cpu",
+            progress: bool = True) -> dict:
+    """Train and measure one condition in ``out``; returns the run's record (read back when already finished)."""
+    out = Path(out)
+    device = torch.device(device)
+    key = cfg.key()
+    done = out / "result.json"
+    if done.is_file():
+        record = read_json(done)
+        if record.get("key") == key:
+            return record
+        raise UserError(f"{out} holds a finished run with other settings (key {record.get('key')} != {key}): "
+                        "use another --out or delete it")
+    began = time.perf_counter()
+    subject, data = build_subject(cfg, data, device, progress)
+    cfg.validate(subject.n_layers)
+    objective = build_objective(cfg.objective, subject)
+    write_config(out, {**to_dict(cfg), "key": key})
+    training = train_with_objective(subject, objective, cfg.objective.strength, lm_train_config(cfg), data.train,
+                                    (data.eval_x[: cfg.eval_windows], data.eval_y[: cfg.eval_windows]), cfg.seq_len,
+                                    out, cfg.seed, snapshots=cfg.snapshots, progress=progress)
+    save_tensors(out / "main.safetensors", subject.model.state_dict())
+    if list(objective.parameters()):
+        save_tensors(out / "aux.safetensors", objective.state_dict())
+    o = cfg.objective
+    record = {
+        "key": key, "condition": o.label, "method": o.method, "strength": o.strength, "seed": cfg.seed,
+        "site": o.site if o.method in PREDICTING + ("activation-l2",) else None, "loss": o.loss,
+        "detach_target": o.detach_target, "forward_pair": [o.source, o.target] if o.method == "forward" else None,
+        "flow": o.flow if o.method == "forward" else None, "main": cfg.main, "params": subject.n_params,
+        "training": training, "data": data.info,
+        **measure_model(subject, objective, data, cfg, cfg.estimate_llc),
+    }
+    record["seconds"] = time.perf_counter() - began
+    write_json(done, record)
+    return record
+
+
+def measure_snapshot(cfg: LMRunConfig, run_dir: Path, step: int, data: LMData, device: torch.device) -> dict:
+    """The measurements of the baseline's snapshot at ``step`` (kept in ``run_dir/matched/step_N.json``)."""
+    path = Path(run_dir) / "matched" / f"step_{step}.json"
+    key = content_key({"run": cfg.key(), "step": step})
+    if path.is_file() and read_json(path).get("key") == key:
+        return read_json(path)
+    subject, data = build_subject(cfg, data, device)
+    subject.model.load_state_dict(load_tensors(Path(run_dir) / "snapshots" / f"step_{step}.safetensors"))
+    record = {"key": key, "step": step, **measure_model(subject, None, data, cfg, cfg.estimate_llc)}
+    write_json(path, record)
+    return record
+
+
+def nearest_snapshot(run_dir: Path, val_loss: float) -> tuple[int, float] | None:
+    """(step, val_loss) of the baseline snapshot whose validation loss is nearest ``val_loss``."""
+    from selfmodels.artifacts import read_jsonl
+
+    rows = read_jsonl(Path(run_dir) / "snapshots.jsonl")
+    if not rows:
+        return None
+    best = min(rows, key=lambda r: abs(r["val_loss"] - val_loss))
+    return int(best["step"]), float(best["val_loss"])
+

@@ -1,0 +1,124 @@
+"""Sites: the named activations of a subject that a self-model predicts or a control regularises.
+
+Site names (``n`` = the subject's blocks):
+
+    head-input   the LM head's input (after the final norm), (B, T, d): the exact analogue of the self-modeling
+                 paper's MNIST setup, where the final layer predicts its own input
+    resid:K      the residual stream at index K (-1 = embeddings, K = after block K), (B, T, d)
+    mlp:K        block K's MLP hidden layer (the input of its output projection, after the nonlinearity),
+                 (B, T, d_mlp)
+
+Each site also names the residual indices it touches (:func:`site_indices`): a fresh observer's layer pair must
+share none of them. Capture goes through forward hooks registered in a context manager that always removes
+them; the captured tensors keep their autograd graph (the training loop decides what to detach).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from selfmodels.errors import UserError
+from selfmodels.subjects.base import EMBED, Subject, hidden_of, hooks
+
+HEAD_INPUT = "head-input"
+_MLP_OUT_NAMES = ("fc_proj", "down_proj", "c_proj", "dense_4h_to_h")  # ours, Llama-like, GPT-2, GPT-NeoX
+
+
+def valid_sites(n_layers: int) -> list[str]:
+    """Every site name a subject with ``n_layers`` blocks has."""
+    return [HEAD_INPUT] + [f"resid:{k}" for k in range(EMBED, n_layers)] + [f"mlp:{k}" for k in range(n_layers)]
+
+
+def parse_site(name: str, n_layers: int) -> tuple[str, int | None]:
+    """``(kind, index)`` of a site name; an unknown name raises a :class:`UserError` listing the valid ones."""
+    text = str(name).strip().lower()
+    if text in valid_sites(n_layers):
+        if text == HEAD_INPUT:
+            return HEAD_INPUT, None
+        kind, index = text.split(":")
+        return kind, int(index)
+    raise UserError(f"unknown site {name!r} for a model with {n_layers} blocks; valid sites: {HEAD_INPUT}, "
+                    f"resid:-1 .. resid:{n_layers - 1}, mlp:0 .. mlp:{n_layers - 1}")
+
+
+def site_indices(name: str, n_layers: int) -> set[int]:
+    """Residual indices a site touches: the head's input is the last residual (normed); ``resid:K`` is K;
+    ``mlp:K`` lies inside block K, between residuals K-1 and K."""
+    kind, index = parse_site(name, n_layers)
+    if kind == HEAD_INPUT:
+        return {n_layers - 1}
+    if kind == "resid":
+        return {index}
+    return {index - 1, index}
+
+
+def head_module(subject: Subject) -> nn.Module:
+    """The LM head (unembedding) of a subject: ``get_output_embeddings()`` where the model has it, else ``lm_head``."""
+    model = subject.model
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if getter is not None else None
+    return head if head is not None else model.lm_head
+
+
+def mlp_out_projection(subject: Subject, k: int) -> nn.Module:
+    """The output projection of block ``k``'s MLP, whose input is the MLP's hidden layer."""
+    block = subject.blocks[k]
+    mlp = getattr(subject, "spec", None) and subject.part(k, "mlp")
+    for owner in (block, mlp):
+        for name in _MLP_OUT_NAMES:
+            if owner is not None and hasattr(owner, name):
+                return getattr(owner, name)
+    raise UserError(f"{subject.name}: cannot find block {k}'s MLP output projection (looked for {', '.join(_MLP_OUT_NAMES)})")
+
+
+def site_width(subject: Subject, name: str) -> int:
+    """Width of the site's activation vectors."""
+    kind, index = parse_site(name, subject.n_layers)
+    if kind != "mlp":
+        return subject.d_model
+    proj = mlp_out_projection(subject, index)
+    weight = proj.weight  # nn.Linear (out, in); GPT-2's Conv1D stores (in, out)
+    return weight.shape[0] if type(proj).__name__ == "Conv1D" else weight.shape[1]
+
+
+@contextmanager
+def capture(subject: Subject, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, every forward pass of ``subject.model`` fills the yielded dict with each site's
+    activation (graph kept). Hooks are always removed."""
+    got: dict[str, torch.Tensor] = {}
+
+    def pre(name):
+        return lambda module, args: got.__setitem__(name, args[0])
+
+    def post(name):
+        return lambda module, args, output: got.__setitem__(name, hidden_of(output))
+
+    def register() -> list:
+        handles = []
+        for name in dict.fromkeys(names):
+            kind, index = parse_site(name, subject.n_layers)
+            if kind == HEAD_INPUT:
+                handles.append(head_module(subject).register_forward_pre_hook(pre(name)))
+            elif kind == "resid" and index == EMBED:
+                handles.append(subject.blocks[0].register_forward_pre_hook(
+                    lambda module, args, kwargs, _n=name: got.__setitem__(_n, args[0] if args else kwargs["hidden_states"]),
+                    with_kwargs=True))
+            elif kind == "resid":
+                handles.append(subject.blocks[index].register_forward_hook(post(name)))
+            else:
+                handles.append(mlp_out_projection(subject, index).register_forward_pre_hook(pre(name)))
+        return handles
+
+    with hooks(register):
+        yield got
+
+
+def logits_of(subject: Subject, ids: torch.Tensor) -> torch.Tensor:
+    """The subject's full forward pass: logits (B, T, V) (gradients flow when enabled)."""
+    if subject.family == "gpt":
+        return subject.model(ids)
+    return subject.model(input_ids=ids, use_cache=False).logits
