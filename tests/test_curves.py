@@ -128,6 +128,7 @@ def test_curves_of_several_models_each_keep_their_own_steps(tmp_path):
 
 # --- the training loops, end to end ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_classifier_run_mirrors_its_epochs_and_the_result_does_not_depend_on_it(tmp_path):
     from selfmodels.selfmodeling.runs import resolve_run, run_one
 
@@ -147,11 +148,26 @@ def test_classifier_run_mirrors_its_epochs_and_the_result_does_not_depend_on_it(
     assert not (tmp_path / "plain" / "tensorboard").exists() and not (tmp_path / "plain" / "wandb").exists()
 
 
+@pytest.mark.slow
+def test_a_grid_mirrors_every_run_into_its_own_directory(tmp_path):
+    from selfmodels.selfmodeling.grid import GridConfig, run_grid
+
+    torch.set_num_threads(1)
+    data, grid = make_tiny_data(), GridConfig(task="mnist", hidden=[5], strengths=[1.0], seeds=[0], epochs=2, batch_size=32)
+    logged = run_grid(grid, tmp_path / "logged", progress=False, data=data, log=("tensorboard",))
+    assert len(logged) >= 2
+    for record in logged:
+        run_dir = tmp_path / "logged" / "runs" / record["run_dir"]
+        assert_tensorboard_holds(run_dir / "tensorboard", expected(read_jsonl(run_dir / "metrics.jsonl"), "epoch", "classifier"))
+    assert run_grid(grid, tmp_path / "plain", progress=False, data=data) == logged  # the same runs, the same numbers
+
+
 @pytest.fixture
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SELFMODELS_CACHE", str(tmp_path / "selfmodels-cache"))
 
 
+@pytest.mark.slow
 def test_forward_train_mirrors_the_subject_and_every_forward_model_and_keys_nothing_on_it(tmp_path, private_cache):
     """First run: our GPT with its co-trained forward model (the quick preset) and the MLP baseline, mirrored to
     TensorBoard as they train. The same command again with another sink reuses every stage (the sink is in no
@@ -175,6 +191,28 @@ def test_forward_train_mirrors_the_subject_and_every_forward_model_and_keys_noth
     assert "log" not in read_json(tmp_path / "run" / "config.json")["config"]
 
 
+@pytest.mark.slow
+def test_forward_profile_mirrors_every_pair_live_and_replays_a_reused_training(tmp_path):
+    """The profile's K forward models train together (train_many): one curve per pair, ``<s>-><t>/forward_mse``."""
+    model_dir = _helpers("forward/tiny_runs.py", "forward_tiny_runs").save_tiny_hf(tmp_path / "tiny-llama", "llama")
+    flags = ["--quick", "--corpus.max-chars", "20000", "--model.d-head", "16", "--train.steps", "6", "--train.batch-size", "4",
+             "--train.log-every", "2", "--seq-len", "16", "--buffer-sequences", "8", "--pass-sequences", "4",
+             "--ridge-sequences", "8", "--eval-sequences", "4", "--eval-batch", "2", "--decomposition-sequences", "2",
+             "--device", "cpu", "--threads", "1", "--no-progress"]
+    out = tmp_path / "profile"
+    command = ["forward", "profile", "--main", str(model_dir), "--corpus", str(write_corpus(tmp_path)), "--out", str(out), *flags]
+    assert main([*command, "--log", "tensorboard"]) == 0
+    (curve,) = (out / "stages").glob("train-*/metrics.jsonl")
+    want = expected(read_jsonl(curve))
+    assert set(want) == {"-1->0/forward_mse", "0->1/forward_mse", "1->2/forward_mse", "2->3/forward_mse"}
+    assert [s for s, _ in want["0->1/forward_mse"]] == [2, 4, 6]
+    assert_tensorboard_holds(out / "tensorboard", want)
+    assert main([*command, "--log", "wandb"]) == 0  # the training stage is reused: its curves are replayed
+    assert not read_json(out / "results.json")["stages"]["train"]["computed"]
+    assert_wandb_holds(out, want)
+
+
+@pytest.mark.slow
 def test_llc_command_mirrors_the_traces_of_llc_json(tmp_path):
     from selfmodels.selfmodeling.runs import load_data, resolve_run, run_one
 
@@ -203,6 +241,7 @@ COMMANDS = {
     "forward profile": lambda out: ["forward", "profile", "--out", str(out), "--quick"],
     "regularize": lambda out: ["regularize", "--out", str(out)],
     "reproduce self-modeling": lambda out: ["reproduce", "self-modeling", "--out", str(out), "--quick"],
+    "forward sweep": lambda out: ["forward", "sweep", str(out), "--kind", "gap"],
     "llc": lambda out: ["llc", str(out)],
 }
 
