@@ -9,7 +9,9 @@ Estimator (Lau et al. 2023; the self-modeling paper's settings are in :func:`pap
   across chains (ddof=1);
 - L(w*) (``init_loss``) is the mean loss over the first ``init_loss_batches`` minibatches;
 - nβ defaults to ``b / ln b`` with b the batch size (``use_dataset_size_for_nbeta``: ``n / ln n``);
-- SGLD: see :mod:`selfmodels.complexity.sgld` for the update and its argument names.
+- SGLD: see :mod:`selfmodels.complexity.sgld` for the update and its argument names
+  (``sampler="rmsprop_sgld"``: RMSprop-preconditioned SGLD, on the vmap and sequential paths);
+- language models (per-token loss, nβ over tokens): :mod:`selfmodels.complexity.lm_llc`.
 
 Sampling mode, chosen explicitly: by default (``model_mode="eval"``) the model is sampled in eval
 mode, so BatchNorm uses its running statistics (a fixed function of w) and dropout is off; the data are
@@ -41,7 +43,7 @@ from selfmodels import distributed
 from selfmodels.complexity.batches import as_batch_cycle
 from selfmodels.complexity.diagnostics import diagnose
 from selfmodels.complexity.losses import cross_entropy
-from selfmodels.complexity.sgld import PATHS, SGLDChains
+from selfmodels.complexity.sgld import PATHS, SAMPLERS, SGLDChains
 from selfmodels.complexity.stacked_mlp import Unsupported
 from selfmodels.configs import option, to_dict
 from selfmodels.errors import UserError, require
@@ -74,6 +76,11 @@ class LLCConfig:
                              choices=("eval", "train"))
     convergence_tolerance: float = option(0.1, "flag not_converged when the kept trace's half means differ by more "
                                           "than this times max(|estimate|, 1)")
+    sampler: str = option("sgld", "SGLD update: plain (sgld) or RMSprop-preconditioned (rmsprop_sgld: drift and noise "
+                          "scaled per parameter by G = 1/(sqrt(V) + rmsprop_eps); vmap or sequential paths)",
+                          choices=SAMPLERS)
+    rmsprop_alpha: float = option(0.99, "rmsprop_sgld: decay of V, the running mean of squared loss gradients")
+    rmsprop_eps: float = option(0.1, "rmsprop_sgld: added to sqrt(V); bounds each parameter's step at epsilon / eps")
 
     def kept_from(self) -> int:
         """Index of the first draw that enters the estimate."""
@@ -81,7 +88,7 @@ class LLCConfig:
 
     def validate(self) -> None:
         """Raise :class:`UserError` for values the estimator cannot use (never rewrites a field)."""
-        for name in ("epsilon", "gamma", "convergence_tolerance"):
+        for name in ("epsilon", "gamma", "convergence_tolerance", "rmsprop_alpha", "rmsprop_eps"):
             value = getattr(self, name)
             require(isinstance(value, (int, float)) and math.isfinite(value),
                     f"LLC {name} must be a finite number, got {value!r}")
@@ -103,6 +110,11 @@ class LLCConfig:
         require(self.batched in ("auto", *PATHS),
                 f"LLC batched must be one of auto, {', '.join(PATHS)}; got {self.batched!r}")
         require(self.model_mode in ("eval", "train"), f"LLC model_mode must be eval or train, got {self.model_mode!r}")
+        require(self.sampler in SAMPLERS, f"LLC sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r}")
+        require(0 <= self.rmsprop_alpha < 1, f"LLC rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha}")
+        require(self.rmsprop_eps > 0, f"LLC rmsprop_eps must be > 0, got {self.rmsprop_eps}")
+        require(not (self.sampler != "sgld" and self.batched == "stacked"),
+                f"LLC sampler={self.sampler} needs batched=auto, vmap or sequential (the stacked path runs plain SGLD)")
         require(not (self.model_mode == "train" and self.batched not in ("auto", "sequential")),
                 "LLC model_mode=train needs batched=sequential or auto (train-mode BatchNorm cannot be batched)")
 
@@ -155,6 +167,17 @@ class LLCResult:
         valid = self.diagnostics.get("valid_chains") or list(range(self.loss_traces.shape[0]))
         lam = self.lambda_traces()[valid].mean(dim=0)                     # (D,)
         return [float(chunk.mean()) for chunk in torch.tensor_split(lam, min(windows, lam.numel()))]
+
+    def trace_records(self) -> list[dict[str, float]]:
+        """The traces draw by draw, as curve records (:mod:`selfmodels.curves`): ``draw`` (0-based, burn-in
+        included), ``loss_chain{c}`` = L_batch(w_t), ``lambda_chain{c}`` = nβ (L_batch(w_t) - L(w*)) and
+        ``lambda_mean``, the mean of the latter over the valid chains."""
+        valid = self.diagnostics.get("valid_chains") or list(range(self.loss_traces.shape[0]))
+        loss, lam = self.loss_traces.double(), self.lambda_traces()  # (chains, draws) each
+        mean = lam[valid].mean(dim=0) if valid else torch.full(lam.shape[1:], float("nan"), dtype=torch.float64)
+        return [{"draw": t, **{f"loss_chain{c}": float(loss[c, t]) for c in range(loss.shape[0])},
+                 **{f"lambda_chain{c}": float(lam[c, t]) for c in range(lam.shape[0])}, "lambda_mean": float(mean[t])}
+                for t in range(loss.shape[1])]
 
     def summary(self, prefix: str = "llc_") -> dict[str, Any]:
         """A JSON-ready dict without the full traces (for results.json)."""
@@ -294,7 +317,8 @@ def _sample(model, batches, loss_fn, config: LLCConfig, nbeta: float, progress: 
         runs = [lambda: _run_chains(first[0], stream, config, advance, first_losses=first[1])]
         for seeds in groups[1:]:
             sampler = SGLDChains(copy.deepcopy(model), loss_fn, chains=len(seeds), epsilon=config.epsilon,
-                                 gamma=config.gamma, nbeta=nbeta, seeds=seeds, path=path, stacked=first[0].stacked)
+                                 gamma=config.gamma, nbeta=nbeta, seeds=seeds, path=path, stacked=first[0].stacked,
+                                 **_update_rule(config))
             runs.append(lambda sampler=sampler: _run_chains(sampler, iter(batches), config, advance))
         if len(runs) == 1:
             traces = [runs[0]()]
@@ -310,6 +334,11 @@ def _sample(model, batches, loss_fn, config: LLCConfig, nbeta: float, progress: 
     return traces, path, fallback, len(groups)
 
 
+def _update_rule(config: LLCConfig) -> dict:
+    """The SGLDChains arguments that choose the update (plain or RMSprop-preconditioned SGLD)."""
+    return dict(sampler=config.sampler, rmsprop_alpha=config.rmsprop_alpha, rmsprop_eps=config.rmsprop_eps)
+
+
 def _first_step(model, batch, loss_fn, config: LLCConfig, nbeta: float, seeds: list[int]):
     """Build the sampler for ``seeds`` on the fastest path that runs the model and take its first step:
     ((sampler, losses), path, {passed-over path: reason})."""
@@ -317,7 +346,7 @@ def _first_step(model, batch, loss_fn, config: LLCConfig, nbeta: float, seeds: l
     for path in candidates:
         try:
             sampler = SGLDChains(model, loss_fn, chains=len(seeds), epsilon=config.epsilon, gamma=config.gamma,
-                                 nbeta=nbeta, seeds=seeds, path=path)
+                                 nbeta=nbeta, seeds=seeds, path=path, **_update_rule(config))
             return (sampler, sampler.step(batch)), path, fallback
         except (RuntimeError, NotImplementedError, ValueError) as exc:
             if path == candidates[-1]:

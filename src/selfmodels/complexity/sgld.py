@@ -9,6 +9,18 @@ For every chain c and step t, with w* the model's trained (trainable) parameters
     noise_scale  1 for SGLD; 0 turns the step into plain gradient descent (tests only)
 
 This samples the local tempered posterior ``p(w) ∝ exp(-nbeta L(w) - gamma/2 |w - w*|^2)``.
+
+``sampler="rmsprop_sgld"`` preconditions the step per parameter (preconditioned SGLD, Li et al. 2016,
+without its Γ correction term, as devinterp's RMSprop-SGLD), with g_t = grad L_batch(w_t)::
+
+    V_t     = alpha * V_{t-1} + (1 - alpha) * g_t^2              (V_0 = 0; alpha = rmsprop_alpha)
+    G_t     = 1 / (sqrt(V_t) + eps)                               (eps = rmsprop_eps)
+    w_{t+1} = w_t - (epsilon / 2) * G_t * (nbeta * g_t + gamma * (w_t - w*)) + sqrt(epsilon * G_t) * noise_scale * xi_t
+
+Drift and noise are scaled by the same G_t, so for a G that changes slowly the chain still samples
+p(w) (a constant preconditioner leaves the Langevin diffusion's stationary law unchanged); each
+parameter's effective step is epsilon * G_t, up to epsilon / eps. With noise_scale = 0 and gamma = 0
+the step is ``torch.optim.RMSprop`` with lr = epsilon * nbeta / 2.
 ``xi_t`` is drawn from a generator seeded with ``seeds[c]``, one parameter tensor after another in
 ``named_parameters`` order, so every path uses the same noise.
 
@@ -34,9 +46,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from selfmodels.complexity.stacked_mlp import StackedMLP
+from selfmodels.complexity.stacked_mlp import StackedMLP, Unsupported
 
 PATHS = ("stacked", "vmap", "sequential")
+SAMPLERS = ("sgld", "rmsprop_sgld")
 LossFn = Callable[..., torch.Tensor]  # loss_fn(model_output, *targets) -> scalar mean loss
 
 
@@ -45,9 +58,14 @@ class SGLDChains:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, chains: int, epsilon: float, gamma: float,
                  nbeta: float, seeds: Sequence[int], path: str = "vmap", noise_scale: float = 1.0,
-                 stacked: StackedMLP | None = None):
+                 stacked: StackedMLP | None = None, sampler: str = "sgld", rmsprop_alpha: float = 0.99,
+                 rmsprop_eps: float = 0.1):
         if path not in PATHS:
             raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if sampler != "sgld" and path == "stacked":  # its fused products add the plain SGLD drift only
+            raise Unsupported(f"the stacked path runs plain SGLD only, not {sampler}")
         self.model, self.loss_fn, self.path = model, loss_fn, path
         self.chains = chains
         self.epsilon, self.gamma, self.nbeta, self.noise_scale = epsilon, gamma, nbeta, noise_scale
@@ -64,6 +82,10 @@ class SGLDChains:
         self.params = [w.unsqueeze(0).repeat(chains, *([1] * w.dim())).requires_grad_(True) for w in w_star]
         device = w_star[0].device
         self.noise = [torch.empty_like(p, requires_grad=False) for p in self.params]   # (C, *shape) each
+        self.rmsprop_alpha, self.rmsprop_eps = rmsprop_alpha, rmsprop_eps
+        # RMSprop-SGLD's running mean of squared gradients V, per chain and parameter (None: plain SGLD).
+        self.square_avg = [torch.zeros_like(p, requires_grad=False) for p in self.params] \
+            if sampler == "rmsprop_sgld" else None
         self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
         # Raises stacked_mlp.Unsupported (a ValueError) when the model is not a plain MLP. ``stacked``: one
         # built before for the same architecture (tracing is not thread-safe; chain groups share it).
@@ -110,12 +132,34 @@ class SGLDChains:
         else:
             losses, grads = self._losses_and_grads_sequential(x, targets)
         with torch.no_grad():
+            if self.square_avg is not None:
+                self._preconditioned_update(grads)
+                return losses
             self._localize()
             torch._foreach_add_(self.params, grads, alpha=drift)
             if self.noise_scale != 0.0:
                 self._draw_noise()
                 torch._foreach_add_(self.params, self.noise)
         return losses
+
+    def _preconditioned_update(self, grads: list[torch.Tensor]) -> None:
+        """RMSprop-SGLD (module docstring): V <- alpha V + (1 - alpha) g², G = 1 / (sqrt(V) + eps),
+        w <- w - (eps/2) G (nbeta g + gamma (w - w*)) + sqrt(eps G) xi."""
+        torch._foreach_mul_(self.square_avg, self.rmsprop_alpha)
+        torch._foreach_addcmul_(self.square_avg, grads, grads, value=1 - self.rmsprop_alpha)
+        precond = torch._foreach_sqrt(self.square_avg)
+        torch._foreach_add_(precond, self.rmsprop_eps)
+        torch._foreach_reciprocal_(precond)                                  # G, (C, *shape) each
+        step = torch._foreach_sub(self.params, self.w_star)                  # w - w*
+        torch._foreach_mul_(step, self.gamma)
+        torch._foreach_add_(step, grads, alpha=self.nbeta)                   # nbeta g + gamma (w - w*)
+        torch._foreach_mul_(step, precond)
+        torch._foreach_add_(self.params, step, alpha=-self.epsilon / 2)
+        if self.noise_scale != 0.0:
+            self._draw_noise()                                               # sqrt(eps) xi
+            torch._foreach_sqrt_(precond)
+            torch._foreach_mul_(self.noise, precond)                         # sqrt(eps G) xi
+            torch._foreach_add_(self.params, self.noise)
 
     def _localize(self) -> None:
         """w <- w - (eps/2) gamma (w - w*) = lerp(w, w*, eps gamma / 2): one pass."""
