@@ -257,6 +257,18 @@ def test_a_missing_extra_exits_2_naming_the_pip_command_before_any_work(command,
     assert not out.exists()  # nothing started
 
 
+def test_bad_input_with_log_leaves_no_event_file_or_wandb_run(tmp_path, private_cache):
+    """The sinks open at the first record: a run refused before training writes nothing at all."""
+    out = tmp_path / "out"
+    argv = ["forward", "train", "--out", str(out), "--corpus", str(write_corpus(tmp_path)), *GPT_FLAGS,
+            "--source", "1", "--target", "7", "--log", "tensorboard", "wandb"]
+    assert main(argv) == 2
+    assert not out.exists()
+    with Mirror(tmp_path / "quiet", ["tensorboard", "wandb"]):
+        pass
+    assert not (tmp_path / "quiet").exists()
+
+
 def test_check_sinks_refuses_an_unknown_sink():
     with pytest.raises(UserError, match="unknown --log"):
         check_sinks(["mlflow"])

@@ -82,26 +82,36 @@ class Mirror:
     def __init__(self, run_dir: str | os.PathLike, sinks: Iterable[str] | None = (), *, name: str | None = None,
                  config: dict | None = None):
         self.sinks = check_sinks(sinks)
-        self.run_dir = Path(run_dir)
+        self.run_dir, self.name, self.config = Path(run_dir), name, config
         self._writer = self._wandb = None
         self._axes: set[str] = set()  # W&B step metrics already defined
-        if "tensorboard" in self.sinks:
+
+    def _open(self) -> None:
+        """Open the sinks at the first record, so that a command stopped by bad input before training leaves no
+        event file or W&B run behind."""
+        if "tensorboard" in self.sinks and self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
-        if "wandb" in self.sinks:
+        if "wandb" in self.sinks and self._wandb is None:
             import wandb
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
             mode = None if os.environ.get("WANDB_MODE") else "offline"  # the user's choice wins; else no network needed
-            self._wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "selfmodels"), dir=str(self.run_dir),
-                                     name=name or self.run_dir.name, config=config, mode=mode)
+            try:
+                self._wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "selfmodels"), dir=str(self.run_dir),
+                                         name=self.name or self.run_dir.name, config=self.config, mode=mode)
+            except Exception as exc:  # e.g. WANDB_MODE=online without a login or a network
+                raise UserError(f"--log wandb: W&B could not start a run ({type(exc).__name__}: {exc}); unset WANDB_MODE "
+                                "to log offline, or run `wandb login`") from None
+            self._axes.clear()
 
     def log(self, record: dict, curve: str | None = None, step: str = "step", labels: Sequence[str] = LABELS) -> None:
         """Write ``record``'s metrics as ``<curve>/<metric>`` at ``record[step]``; ``curve`` defaults to the
         record's ``model`` label, else ``train``."""
         if not self.sinks:
             return
+        self._open()
         prefix = _tag(curve if curve is not None else record.get("model", "train"))
         values = {f"{prefix}/{key}": value for key, value in scalars(record, step, labels).items()}
         at = int(record[step])
