@@ -27,6 +27,7 @@ import pytest
 import torch
 from torch import nn
 
+from selfmodels.complexity.calibrate import calibrate_lm
 from selfmodels.complexity.llc import LLCConfig
 from selfmodels.complexity.lm_llc import lm_llc, next_token_cross_entropy
 from selfmodels.complexity.sgld import SGLDChains
@@ -210,3 +211,20 @@ def test_windows_longer_than_the_context_are_refused():
     gpt = GPT(GPTConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, d_model=16))
     with pytest.raises(UserError, match="longer than the GPT's context"):
         lm_llc(gpt, torch.zeros(2, 10, dtype=torch.long), LLCConfig(chains=1, draws=2))
+
+
+def test_lm_calibration_grid_over_step_size_and_localization(tmp_path):
+    model, ids, _ = _unigram_at_mle(5, windows=16, tokens=4)
+    base = LLCConfig(chains=2, draws=20, batch_size=8, sampler="rmsprop_sgld")
+    cells = calibrate_lm(model.float(), ids, base, epsilons=[1e-3, 3e-3], gammas=[0.0, 10.0], nbetas=[None, 5.0],
+                         out_dir=tmp_path, progress=False)
+    assert [(c["epsilon"], c["gamma"], c["nbeta_requested"]) for c in cells] == \
+        [(e, g, b) for e in (1e-3, 3e-3) for g in (0.0, 10.0) for b in (None, 5.0)]
+    tokens = 8 * 4  # one batch of 8 windows of 4 predicted tokens
+    assert [c["llc_nbeta"] for c in cells] == pytest.approx([tokens / math.log(tokens), 5.0] * 4)
+    assert all(c["config"]["sampler"] == "rmsprop_sgld" for c in cells)
+    for name in ("calibration.md", "calibration.png", "calibration.json", "traces.safetensors"):
+        assert (tmp_path / name).exists()
+    again = calibrate_lm(model.float(), ids, base, epsilons=[1e-3, 3e-3], gammas=[0.0, 10.0], nbetas=[None, 5.0],
+                         out_dir=tmp_path, progress=False)
+    assert again == cells  # resumed from calibration.jsonl: no cell re-run (llc_seconds would differ)

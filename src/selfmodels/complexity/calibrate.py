@@ -1,4 +1,5 @@
-"""Hyperparameter calibration: estimate the LLC over a grid of ε x γ (x nβ) and show every trace.
+"""Hyperparameter calibration: estimate the LLC over a grid of ε x γ (x nβ) and show every trace
+(classifiers and any loss: :func:`calibrate`; causal LMs on token windows: :func:`calibrate_lm`).
 
 Following the devinterp guidance, a good setting has traces that rise and flatten within the burn-in,
 no flags, and an estimate that changes little between neighbouring settings. Each finished cell is
@@ -17,7 +18,8 @@ import torch
 from torch import nn
 
 from selfmodels.artifacts import append_jsonl, read_jsonl, save_tensors, load_tensors, write_json, write_text
-from selfmodels.complexity.llc import LLCConfig, estimate_llc
+from selfmodels.complexity.llc import LLCConfig, LLCResult, estimate_llc
+from selfmodels.complexity.lm_llc import LogitsFn, lm_llc
 from selfmodels.complexity.llc_plots import plot_calibration
 from selfmodels.configs import to_dict
 from selfmodels.errors import UserError, require
@@ -37,6 +39,25 @@ def calibrate(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor],
     ``calibration.jsonl`` (one record per cell), ``calibration.json`` (all cells), ``calibration.md``
     (table of estimates and flags), ``calibration.png`` (grid of traces) and ``traces.safetensors``.
     ``None`` in ``nbetas`` means the config's default (b / ln b)."""
+    return _calibrate_grid(lambda config: estimate_llc(model, data, loss_fn, config, device=device, progress=progress),
+                           base, epsilons, gammas, nbetas, out_dir, progress)
+
+
+def calibrate_lm(model: nn.Module, windows: torch.Tensor, base: LLCConfig, epsilons: Sequence[float],
+                 gammas: Sequence[float], nbetas: Sequence[float | None], out_dir: str | Path,
+                 device: str | torch.device = "cpu", progress: bool = True, logits_fn: LogitsFn | None = None) -> list[dict]:
+    """:func:`calibrate` for a causal LM: every cell is :func:`~selfmodels.complexity.lm_llc.lm_llc` on
+    token ``windows`` (N, T+1) (mean next-token cross-entropy); ``None`` in ``nbetas`` means n / ln n
+    with n the predicted tokens per batch. ``base.sampler`` (e.g. ``rmsprop_sgld``) applies to every cell."""
+    return _calibrate_grid(lambda config: lm_llc(model, windows, config, device=device, progress=progress,
+                                                 logits_fn=logits_fn),
+                           base, epsilons, gammas, nbetas, out_dir, progress)
+
+
+def _calibrate_grid(estimate: Callable[[LLCConfig], LLCResult], base: LLCConfig, epsilons: Sequence[float],
+                    gammas: Sequence[float], nbetas: Sequence[float | None], out_dir: str | Path,
+                    progress: bool) -> list[dict]:
+    """``estimate(config)`` for every (ε, γ, nβ) cell, resumable; writes the files :func:`calibrate` lists."""
     require(len(epsilons) > 0 and len(gammas) > 0 and len(nbetas) > 0,
             "calibrate needs at least one value each for --epsilons, --gammas (and --nbetas if given)")
     out_dir = Path(out_dir)
@@ -57,7 +78,7 @@ def calibrate(model: nn.Module, data: Any, loss_fn: Callable[..., torch.Tensor],
         if progress:
             print(f"calibration cell {n + 1}/{len(grid)}: epsilon={eps:g} gamma={gamma:g} nbeta={nbeta or 'default'}",
                   flush=True)
-        result = estimate_llc(model, data, loss_fn, config, device=device, progress=progress)
+        result = estimate(config)
         record = {"key": key, "epsilon": float(eps), "gamma": float(gamma), "nbeta_requested": nbeta,
                   "nbeta": result.nbeta, "burn_in": config.kept_from(), "config": to_dict(config),
                   **{k: v for k, v in result.summary().items() if k != "llc_config"}}
