@@ -149,17 +149,31 @@ def test_classifier_run_mirrors_its_epochs_and_the_result_does_not_depend_on_it(
 
 
 @pytest.mark.slow
-def test_a_grid_mirrors_every_run_into_its_own_directory(tmp_path):
+def test_a_grid_mirrors_every_run_and_its_llc_into_its_own_directory(tmp_path):
     from selfmodels.selfmodeling.grid import GridConfig, run_grid
 
     torch.set_num_threads(1)
-    data, grid = make_tiny_data(), GridConfig(task="mnist", hidden=[5], strengths=[1.0], seeds=[0], epochs=2, batch_size=32)
+    data = make_tiny_data()
+    grid = GridConfig(task="mnist", hidden=[5], strengths=[1.0], seeds=[0], epochs=2, batch_size=32, llc="paper",
+                      llc_draws=6, llc_chains=2)
     logged = run_grid(grid, tmp_path / "logged", progress=False, data=data, log=("tensorboard",))
     assert len(logged) >= 2
     for record in logged:
         run_dir = tmp_path / "logged" / "runs" / record["run_dir"]
-        assert_tensorboard_holds(run_dir / "tensorboard", expected(read_jsonl(run_dir / "metrics.jsonl"), "epoch", "classifier"))
-    assert run_grid(grid, tmp_path / "plain", progress=False, data=data) == logged  # the same runs, the same numbers
+        want = expected(read_jsonl(run_dir / "metrics.jsonl"), "epoch", "classifier")
+        got = tensorboard_scalars(run_dir / "tensorboard")
+        assert {tag: got[tag] for tag in want} == {tag: [(s, float(np.float32(v))) for s, v in points] for tag, points in want.items()}
+        # the LLC's traces: 6 draws per chain; each chain's estimate is the mean of its kept (second-half) draws
+        assert set(got) - set(want) == {"llc/loss_chain0", "llc/loss_chain1", "llc/lambda_chain0", "llc/lambda_chain1", "llc/lambda_mean"}
+        for chain in range(2):
+            lam = got[f"llc/lambda_chain{chain}"]
+            assert [s for s, _ in lam] == list(range(6))
+            assert np.mean([v for _, v in lam[3:]]) == pytest.approx(record["llc_per_chain"][chain], rel=1e-4, abs=1e-3)
+    plain = run_grid(grid, tmp_path / "plain", progress=False, data=data)
+
+    def untimed(records):
+        return [{k: v for k, v in r.items() if k != "llc_seconds"} for r in records]
+    assert untimed(plain) == untimed(logged)  # the same runs, the same numbers (but for the time taken)
 
 
 @pytest.fixture

@@ -133,11 +133,17 @@ def _check_same_config(run_dir: Path, wanted: dict) -> None:
         )
 
 
-def _add_llc(record: dict, classifier: nn.Module, data, config: RunConfig, device) -> dict:
-    """Estimate the pruned classifier's LLC on the training set; its keys go into the record."""
-    from selfmodels.complexity.llc import classifier_llc
+def _add_llc(record: dict, classifier: nn.Module, data, config: RunConfig, device, run_dir: Path | None = None,
+             log: tuple[str, ...] = ()) -> dict:
+    """Estimate the pruned classifier's LLC on the training set (mean cross-entropy, as ``classifier_llc``); its keys
+    go into the record. With ``log``, its traces also go to those sinks in ``run_dir`` (curve ``llc``, per draw)."""
+    from selfmodels.complexity.llc import cross_entropy, estimate_llc
 
-    llc = classifier_llc(classifier, data.train, config.llc, device)
+    result = estimate_llc(classifier, data.train, cross_entropy, config.llc, device=device, progress=False)
+    if log:
+        with Mirror(run_dir, log, name=f"{config.name} llc", config={"llc": dict(result.config)}) as mirror:
+            mirror.log_all(result.trace_records(), curve="llc", step="draw")
+    llc = result.summary()
     record = {k: v for k, v in record.items() if not k.startswith("llc_")}
     record.update({key: value for key, value in llc.items() if key not in ("llc_config", "llc_trace_windows")})
     record["llc_settings"] = to_dict(config.llc)
@@ -162,7 +168,7 @@ def run_one(config: RunConfig, data, run_dir: str | Path, *, device: str | torch
         if config.llc is not None and record.get("llc_settings") != json.loads(json.dumps(to_dict(config.llc))):
             classifier = build_model(config, data)
             classifier.load_state_dict(load_tensors(run_dir / CLASSIFIER))
-            write_json(run_dir / RESULT, _add_llc(record, classifier.to(device), data, config, device))
+            write_json(run_dir / RESULT, _add_llc(record, classifier.to(device), data, config, device, run_dir, log))
             record = read_json(run_dir / RESULT)
         return record
     kind = "offline" if str(data.source).startswith("offline") else "hub"
@@ -204,7 +210,7 @@ def run_one(config: RunConfig, data, run_dir: str | Path, *, device: str | torch
         "run_dir": run_dir.name,
     }
     if config.llc is not None:
-        record = _add_llc(record, classifier, data, config, device)
+        record = _add_llc(record, classifier, data, config, device, run_dir, log)
     # result.json marks the run finished; the checkpoint is no longer needed once it is written.
     write_json(run_dir / RESULT, record)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
