@@ -30,9 +30,9 @@ from selfmodels.errors import UserError
 SINKS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # --log choice -> the module its extra installs
 LOG_CHOICES = tuple(SINKS)
 LABELS = ("model", "source", "target")  # fields that name a curve, never plotted as a metric
-LOG_HELP = ("mirror the training curves (also written to metrics.jsonl) to tensorboard (event files in "
-            "OUT/tensorboard) and/or wandb (offline unless WANDB_MODE is set); each needs its extra, "
-            "e.g. pip install 'selfmodels[tensorboard]'")
+LOG_HELP = ("mirror the training curves (also written to metrics.jsonl) to tensorboard (event files in the run "
+            "directory's tensorboard/) and/or wandb (offline unless WANDB_MODE is set); each needs its extra, "
+            "e.g. pip install 'selfmodels[tensorboard]'; see docs/logging.md")
 
 
 def add_log_option(parser) -> None:
