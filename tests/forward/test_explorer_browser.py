@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 import torch
-from tiny_runs import GPT_FLAGS, TEXT
+from tiny_runs import GPT_FLAGS, GPT_SWEEPS, TEXT
 
 from selfmodels.cli import main
 
@@ -27,7 +27,7 @@ INJECTION = "the end </script><script>window.injected=1</script><b>&amp;</b>."
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny co-trained GPT run (``forward train``) and its explorer page."""
+    """A tiny co-trained GPT reproduction and an explorer page of it showing every held-out window."""
     root = tmp_path_factory.mktemp("explorer")
     corpus = root / "corpus.txt"
     corpus.write_text(TEXT.replace("the end.", INJECTION), encoding="utf-8")
@@ -36,8 +36,11 @@ def run(tmp_path_factory):
     try:
         out = root / "run"
         # trained longer than GPT_FLAGS alone, so that skipping block 0 visibly moves the next-token distribution
-        assert main(["forward", "train", "--out", str(out), "--corpus", str(corpus), *GPT_FLAGS,
+        assert main(["reproduce", "forward-self-models", "--out", str(out), "--corpus", str(corpus), *GPT_FLAGS, *GPT_SWEEPS,
                      "--subject.lm.steps", "150", "--subject.lm.lr", "0.01"]) == 0
+        # every reproduction writes its page beside report.md, which links to it
+        assert (out / "explorer.html").is_file() and (out / "explorer.npz").is_file()
+        assert "](explorer.html)" in (out / "report.md").read_text()
         assert main(["forward", "explore", str(out), "--out", str(root / "page.html"), "--sequences", "6",
                      "--no-progress"]) == 0
         yield out, root / "page.html", _expected(out)
@@ -167,3 +170,40 @@ def test_script_text_in_the_corpus_stays_text(page, run):
     assert "</script>" in text
     logs = [entry for entry in page.get_log("browser") if entry["level"] == "SEVERE"]
     assert not logs, logs
+
+
+@pytest.fixture(scope="module")
+def profile_page(tmp_path_factory):
+    """The explorer page of a tiny whole-model profile (4 one-block pairs of a tiny Llama)."""
+    from test_profile import FLAGS
+    from tiny_runs import save_tiny_hf, write_corpus
+
+    root = tmp_path_factory.mktemp("explorer-profile")
+    out = root / "profile"
+    argv = ["forward", "profile", "--main", str(save_tiny_hf(root / "tiny-llama", "llama")), "--corpus", str(write_corpus(root)),
+            "--out", str(out), *FLAGS]
+    assert main(argv) == 0
+    assert main(["forward", "explore", str(out), "--no-progress"]) == 0
+    return out / "explorer.html", json.loads((out / "results.json").read_text())
+
+
+def test_a_profile_charts_every_pair_against_depth_and_each_point_opens_its_tokens(browser, profile_page):
+    path, results = profile_page
+    browser.get(path.as_uri())
+    assert browser.execute_script("return document.body.dataset.ready") == "1"
+    points = browser.find_elements("css selector", "#profile-chart circle")
+    assert len(points) == 4 * len(results["rows"])  # cosine, skip cosine, update R², recovery per pair
+    heights = {}
+    for point in points:  # the chart's points sit where the run's numbers put them: higher value, higher point
+        heights.setdefault(point.get_attribute("data-layer"), []).append(float(point.get_attribute("cy")))
+    for i, row in enumerate(results["rows"]):
+        order = sorted(("cosine", "skip_cosine", "delta_r2", "recovery"), key=lambda k: -row[k])
+        cy = dict(zip(("cosine", "skip_cosine", "delta_r2", "recovery"), heights[str(i)]))
+        assert [cy[k] for k in order] == sorted(cy.values())
+    points[-1].click()  # the last pair's point
+    last = results["rows"][-1]
+    assert browser.find_element("css selector", "#controls strong").text.strip() == f"pair {last['source']}->{last['target']}"
+    spans = browser.find_elements("css selector", "#text .tok")
+    assert len(spans) == results["data"]["seq_len"] and all(s.get_attribute("data-key").startswith("0:") for s in spans)
+    spans[3].click()
+    assert browser.find_elements("css selector", "#alignment tr")  # one-block pair: heads / MLP alignment shown

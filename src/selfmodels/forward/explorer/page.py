@@ -78,7 +78,7 @@ def layer_view(explored: ExploredRun, index: int, data: dict[str, np.ndarray], s
         worst_rows.append({"b": b, "t": t, "start": start, "ids": data["ids"][b, :stop].tolist()})
     heads = next(iter(attention.values()))["layer"].shape[0] if attention else 0
     return {
-        "name": pair.name, "source": pair.source, "target": pair.target, "summary": {k: _num(v) for k, v in pair.summary.items()},
+        "name": pair.name, "source": pair.source, "target": pair.target, "summary": {k: _num(v) for k, v in pair.summary.items() if isinstance(v, (int, float))},
         "heads": 1 if mean_heads else heads, "mean_heads": mean_heads, "one_block": pair.target == pair.source + 1,
         "sequences": [{"b": b, "ids": data["ids"][b].tolist()} for b in shown],
         "worst": worst_rows, "positions": positions,
