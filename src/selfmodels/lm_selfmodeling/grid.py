@@ -157,6 +157,8 @@ def run_grid(grid: LMGrid, out: str | Path, progress: bool = True) -> dict:
         else:  # a pretrained subject's depth is known once it is loaded (run_one checks the rest then)
             o = cfg.objective
             check_objective(o.method, o.strength, o.loss, o.flow)
+    if grid.base.main == "gpt":  # fit the BPE and cut the token stream once, before the workers read the cache
+        _data(grid.base)
     records = _pool_map(grid, [(_run, to_dict(cfg), str(out / "runs" / name), grid.device) for name, cfg in runs],
                         progress, "runs")
     for record, (name, _) in zip(records, runs):

@@ -255,7 +255,7 @@ def run_one(cfg: LMRunConfig, out: str | Path, data: LMData | None = None, devic
     }
     record["seconds"] = time.perf_counter() - began
     write_json(done, record)
-    return record
+    return read_json(done)  # the JSON form (NaN as null), the same a resumed call returns
 
 
 def measure_snapshot(cfg: LMRunConfig, run_dir: Path, step: int, data: LMData, device: torch.device) -> dict:
@@ -268,7 +268,7 @@ def measure_snapshot(cfg: LMRunConfig, run_dir: Path, step: int, data: LMData, d
     subject.model.load_state_dict(load_tensors(Path(run_dir) / "snapshots" / f"step_{step}.safetensors"))
     record = {"key": key, "step": step, **measure_model(subject, None, data, cfg, cfg.estimate_llc)}
     write_json(path, record)
-    return record
+    return read_json(path)
 
 
 def nearest_snapshot(run_dir: Path, val_loss: float) -> tuple[int, float] | None:
