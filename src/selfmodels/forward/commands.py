@@ -69,6 +69,16 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     _profile_options(profile)
     profile.set_defaults(func=_profile)
 
+    explore = sub.add_parser("explore", help="one self-contained HTML page of a run: held-out tokens shaded by the forward "
+                                             "model's error, top-5 next tokens, KLs, categories, attention (docs/explorer.md)")
+    explore.add_argument("run_dir", type=Path, help="a directory of `forward train`, `reproduce forward-self-models` or `forward profile`")
+    explore.add_argument("--out", type=Path, default=None, help="the page (default: RUN_DIR/explorer.html; the arrays go beside it as .npz)")
+    explore.add_argument("--sequences", type=int, default=None, help="held-out windows shown in full per pair (default: 4; 1 for a profile)")
+    explore.add_argument("--worst", type=int, default=None, help="worst positions of the whole held-out set embedded per pair "
+                                                                 "(default: 100; 25 for a profile)")
+    _common(explore)
+    explore.set_defaults(func=_explore)
+
     rep = reproduce.add_parser("forward-self-models", help="the forward-self-models paper on our GPT (sweeps) or a pretrained "
                                                           "LM (decomposition): forward model, baseline, substitution, analyses, report",
                                conflict_handler="resolve")
@@ -139,10 +149,12 @@ def _train(args) -> int:
 
 
 def _reproduce(args) -> int:
+    from selfmodels.forward.explorer import write_explorer
     from selfmodels.forward.pipeline import run
 
     progress = _setup(args)
-    _summary(run(_config(args, paper=True), args.out, args.device, progress), args.out)
+    explore = lambda out, device: write_explorer(out, device=device)  # noqa: E731 - the page beside report.md, linked from it
+    _summary(run(_config(args, paper=True), args.out, args.device, progress, before_report=explore), args.out)
     return 0
 
 
@@ -166,6 +178,16 @@ def _eval(args) -> int:
     if args.eval_sequences is not None:
         cfg = dataclasses.replace(cfg, eval_sequences=args.eval_sequences)
     _summary(run(cfg, args.run_dir, args.device, progress), args.run_dir)
+    return 0
+
+
+def _explore(args) -> int:
+    from selfmodels.forward.explorer import write_explorer
+    from selfmodels.runtime import resolve_device
+
+    progress = _setup(args)
+    page, arrays = write_explorer(args.run_dir, args.out, resolve_device(args.device), args.sequences, args.worst, progress)
+    print(f"explorer: {page} ({page.stat().st_size / 1e6:.2f} MB; open it in any browser), arrays: {arrays}")
     return 0
 
 
@@ -198,4 +220,5 @@ def _summary(r: dict, out: Path) -> None:
     print(f"cosine {r['cosine']:.4f} (skip baseline {r['skip_cosine']:.4f}), update cosine {r['delta_cosine']:.4f}, update R2 {r['delta_r2']:.4f}")
     print(f"KL sub {s['kl_substituted']:.4f}  KL skip {s['kl_skipped']:.4f}  recovery {s['recovery']:.3f}"
           + (f"  (per-position MLP {r['baseline_mlp']['recovery']:.3f})" if r.get("baseline_mlp") else ""))
-    print(f"results: {Path(out) / 'results.json'}, report: {Path(out) / 'report.md'}")
+    print(f"results: {Path(out) / 'results.json'}, report: {Path(out) / 'report.md'}"
+          + (f", explorer: {Path(out) / 'explorer.html'}" if (Path(out) / "explorer.html").is_file() else ""))

@@ -28,6 +28,7 @@ import dataclasses
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -305,8 +306,10 @@ class _Run:
         return result
 
 
-def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = True) -> dict:
-    """The whole pipeline into ``out``; returns the results (also written to ``out/results.json``)."""
+def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = True,
+        before_report: Callable[[Path, torch.device], None] | None = None) -> dict:
+    """The whole pipeline into ``out``; returns the results (also written to ``out/results.json``). ``before_report(out,
+    device)`` runs once the results are written (``reproduce`` writes the explorer page there; the report links to it)."""
     from selfmodels.forward.report import write_report
 
     cfg.validate()
@@ -370,6 +373,8 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
     }
     _write_curves(out, r)
     write_json(out / "results.json", results)
+    if before_report is not None:
+        before_report(out, r.device)
     write_report(out, results)
     return results
 

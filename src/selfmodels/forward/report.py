@@ -274,6 +274,9 @@ def write_report(out: Path, r: dict) -> None:
     """Write ``out/report.md`` (and its plots into ``out/plots``) from a results dict."""
     out = Path(out)
     lines = _header(r) + _prediction(r) + _categories(r) + _sweeps(r, out) + _decomposition(r) + _analyses(r)
+    if (out / "explorer.html").is_file():  # written by `reproduce` (or `forward explore`): docs/explorer.md
+        lines[1:1] = ["**Explore it token by token**: [explorer.html](explorer.html) (one self-contained page; "
+                      "the per-token arrays in explorer.npz).\n"]
     curves = _curves_plot(read_jsonl(out / "metrics.jsonl"), out / "plots" / "training.png")
     if curves:
         lines += ["## Training curves\n", f"![training curves](plots/{curves})\n"]
