@@ -87,3 +87,19 @@ def test_bad_input_is_one_message_and_exit_2(flags, words, tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad" / "result.json").exists()
+
+
+def test_a_tiny_grid_end_to_end(tiny_cfg, tmp_path):
+    from selfmodels.lm_selfmodeling.grid import LMGrid, run_grid, write_outputs
+
+    base = dataclasses.replace(tiny_cfg, estimate_llc=False)
+    grid = LMGrid(base, [ObjectiveConfig(), ObjectiveConfig(method="activation-l2", strength=1.0)], [0, 1])
+    results = run_grid(grid, tmp_path / "grid", progress=False)
+    write_outputs(results, tmp_path / "grid")
+    assert len(results["runs"]) == 4 and {r["condition"] for r in results["summary"]} == {"baseline", "activation-l2-1"}
+    l2 = [r for r in results["runs"] if r["method"] == "activation-l2"]
+    assert all(r["matched_step"] in (2, 4) and r["matched"]["val_loss"] is not None for r in l2)
+    d = next(x for x in results["differences"] if x["measure"] == "unembedding_sd")
+    assert d["vs_matched_baseline"]["difference"] is not None and d["val_loss_difference_vs_matched"]["difference"] is not None
+    assert all("drift" in r for r in results["runs"])
+    assert (tmp_path / "grid" / "report.md").is_file() and (tmp_path / "grid" / "results.json").is_file()

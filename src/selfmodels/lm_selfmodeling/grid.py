@@ -174,10 +174,12 @@ def run_grid(grid: LMGrid, out: str | Path, progress: bool = True) -> dict:
         record["matched_step"], record["matched_snapshot_val_loss"] = nearest if nearest else (None, None)
         if nearest:
             wanted[(record["seed"], nearest[0])] = nearest[1]
-    keys = sorted(wanted)
+    # The last snapshot is the final baseline itself: its run record already holds its measurements.
+    finals = {(r["seed"], base_dirs[r["seed"]][1].lm.steps): r for r in records if r["method"] == "baseline"}
+    keys = sorted(k for k in wanted if k not in finals)
     snaps = _pool_map(grid, [(_snapshot, to_dict(base_dirs[s][1]), str(base_dirs[s][0]), step, grid.device) for s, step in keys],
                       progress, "matched baseline snapshots")
-    matched = {k: v for k, v in zip(keys, snaps)}
+    matched = {**{k: finals[k] for k in wanted if k in finals}, **dict(zip(keys, snaps))}
     for record in records:
         if record.get("matched_step") is not None:
             record["matched"] = {m: matched[(record["seed"], record["matched_step"])].get(m) for m in MEASURES}
