@@ -71,6 +71,13 @@ def test_strength_zero_trains_exactly_like_the_plain_lm(stream, method, extra):
     assert any(not torch.equal(plain[k], moved[k]) for k in plain)
 
 
+def test_forward_form_with_no_gradient_flow_leaves_the_main_model_alone(stream):
+    """flow = none: only the co-trained forward model learns from A; the LM ends bit-identical to the plain LM."""
+    plain = _train("baseline", stream)
+    other = _train("forward", stream, strength=5.0, source=0, target=1, flow="none")
+    assert all(torch.equal(plain[k], other[k]) for k in plain)
+
+
 def _aux_grads(flow: str) -> dict[int, bool]:
     """Which blocks of a 3-block GPT get gradient from the forward form's term alone (pair 0 -> 1)."""
     subject = tiny_gpt()
