@@ -35,8 +35,13 @@ Sections (``section`` names in the JSON):
 6. ``training_loops``: a few CUDA steps of every training loop on tiny random data: a self-modeling classifier
    run (``run_one``), our GPT with a co-trained forward model (``train_lm``), a forward model on activations
    collected on the fly (``train_forward``), the closed-form ridge baseline (``RidgeMap``): ok / seconds each.
-7. ``pytest_smoke``: ``python -m pytest -q -x tests/subjects/test_contract.py`` with this Python (CPU, tiny
-   models: a check of the installed torch / transformers against our subject interface), time-boxed 60 s.
+7. ``gpt_toy``: the paper's toy experiment through the forward pipeline: our 4 x 256 GPT trained on the offline
+   corpus's text (``--corpus``, default ``benchmarks/data/offline_corpus.txt``, written by
+   ``benchmarks/export_corpus.py`` and carried along: the GPU machine has none of our data packages) for 3000
+   steps (the paper: 10K) with its forward model co-trained on 0 -> 1, then evaluated: cosine beside the skip
+   cosine, update R², KL substituted / skipped, recovery, beside the paper's values; skipped without the file.
+8. ``pytest_smoke``: ``python -m pytest -q -x tests/subjects/test_contract.py`` with this Python (CPU, tiny
+   models: a check of the installed torch / transformers against our subject interface), time-boxed.
 
 Reading the JSON: ``sections`` is a list with one record per section, in order; each has ``section`` and
 ``seconds`` and its numbers, or ``skipped`` (why it did not run: not on CUDA, time box, not importable, ...),
@@ -70,19 +75,22 @@ SRC = ROOT / "src"
 # (name, time box in seconds on a full run, time box in a quick run). A section gets the smaller of its box and
 # what is left of the total budget after keeping a few seconds for each later section.
 SECTIONS = [
-    ("environment", 20, 8),
-    ("matmul_peak", 25, 8),
-    ("llc", 40, 14),
-    ("forward_train", 30, 10),
-    ("forward_compile", 75, 10),
-    ("subject_throughput", 45, 14),
+    ("environment", 15, 8),
+    ("matmul_peak", 20, 8),
+    ("llc", 35, 14),
+    ("forward_train", 25, 10),
+    ("forward_compile", 50, 10),
+    ("subject_throughput", 40, 14),
     ("training_loops", 30, 10),
-    ("pytest_smoke", 62, 12),
+    ("gpt_toy", 60, 12),
+    ("pytest_smoke", 40, 12),
 ]
 NAMES = [name for name, _, _ in SECTIONS]
 KILL_GRACE_S = 5  # a child stops itself at its time box; past it by this much, the parent kills it
 KEEP_PER_LATER_SECTION_S = 4
 PAPER_TOKENS = 100_000_000
+CORPUS_VARIABLE = "GPU_CHECK_CORPUS"  # the parent hands --corpus to the section processes through it
+DEFAULT_CORPUS = HERE / "data" / "offline_corpus.txt"  # written by benchmarks/export_corpus.py (not in git)
 
 
 # ============================================================================ the parent: runs sections, writes JSON
@@ -218,6 +226,8 @@ class Parent:
         env["PYTHONPATH"] = os.pathsep.join([str(SRC), str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if self.args.corpus:
+            env[CORPUS_VARIABLE] = str(Path(self.args.corpus).resolve())
         with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
             record_path, log_path = Path(tmp) / "record.json", Path(tmp) / "log.txt"
             began = time.monotonic()
@@ -866,7 +876,46 @@ def sec_training_loops(ctx: Ctx) -> None:
     ctx.record["all_ok"] = all(p.get("ok") is True for p in parts)
 
 
-# ---------------------------------------------------------------------------- 7. pytest smoke test
+# ---------------------------------------------------------------------------- 7. the paper's toy GPT experiment
+def sec_gpt_toy(ctx: Ctx) -> None:
+    corpus = Path(os.environ.get(CORPUS_VARIABLE) or DEFAULT_CORPUS)
+    if not corpus.is_file():
+        ctx.record["skipped"] = (f"no corpus file at {corpus}: write it with `python benchmarks/export_corpus.py` and carry "
+                                 "benchmarks/data/ along with the checkout")
+        return
+    import dataclasses
+
+    from selfmodels.forward.config import BaselineConfig, SweepConfig, preset
+    from selfmodels.forward.pipeline import run
+
+    cfg = preset("gpt", quick=False)  # the paper's toy: a 4 x 256 GPT, its forward model co-trained on 0 -> 1
+    steps = 6 if ctx.quick else 3000  # the paper trains 10K steps; 3000 fit the time box on one H100 (estimated)
+    lm = dataclasses.replace(cfg.subject.lm, steps=steps, eval_every=max(steps // 3, 1), eval_batches=2 if ctx.quick else 8)
+    gpt = cfg.subject.gpt if not ctx.quick else dataclasses.replace(cfg.subject.gpt, n_layer=2, d_model=32, n_head=2, block_size=32)
+    cfg = dataclasses.replace(
+        cfg, subject=dataclasses.replace(cfg.subject, gpt=gpt, lm=dataclasses.replace(lm, batch_size=4) if ctx.quick else lm),
+        corpus=dataclasses.replace(cfg.corpus, corpus=str(corpus), max_chars=200_000 if ctx.quick else None,
+                                   vocab_size=512 if ctx.quick else cfg.corpus.vocab_size),
+        seq_len=32 if ctx.quick else cfg.seq_len, eval_sequences=4 if ctx.quick else 128, eval_batch=4 if ctx.quick else 32,
+        analysis_sequences=0, baseline=BaselineConfig(enabled=False), sweeps=SweepConfig())
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, d_head=16) if ctx.quick else cfg.model)
+    out = Path(tempfile.mkdtemp(prefix="gpu_check_gpt_toy_"))
+    os.environ["SELFMODELS_CACHE"] = str(out / "cache")  # a fresh GPT: nothing from another run's cache
+    began = time.perf_counter()
+    r = run(cfg, out / "run", device_name=str(ctx.device), progress=False)
+    seconds = time.perf_counter() - began
+    sub, training = r["substitution"], r["subject"]["training"]
+    ctx.record.update(
+        corpus=str(corpus), gpt={"n_layer": gpt.n_layer, "d_model": gpt.d_model, "params": r["subject"]["params"]},
+        lm_steps=steps, lm_batch=cfg.subject.lm.batch_size, seq_len=cfg.seq_len, val_loss=training["val_loss"],
+        pair=[cfg.source, cfg.target], forward_params=r["forward_model"]["params"], cosine=r["cosine"],
+        skip_cosine=r["skip_cosine"], delta_r2=r["delta_r2"], kl_substituted=sub["kl_substituted"],
+        kl_skipped=sub["kl_skipped"], recovery=sub["recovery"], pipeline_seconds=seconds,
+        lm_tokens=training["tokens_seen"], pipeline_tokens_per_s=training["tokens_seen"] / seconds,  # GPT training + the rest
+        paper={k: r["paper"].get(k) for k in ("cosine", "kl_substituted", "kl_skipped", "recovery")})
+
+
+# ---------------------------------------------------------------------------- 8. pytest smoke test
 def sec_pytest_smoke(ctx: Ctx) -> None:
     import importlib.util
 
@@ -891,7 +940,7 @@ def sec_pytest_smoke(ctx: Ctx) -> None:
 SECTION_FUNCS = {"environment": sec_environment, "matmul_peak": sec_matmul_peak, "llc": sec_llc,
                  "forward_train": sec_forward_train, "forward_compile": sec_forward_compile,
                  "subject_throughput": sec_subject_throughput, "training_loops": sec_training_loops,
-                 "pytest_smoke": sec_pytest_smoke}
+                 "gpt_toy": sec_gpt_toy, "pytest_smoke": sec_pytest_smoke}
 
 def child(args) -> int:
     record_path = Path(args.record)
@@ -923,8 +972,9 @@ def main() -> int:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (a dry run)")
     p.add_argument("--quick", action="store_true", help="small shapes and few steps (the CPU dry run of the tests)")
     p.add_argument("--out", default=None, help="JSON file (default: $OUT/gpu_check.json if $OUT is set, else gpu_check.json)")
-    p.add_argument("--budget", type=float, default=None, help="total seconds (default 280; 50 with --quick)")
+    p.add_argument("--budget", type=float, default=None, help="total seconds (default 280; 60 with --quick)")
     p.add_argument("--sections", default=None, help=f"comma-separated subset of: {','.join(NAMES)}")
+    p.add_argument("--corpus", default=None, help=f"text file for gpt_toy (default {DEFAULT_CORPUS.relative_to(ROOT)})")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--record", default=None, help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)  # time.monotonic() value
@@ -932,7 +982,7 @@ def main() -> int:
     if args.child:
         return child(args)
     if args.budget is None:
-        args.budget = 50.0 if args.quick else 280.0
+        args.budget = 60.0 if args.quick else 280.0
     parent = Parent(args)
     rc = parent.run()
     print(f"[gpu_check] wrote {parent.out}", file=sys.stderr)

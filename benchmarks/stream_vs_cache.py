@@ -1,20 +1,18 @@
-"""Streaming forward-model training against cache-then-train, and K pairs from one pass against K passes.
+"""Streaming forward-model training against cache-then-train, on the same tokens, as JSON lines.
 
 The subject is a randomly initialised model built from SmolLM2-135M's config (Llama, d=576, 30 blocks, GQA 9/3,
 vocab 49152), fp32 on the CPU; forward models are the paper's 1% model (1 layer, 1 head of 64, MLP 2x). Random
-token ids; the pairs live in the first ``--layers`` blocks. Three JSON lines (plus the machine's):
+token ids; the pair is (layers-2 -> layers-1). One JSON line (plus the machine's):
 
 - ``stream_vs_cache``: one pair (layers-2 -> layers-1) trained for one epoch over ``--tokens`` tokens, streaming
   (:class:`~selfmodels.forward.stream.ActivationStream` + :func:`~selfmodels.forward.multi.train_many`) against
   writing the fp16 activation cache of the same windows and training from it (cache write included). The stream
   runs the subject on a few more sequences than it trains on (the buffer it fills past the last batch:
   ``subject_sequences``), which only matters at this toy size.
-- ``k_pairs_subject``: subject compute only, on the same windows: one pass collecting every index of the K pairs
-  (all ending at block layers-1) against K passes, one per pair, each to the same depth.
-- ``k_pairs_end_to_end``: K forward models trained together from one stream against K separate streaming runs,
-  same steps; ``model_tokens_per_s`` counts each model's tokens (K x tokens per run).
 
-    python benchmarks/stream_vs_cache.py [--layers 4] [--tokens 4096] [--pairs 3] [--threads 2]
+K pairs from one pass against K passes: benchmarks/k_pairs.py.
+
+    python benchmarks/stream_vs_cache.py [--layers 4] [--tokens 4096] [--threads 2]
 """
 
 from __future__ import annotations
@@ -66,9 +64,8 @@ def smollm2_config_subject(seed: int) -> HFSubject:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layers", type=int, default=4, help="depth used: every pair ends at block layers-1")
+    p.add_argument("--layers", type=int, default=4, help="depth used: the pair is (layers-2 -> layers-1)")
     p.add_argument("--tokens", type=int, default=4096, help="tokens each run trains on (one epoch)")
-    p.add_argument("--pairs", type=int, default=3, help="K, the forward models sharing one pass")
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--pass-sequences", type=int, default=16)
@@ -76,14 +73,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     set_threads(args.threads)
-    if not 2 <= args.layers <= 30 or not 1 <= args.pairs <= args.layers - 1:
-        raise SystemExit("need 2 <= --layers <= 30 and 1 <= --pairs <= layers-1")
+    if not 2 <= args.layers <= 30:
+        raise SystemExit("need 2 <= --layers <= 30")
     began = time.perf_counter()
     subject = smollm2_config_subject(0)
     print(json.dumps({"bench": "machine", "cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
                       "subject": subject.name, "params": subject.n_params, "layers_used": args.layers}), flush=True)
     depth = args.layers - 1
-    pairs = [(depth - 1 - i, depth) for i in range(args.pairs)]  # K sources, one target: equal depth
     windows = args.tokens // args.seq_len
     steps = windows // args.batch_size
     tokens = torch.randint(0, subject.vocab_size, (windows * args.seq_len + 1,), generator=torch.Generator().manual_seed(1))
@@ -98,7 +94,7 @@ def main() -> None:
         subject.residuals(stream([depth]).window_inputs(list(range(min(2, windows)))), [depth])
 
     # 1. one pair: streaming against cache-then-train
-    source, target = pairs[0]
+    source, target = depth - 1, depth
     s = stream([source, target])
     t0 = time.perf_counter()
     train_many({"pair": (ForwardModel(fcfg), source, target)}, s, tcfg, device, None, progress=False)
@@ -126,39 +122,6 @@ def main() -> None:
         "stream_subject_sequences": s.passes * args.pass_sequences, "cache_subject_sequences": windows,
         "cache_tokens_per_s": trained / (write_s + train_s), "cache_write_seconds": write_s, "cache_train_seconds": train_s,
         "cache_bytes": cache_bytes, "stream_speedup": (write_s + train_s) / stream_s,
-    }), flush=True)
-
-    # 2. subject compute: one pass for all K pairs against one pass per pair, on the same windows
-    every = sorted({k for pair in pairs for k in pair})
-    chunks = [ids[i : i + args.pass_sequences] for i in range(0, windows, args.pass_sequences)]
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        for chunk in chunks:
-            subject.residuals(chunk, every)
-        one_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for pair in pairs:
-            for chunk in chunks:
-                subject.residuals(chunk, list(pair))
-        k_s = time.perf_counter() - t0
-    print(json.dumps({
-        "bench": "k_pairs_subject", "k": args.pairs, "pairs": pairs, "depth": depth, "tokens": windows * args.seq_len,
-        "one_pass_seconds": one_s, "k_passes_seconds": k_s, "speedup": k_s / one_s,
-    }), flush=True)
-
-    # 3. end to end: K models from one stream against K separate streaming runs
-    t0 = time.perf_counter()
-    train_many({f"{a}->{b}": (ForwardModel(fcfg), a, b) for a, b in pairs}, stream(every), tcfg, device, None, progress=False)
-    together_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for a, b in pairs:
-        train_many({f"{a}->{b}": (ForwardModel(fcfg), a, b)}, stream([a, b]), tcfg, device, None, progress=False)
-    separate_s = time.perf_counter() - t0
-    print(json.dumps({
-        "bench": "k_pairs_end_to_end", "k": args.pairs, "steps": steps, "tokens_per_model": trained,
-        "one_stream_seconds": together_s, "k_streams_seconds": separate_s,
-        "one_stream_model_tokens_per_s": args.pairs * trained / together_s,
-        "k_streams_model_tokens_per_s": args.pairs * trained / separate_s, "speedup": separate_s / together_s,
         "benchmark_seconds": time.perf_counter() - began,
     }), flush=True)
 

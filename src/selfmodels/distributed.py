@@ -381,11 +381,3 @@ __all__ = ["RankFailed", "world", "local_rank", "is_main", "solo", "timeout_seco
            "guard", "run_main", "all_gather_object", "barrier", "shard", "main_only", "main_first",
            "TIMEOUT_VARIABLE"]
 
-
-def check_single_process(what: str = "the forward-self-model pipeline") -> None:
-    """Refuse to run ``what`` under torchrun with several processes: it does not shard its data or its writes
-    yet (each rank would train on the same batches and write the same files)."""
-    rank, size = world()
-    if size > 1:
-        raise UserError(f"{what} does not run across processes yet (torchrun started {size}): run it as one process; "
-                        "the self-modeling grid, `selfmodels llc` and the forward-model trainer do run under torchrun")

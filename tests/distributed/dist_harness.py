@@ -67,6 +67,37 @@ def forward_batches(generator: torch.Generator, fail_at: int | None = None):
         step += 1
 
 
+STREAM_T, STREAM_BATCH, STREAM_STEPS = 8, 2, 20  # per rank; the reference takes both ranks' batches at once (4)
+
+
+def stream_subject():
+    """A tiny GPT subject (3 blocks, d = 16) and 24 windows of tokens for it."""
+    from selfmodels.nets.gpt import GPT, GPTConfig
+    from selfmodels.subjects.gpt import GPTSubject
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=50, block_size=STREAM_T, n_layer=3, n_head=2, d_model=16)).eval().requires_grad_(False)
+    tokens = torch.randint(0, 50, (24 * STREAM_T + 1,), generator=torch.Generator().manual_seed(1))
+    return GPTSubject(gpt), tokens
+
+
+def stream_of(subject, tokens, shard, batch_size: int = STREAM_BATCH):
+    """The shuffle-buffered activation stream both the scenario and its reference draw from."""
+    from selfmodels.forward.stream import ActivationStream
+
+    return ActivationStream(subject, tokens, [-1, 0, 2], STREAM_T, batch_size, buffer_sequences=6, pass_sequences=2,
+                            seed=3, shard=shard)
+
+
+def stream_models():
+    """Two forward models on two pairs, trained together from one stream."""
+    from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+
+    torch.manual_seed(0)
+    return {"a": (ForwardModel(ForwardModelConfig(d_model=16, n_head=2, d_head=8)), -1, 0),
+            "b": (ForwardModel(ForwardModelConfig(d_model=16, n_head=2, d_head=8)), 0, 2)}
+
+
 def llc_problem():
     """A small trained MLP in float64, its data and LLC settings (3 chains: 2 on rank 0, 1 on rank 1)."""
     from selfmodels.complexity.llc import LLCConfig, cross_entropy
@@ -124,6 +155,20 @@ def _forward(work: Path, rank: int, fail_at: int | None = None, **_):
     return {"state": model.state_dict(), "info": info, "first": first}
 
 
+def _stream(work: Path, rank: int, **_):
+    from selfmodels.forward.multi import train_many
+
+    subject, tokens = stream_subject()
+    many = work / "many"
+    # Half the steps, then the rest from the checkpoint (every rank's stream state comes back).
+    first = train_many(stream_models(), stream_of(subject, tokens, distributed.world()),
+                       forward_config(steps=STREAM_STEPS // 2, batch_size=STREAM_BATCH), torch.device("cpu"), many, progress=False)
+    models = stream_models()
+    info = train_many(models, stream_of(subject, tokens, distributed.world()),
+                      forward_config(steps=STREAM_STEPS, batch_size=STREAM_BATCH), torch.device("cpu"), many, progress=False)
+    return {"states": {name: m.state_dict() for name, (m, _, _) in models.items()}, "info": info, "first": first}
+
+
 def _llc(work: Path, rank: int, fail: bool = False, **_):
     from selfmodels.complexity.llc import cross_entropy, estimate_llc
 
@@ -158,7 +203,7 @@ def _cli(work: Path, rank: int, argv=(), **_):
     return 0
 
 
-SCENARIOS = {"forward": _forward, "llc": _llc, "grid": _grid, "stuck": _stuck, "cli": _cli,
+SCENARIOS = {"forward": _forward, "stream": _stream, "llc": _llc, "grid": _grid, "stuck": _stuck, "cli": _cli,
              "fail-llc": lambda work, rank, fail_rank, **kw: _llc(work, rank, fail=rank == fail_rank),
              "fail-forward": lambda work, rank, fail_rank, **kw: _forward(work, rank, fail_at=5 if rank == fail_rank else None)}
 

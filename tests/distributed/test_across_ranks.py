@@ -61,6 +61,45 @@ def test_forward_model_trained_on_two_ranks_equals_one_rank_on_both_ranks_batche
     assert [r["step"] for r in read_jsonl(run.out / "work" / "fm" / "metrics.jsonl")] == [5, 10, 12, 15, 20, 24]
 
 
+class _BothShards:
+    """One process's view of what two ranks stream: each batch is shard 0's and shard 1's batches concatenated."""
+
+    def __init__(self, subject, tokens):
+        self.shards = [harness.stream_of(subject, tokens, (rank, 2)) for rank in (0, 1)]
+        self.subject, self.indices = subject, self.shards[0].indices
+        self.batch_size, self.rank, self.world = 2 * harness.STREAM_BATCH, 0, 1
+
+    def __next__(self):
+        a, b = (next(shard) for shard in self.shards)
+        return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def test_many_forward_models_streamed_on_two_ranks_equal_one_rank_on_both_shards(torchrun, tmp_path):
+    from selfmodels.forward.multi import train_many
+
+    run = torchrun("stream", tmp_path / "dist")
+    assert run.returncode == 0, run.output
+    subject, tokens = harness.stream_subject()
+    both = _BothShards(subject, tokens)
+    reference = harness.stream_models()
+    info = train_many(reference, both, harness.forward_config(steps=harness.STREAM_STEPS, batch_size=both.batch_size),
+                      torch.device("cpu"), None, progress=False)
+    # The shards really differ (each rank streams its own windows), and each batch mixes several subject passes.
+    assert not torch.equal(next(both.shards[0])[0], next(both.shards[1])[0])
+    for rank in (0, 1):
+        result = run.result(rank)
+        for name, (model, _, _) in reference.items():
+            for key, value in model.state_dict().items():
+                torch.testing.assert_close(_without_key_bias(key, result["states"][name][key]), _without_key_bias(key, value),
+                                           rtol=0, atol=1e-5, msg=f"rank {rank}: {name} {key}")
+            assert result["info"][name]["final_mse"] == pytest.approx(info[name]["final_mse"], abs=1e-5)
+            assert result["info"][name]["tokens"] == harness.STREAM_STEPS // 2 * 2 * harness.STREAM_BATCH * harness.STREAM_T
+    assert _files(run.writes(1)) == set()  # the checkpoint (every rank's stream state) and curves: rank 0's alone
+    assert _files(run.writes(0)) == {"many/metrics.jsonl", "many/checkpoint.safetensors"}
+    steps = [r["step"] for r in read_jsonl(run.out / "work" / "many" / "metrics.jsonl") if r["model"] == "a"]
+    assert steps == [5, 10, 15, 20]
+
+
 def test_llc_chains_split_across_two_ranks_equal_the_same_chains_on_one(torchrun, tmp_path):
     from selfmodels.complexity.llc import cross_entropy, estimate_llc
 
@@ -144,3 +183,41 @@ def test_llc_command_and_calibration_on_two_ranks_match_one_and_rank_0_alone_wri
     assert _files(run.writes(0)) == {"run/llc.json", "run/llc_trace.png", *(f"run/llc_calibration/{name}" for name in (
         "calibration.jsonl", "calibration.json", "calibration.md", "calibration.png", "traces.safetensors"))}
     assert run.output.count("wrote") == 2  # one line per command, from rank 0
+
+
+def _tiny_runs():
+    """tests/forward's tiny subjects and corpora (its tiny_runs module)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("tiny_runs", Path(__file__).resolve().parents[1] / "forward" / "tiny_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_and_streamed_pipeline_on_two_ranks_train_data_parallel_and_rank_0_alone_writes(torchrun, tmp_path):
+    tiny = _tiny_runs()
+    model_dir, corpus = tiny.save_tiny_hf(tmp_path / "tiny-llama", "llama"), tiny.write_corpus(tmp_path)
+    profile = ["forward", "profile", "--main", str(model_dir), "--corpus", str(corpus), "--out", str(tmp_path / "dist" / "work" / "profile"),
+               "--quick", "--corpus.max-chars", "20000", "--model.d-head", "16", "--train.steps", "6", "--train.batch-size", "4",
+               "--seq-len", "16", "--buffer-sequences", "8", "--pass-sequences", "4", "--ridge-sequences", "8",
+               "--eval-sequences", "4", "--eval-batch", "2", "--decomposition-sequences", "2",
+               "--device", "cpu", "--threads", "1", "--no-progress"]
+    train = ["forward", "train", "--main", str(model_dir), "--corpus", str(corpus), "--out", str(tmp_path / "dist" / "work" / "pair"),
+             "--source", "0", "--target", "1", "--training", "stream", "--buffer-sequences", "8", "--pass-sequences", "4", "--no-baseline.enabled",
+             "--analysis-sequences", "0", *tiny.HF_FLAGS]
+    run = torchrun("cli", tmp_path / "dist", *profile, "::", *train, "::", *profile,
+                   env={"SELFMODELS_CACHE": str(tmp_path / "cache")}, timeout=240)
+    assert run.returncode == 0, run.output
+
+    r = read_json(run.out / "work" / "profile" / "results.json")
+    assert [(row["source"], row["target"]) for row in r["rows"]] == [(-1, 0), (0, 1), (1, 2), (2, 3)]
+    assert r["stream"]["ranks"] == 2 and r["data"]["tokens_per_model"] == 6 * 2 * 4 * 16  # steps x ranks x batch x seq_len
+    assert not [name for name, stage in r["stages"].items() if stage["computed"]]  # the second profile reused every stage
+    pair = read_json(run.out / "work" / "pair" / "results.json")
+    assert pair["forward_model"]["train"]["tokens"] == 6 * 2 * 4 * 16
+    assert pair["pair"]["training"] == "frozen subject, activations streamed through a shuffle buffer"
+    assert _files(run.writes(1)) == set()  # every stage, result and report: rank 0's alone
+    renames = [path for event, path in run.writes(0) if event == "os.rename"]
+    assert renames.count("pair/results.json") == 1 and renames.count("profile/results.json") == 2

@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from selfmodels.configs import add_arguments, from_args, from_dict
+from selfmodels.curves import add_log_option, check_sinks
 
 LAYER_HELP = "(-1 or embed = the embeddings, k = the residual after block k)"
 
@@ -34,6 +35,7 @@ def _run_options(parser: argparse.ArgumentParser, quick_help: str) -> None:
     parser.add_argument("--target", dest="target_index", default=None, help=f"target layer index {LAYER_HELP} (default: the preset's)")
     parser.add_argument("--corpus", dest="corpus_name", default=None,
                         help="corpus: offline, kjv, wikipedia, fineweb-edu or a .txt path (default: the preset's)")
+    add_log_option(parser)
     _common(parser)
 
 
@@ -60,6 +62,7 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     sweep.add_argument("--source", default=None, help=f"source index of the sweep {LAYER_HELP} (default: the run's source)")
     sweep.add_argument("--target", default=None, help="target index of the capacity sweep (default: source + 3, at most the last block)")
     sweep.add_argument("--gaps", type=int, nargs="+", default=[1, 2, 3], help="gaps of the layer-gap sweep (default: 1 2 3)")
+    add_log_option(sweep)
     _common(sweep)
     sweep.set_defaults(func=_sweep)
 
@@ -96,17 +99,20 @@ def _profile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--main", default="smollm2", help="subject: smollm2 (default, offline), gpt (ours, trained here) "
                                                           "or a Hugging Face model id / local directory")
     parser.add_argument("--corpus", dest="corpus_name", default=None, help="corpus (default: the preset's)")
+    add_log_option(parser)
     _common(parser)
 
 
 def _profile(args) -> int:
     from selfmodels.forward.profile import ProfileConfig, preset, run
 
+    log = check_sinks(args.log)  # a missing extra stops here, before any work starts
     progress = _setup(args)
     cfg = from_args(ProfileConfig, args, base=preset(args.main, args.quick))
     if args.corpus_name is not None:
         cfg = dataclasses.replace(cfg, corpus=dataclasses.replace(cfg.corpus, corpus=args.corpus_name))
-    r = run(dataclasses.replace(cfg, subject=dataclasses.replace(cfg.subject, main=args.main)), args.out, args.device, progress)
+    r = run(dataclasses.replace(cfg, subject=dataclasses.replace(cfg.subject, main=args.main)), args.out, args.device, progress,
+            log=log)
     for row in r["rows"]:
         print(f"{row['source']:>3} -> {row['target']:<3} cosine {row['cosine']:.4f} (skip {row['skip_cosine']:.4f}, ridge "
               f"{row['ridge_cosine']:.4f})  update R2 {row['delta_r2']:.3f}  recovery {row['recovery']:.3f} "
@@ -143,8 +149,9 @@ def _config(args, paper: bool):
 def _train(args) -> int:
     from selfmodels.forward.pipeline import run
 
+    log = check_sinks(args.log)  # a missing extra stops here, before any work starts
     progress = _setup(args)
-    _summary(run(_config(args, paper=False), args.out, args.device, progress), args.out)
+    _summary(run(_config(args, paper=False), args.out, args.device, progress, log=log), args.out)
     return 0
 
 
@@ -152,9 +159,10 @@ def _reproduce(args) -> int:
     from selfmodels.forward.explorer import write_explorer
     from selfmodels.forward.pipeline import run
 
+    log = check_sinks(args.log)  # a missing extra stops here, before any work starts
     progress = _setup(args)
     explore = lambda out, device: write_explorer(out, device=device)  # noqa: E731 - the page beside report.md, linked from it
-    _summary(run(_config(args, paper=True), args.out, args.device, progress, before_report=explore), args.out)
+    _summary(run(_config(args, paper=True), args.out, args.device, progress, before_report=explore, log=log), args.out)
     return 0
 
 
@@ -196,6 +204,7 @@ def _sweep(args) -> int:
     from selfmodels.forward.pipeline import run
     from selfmodels.subjects.base import parse_index
 
+    log = check_sinks(args.log)  # a missing extra stops here, before any work starts
     progress = _setup(args)
     cfg = _load_run(args.run_dir)
     source = cfg.source if args.source is None else parse_index(args.source)
@@ -205,7 +214,7 @@ def _sweep(args) -> int:
         sweeps = dataclasses.replace(sweeps, capacity=list(CAPACITY), capacity_source=source, capacity_target=target)
     else:
         sweeps = dataclasses.replace(sweeps, gaps=list(args.gaps), gap_source=source)
-    results = run(dataclasses.replace(cfg, sweeps=sweeps), args.run_dir, args.device, progress)
+    results = run(dataclasses.replace(cfg, sweeps=sweeps), args.run_dir, args.device, progress, log=log)
     for r in results["capacity_sweep" if args.kind == "capacity" else "layer_gap_sweep"]:
         print(f"{r['name']:>8}  {r['source']} -> {r['target']}  params {r['params']:>10,}  cosine {r['cosine']:.4f} "
               f"(skip {r['skip_cosine']:.4f})  recovery {r['recovery']:.3f}")

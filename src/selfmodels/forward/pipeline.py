@@ -33,8 +33,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from selfmodels import distributed
 from selfmodels.artifacts import atomic_path, append_jsonl, load_tensors, read_jsonl, save_tensors, write_config, write_json
 from selfmodels.configs import to_dict
+from selfmodels.curves import Mirror
 from selfmodels.data.windows import consecutive_windows, spread_windows
 from selfmodels.errors import UserError, require
 from selfmodels.forward.baseline import PerPositionMLP
@@ -47,10 +49,9 @@ from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION, paper_refe
 from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
 from selfmodels.forward.stages import StageStore
 from selfmodels.forward.multi import train_many
-from selfmodels.forward.stream import ActivationStream
+from selfmodels.forward.stream import ActivationStream, derived_seed
 from selfmodels.forward.train import ForwardTrainConfig, train_forward
 from selfmodels.optim import make_adamw
-from selfmodels.distributed import check_single_process
 from selfmodels.runtime import resolve_device
 from selfmodels.subjects.registry import CoTrain, OpenedSubject, open_subject
 
@@ -112,8 +113,9 @@ def _seconds_per_step(model: torch.nn.Module, batches, lr: float, device: torch.
 class _Run:
     """The state one pipeline run carries between its stages."""
 
-    def __init__(self, cfg: RunConfig, out: Path, device: torch.device, progress: bool):
+    def __init__(self, cfg: RunConfig, out: Path, device: torch.device, progress: bool, mirror: Mirror | None = None):
         self.cfg, self.out, self.device, self.progress = cfg, out, device, progress
+        self.mirror = mirror or Mirror(out)  # --log: the curves trained here go to it as they are written
         self.store = StageStore(out)
         self.activations: ActivationCache | None = None
         self.cache_key: str | None = None
@@ -132,7 +134,9 @@ class _Run:
             self.cotrained = ForwardModel(dataclasses.replace(cfg.model, d_model=cfg.subject.gpt.d_model))
             cotrain = CoTrain(self.cotrained, cfg.source, cfg.target, identity={"model": to_dict(self.cotrained.cfg)},
                               lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, grad_clip=cfg.train.grad_clip)
-        self.opened: OpenedSubject = open_subject(cfg.subject, cfg.corpus, self.device, cfg.seed, cotrain, self.progress)
+        with distributed.main_first():  # rank 0 fills the subject's cache (our GPT trained, a conversion); the others read it
+            self.opened: OpenedSubject = open_subject(cfg.subject, cfg.corpus, self.device, cfg.seed, cotrain, self.progress,
+                                                          mirror=self.mirror)
         self.subject = self.opened.subject
         check_pairs(cfg, self.subject.n_layers, self.subject.name)
         self.described = self.subject.describe()
@@ -175,28 +179,31 @@ class _Run:
     def fit(self, name: str, model: torch.nn.Module, identity: dict, source: int, target: int, train: ForwardTrainConfig,
             from_cache: bool = True) -> tuple[dict, str]:
         """Train ``model`` (whose shape ``identity`` describes) on (source, target), from the activation cache or
-        from activations streamed on the fly; kept as stage ``name``."""
+        from activations streamed on the fly; kept as stage ``name``. Under torchrun every rank trains on its own
+        batches (a shard of the stream, or its own draws from the cache) and DDP averages the gradients."""
         cfg = self.cfg
+        rank, ranks = distributed.world()
         streamed = {**self.data_key, "stream": [cfg.buffer_sequences, cfg.pass_sequences]}
         inputs = {**self.subject_key, "source": source, "target": target, "train": to_dict(train), "seed": cfg.seed,
-                  "model": identity, "data": self.cache_key if from_cache else streamed}
+                  "model": identity, "data": self.cache_key if from_cache else streamed, **({"ranks": ranks} if ranks > 1 else {})}
 
         def compute(directory: Path) -> dict:
             if not from_cache:
                 stream = ActivationStream(self.subject, self.opened.train, [source, target], cfg.seq_len, train.batch_size,
                                           cfg.buffer_sequences, cfg.pass_sequences, cfg.seed, self.opened.bos_id,
-                                          autocast=torch.bfloat16 if self.device.type == "cuda" else None)
-                info = train_many({name: (model, source, target)}, stream, train, self.device, directory, self.progress)[name]
+                                          shard=(rank, ranks), autocast=torch.bfloat16 if self.device.type == "cuda" else None)
+                info = train_many({name: (model, source, target)}, stream, train, self.device, directory, self.progress,
+                                  self.mirror)[name]
             else:
-                generator = torch.Generator().manual_seed(cfg.seed)
+                generator = torch.Generator().manual_seed(cfg.seed if ranks == 1 else derived_seed("cache", cfg.seed, rank, ranks))
                 batches = self.activations.batches(str(source), str(target), train.batch_size, generator)
                 info = train_forward(model, batches, train, self.device, metrics_path=directory / "metrics.jsonl",
                                      checkpoint=directory / "checkpoint.safetensors", generator=generator,
-                                     progress=self.progress, desc=name)
-            save_tensors(directory / "model.safetensors", model.state_dict())
+                                     progress=self.progress, desc=name, mirror=self.mirror)
+            distributed.main_only(save_tensors)(directory / "model.safetensors", model.state_dict())
             return info
 
-        info, directory, key = self.store.run(name, inputs, compute)
+        info, directory, key = self.store.run(name, inputs, compute, every_rank=True)
         model.load_state_dict(load_tensors(directory / "model.safetensors"))
         model.to(self.device).eval()
         self.curves[name] = directory / "metrics.jsonl"
@@ -245,7 +252,7 @@ class _Run:
             train = dataclasses.replace(train, steps=plan["steps"])
         info, key = self.fit("baseline_mlp", model, {"per_position_mlp": cfg.baseline.hidden_mult}, s, t, train)
         ev = self.evaluate("baseline_mlp", model, key, s, t)
-        save_tensors(self.out / "baseline_mlp.safetensors", model.state_dict())
+        distributed.main_only(save_tensors)(self.out / "baseline_mlp.safetensors", model.state_dict())
         return {"params": model.num_params(), "share_of_main": model.num_params() / self.subject.n_params,
                 "hidden_mult": cfg.baseline.hidden_mult, "steps_rule": cfg.baseline.steps, "time_matching": plan,
                 "train": info, **{k: ev[k] for k in REGRESSION_KEYS}, "recovery": ev["substitution"]["recovery"],
@@ -302,28 +309,31 @@ class _Run:
         result, directory, _ = self.store.run("analyses", inputs, lambda d: analyze_pair(
             self.subject, model, ids, cfg.source, cfg.target, self.token_strings, d / "plots"))
         for name in result["plots"].values():
-            _copy_into(directory / "plots" / name, self.out / "plots" / name)
+            distributed.main_only(_copy_into)(directory / "plots" / name, self.out / "plots" / name)
         return result
 
 
 def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = True,
-        before_report: Callable[[Path, torch.device], None] | None = None) -> dict:
+        before_report: Callable[[Path, torch.device], None] | None = None, log: tuple[str, ...] = ()) -> dict:
     """The whole pipeline into ``out``; returns the results (also written to ``out/results.json``). ``before_report(out,
-    device)`` runs once the results are written (``reproduce`` writes the explorer page there; the report links to it)."""
+    device)`` runs once the results are written (``reproduce`` writes the explorer page there; the report links to it).
+    ``log`` names the sinks the training curves are mirrored to (:mod:`selfmodels.curves`); never an input to a stage."""
     from selfmodels.forward.report import write_report
 
     cfg.validate()
-    check_single_process()
     out = check_out(out)
     began = time.perf_counter()
-    r = _Run(cfg, out, resolve_device(device_name), progress)
+    main = distributed.is_main()  # under torchrun rank 0 alone writes what the ranks share
+    r = _Run(cfg, out, distributed.local_device(resolve_device(device_name)), progress and main,
+             Mirror(out, log if main else (), config=to_dict(cfg)))
     r.open()
     subject, s, t = r.subject, cfg.source, cfg.target
     out.mkdir(parents=True, exist_ok=True)
-    write_config(out, {"experiment": "forward-self-models", "config": to_dict(cfg), "device": str(r.device),
-                       "subject": {k: v for k, v in r.described.items() if k != "indices"}})
-    for name, path in r.opened.files.items():
-        _copy_into(path, out / "subject" / name)
+    if main:
+        write_config(out, {"experiment": "forward-self-models", "config": to_dict(cfg), "device": str(r.device),
+                           "subject": {k: v for k, v in r.described.items() if k != "indices"}})
+        for name, path in r.opened.files.items():
+            _copy_into(path, out / "subject" / name)
 
     sweep_models = _sweep_models(cfg, r.d_model)
     if cfg.training == "cache" or cfg.baseline.enabled or sweep_models:  # some model trains from the cache
@@ -334,12 +344,6 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
     ridge = r.ridge()
     capacity, gaps = r.sweeps(sweep_models)
     analyses = r.analyses(headline, headline_key)
-
-    if (out / "forward_model").is_dir():
-        shutil.rmtree(out / "forward_model")
-    headline.save_pretrained(out / "forward_model", subject=r.described, source=s, target=t, data={
-        "corpus": r.opened.data["corpus"], "corpus_source": r.opened.data["source"],
-        "training_tokens": int(headline_train.get("tokens") or 0), "seq_len": cfg.seq_len, "bos": cfg.corpus.bos})
 
     sub = head_eval["substitution"]
     results = {
@@ -371,17 +375,24 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
         "seconds": time.perf_counter() - began,
         "stages": r.store.log,
     }
-    _write_curves(out, r)
-    write_json(out / "results.json", results)
-    if before_report is not None:
-        before_report(out, r.device)
-    write_report(out, results)
+    if main:
+        if (out / "forward_model").is_dir():
+            shutil.rmtree(out / "forward_model")
+        headline.save_pretrained(out / "forward_model", subject=r.described, source=s, target=t, data={
+            "corpus": r.opened.data["corpus"], "corpus_source": r.opened.data["source"],
+            "training_tokens": int(headline_train.get("tokens") or 0), "seq_len": cfg.seq_len, "bos": cfg.corpus.bos})
+        _write_curves(out, r)
+        write_json(out / "results.json", results)
+        if before_report is not None:
+            before_report(out, r.device)
+        write_report(out, results)
     return results
 
 
 def _write_curves(out: Path, r: _Run) -> None:
     """``metrics.jsonl``: the subject's training curve (when trained here) and every forward model's, rebuilt
-    from the stages this run used (so no line from a stale stage survives)."""
+    from the stages this run used (so no line from a stale stage survives). The curves of stages reused from an
+    earlier run (not trained, so not mirrored, here) go to the mirror now, which is then closed."""
     records = [{"model": "subject", **rec} for rec in read_jsonl(r.opened.files["metrics.jsonl"])] if "metrics.jsonl" in r.opened.files else []
     for name, path in r.curves.items():
         records += [{"model": name, **rec} for rec in read_jsonl(path)]
@@ -389,6 +400,11 @@ def _write_curves(out: Path, r: _Run) -> None:
         tmp.write_text("")
         for record in records:
             append_jsonl(tmp, record)
+    reused = {name for name, entry in r.store.log.items() if not entry["computed"]}
+    if (r.opened.training or {}).get("reused_from_cache"):  # None: a pretrained subject, not trained here
+        reused.add("subject")
+    r.mirror.log_all(record for record in records if record["model"] in reused)
+    r.mirror.close()
 
 
 def _copy_into(src: Path, dst: Path) -> None:

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import torch
 
-from selfmodels.artifacts import load_tensors, save_tensors, write_config, write_json, write_text
+from selfmodels import distributed
+from selfmodels.artifacts import load_tensors, read_jsonl, save_tensors, write_config, write_json, write_text
 from selfmodels.configs import option, to_dict
+from selfmodels.curves import Mirror
 from selfmodels.data.windows import consecutive_windows, spread_windows
 from selfmodels.errors import require
 from selfmodels.forward.analysis.decomposition import decomposition_report
@@ -44,7 +46,6 @@ from selfmodels.forward.substitution import substitution_eval_many
 from selfmodels.forward.train import ForwardTrainConfig
 from selfmodels.report.figures import save_figure, subplots
 from selfmodels.report.markdown import fmt, table
-from selfmodels.distributed import check_single_process
 from selfmodels.runtime import resolve_device
 from selfmodels.subjects.registry import CorpusConfig, SubjectConfig, open_subject
 
@@ -104,21 +105,25 @@ def pairs_of(cfg: ProfileConfig, n_layers: int) -> list[tuple[int, int]]:
     return [(s, s + cfg.gap) for s in sorted(set(sources))]
 
 
-def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool = True) -> dict:
-    """The profile into ``out``: ``results.json`` (one row per pair), ``report.md`` with one plot per metric."""
+def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool = True, log: tuple[str, ...] = ()) -> dict:
+    """The profile into ``out``: ``results.json`` (one row per pair), ``report.md`` with one plot per metric. ``log``
+    names the sinks the training curves are mirrored to (:mod:`selfmodels.curves`); never an input to a stage."""
     cfg.validate()
-    check_single_process()
     out = check_out(out)
     began = time.perf_counter()
-    device = resolve_device(device_name)
+    rank, ranks = distributed.world()
+    device = distributed.local_device(resolve_device(device_name))
+    progress = progress and rank == 0
+    mirror = Mirror(out, log if rank == 0 else (), config=to_dict(cfg))  # rank 0 writes the curves
     if cfg.subject.trained_here:
         pairs_of(cfg, cfg.subject.gpt.n_layer)  # checked before our GPT is trained
-    opened = open_subject(cfg.subject, cfg.corpus, device, cfg.seed, None, progress)
+    with distributed.main_first():  # rank 0 fills the subject's cache (our GPT trained, a conversion); the others read it
+        opened = open_subject(cfg.subject, cfg.corpus, device, cfg.seed, None, progress, mirror=mirror)
     subject = opened.subject
     pairs = pairs_of(cfg, subject.n_layers)
     described = subject.describe()
     out.mkdir(parents=True, exist_ok=True)
-    write_config(out, {"experiment": "forward-profile", "config": to_dict(cfg), "device": str(device),
+    distributed.main_only(write_config)(out, {"experiment": "forward-profile", "config": to_dict(cfg), "device": str(device),
                        "subject": {k: v for k, v in described.items() if k != "indices"}})
     store = StageStore(out)
     indices = sorted({k for pair in pairs for k in pair})
@@ -133,17 +138,22 @@ def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool
         models[f"{s}->{t}"] = (ForwardModel(model_cfg), s, t)
 
     def train_all(directory: Path) -> dict:
+        # Every rank streams its own shard of the training windows; the models train data-parallel.
         stream = ActivationStream(subject, opened.train, indices, cfg.seq_len, cfg.train.batch_size, cfg.buffer_sequences,
-                                  cfg.pass_sequences, cfg.seed, opened.bos_id,
+                                  cfg.pass_sequences, cfg.seed, opened.bos_id, shard=(rank, ranks),
                                   autocast=torch.bfloat16 if device.type == "cuda" else None)
-        info = train_many(models, stream, cfg.train, device, directory, progress)
-        save_tensors(directory / "models.safetensors",
-                     {f"{name}/{k}": v for name, (m, _, _) in models.items() for k, v in m.state_dict().items()})
-        return {"models": info, "tokens_seen": stream.tokens_seen, "passes": stream.passes}
+        info = train_many(models, stream, cfg.train, device, directory, progress, mirror)
+        distributed.main_only(save_tensors)(directory / "models.safetensors",
+                                            {f"{name}/{k}": v for name, (m, _, _) in models.items() for k, v in m.state_dict().items()})
+        seen = distributed.all_gather_object((stream.tokens_seen, stream.passes))
+        return {"models": info, "tokens_seen": sum(t for t, _ in seen), "passes": sum(p for _, p in seen), "ranks": ranks}
 
     train_inputs = {**base_key, "pairs": pairs, "model": to_dict(model_cfg), "train": to_dict(cfg.train), "seed": cfg.seed,
-                    "buffer": [cfg.buffer_sequences, cfg.pass_sequences]}
-    trained, directory, train_key = store.run("train", train_inputs, train_all)
+                    "buffer": [cfg.buffer_sequences, cfg.pass_sequences], **({"ranks": ranks} if ranks > 1 else {})}
+    trained, directory, train_key = store.run("train", train_inputs, train_all, every_rank=True)
+    if not store.log["train"]["computed"]:  # reused from an earlier run: its curves were not mirrored here
+        mirror.log_all(read_jsonl(directory / "metrics.jsonl"))
+    mirror.close()
     weights = load_tensors(directory / "models.safetensors")
     for name, (model, _, _) in models.items():
         model.load_state_dict({k.split("/", 1)[1]: v for k, v in weights.items() if k.startswith(name + "/")})
@@ -199,11 +209,11 @@ def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool
                     "training": opened.training},
         "data": {**opened.data, "train_tokens": int(opened.train.numel()), "val_tokens": int(opened.val.numel()),
                  "seq_len": cfg.seq_len, "bos": cfg.corpus.bos, "eval_tokens": int(x.numel()),
-                 "ridge_tokens": ridge_info["tokens"], "tokens_per_model": cfg.train.steps * cfg.train.batch_size * cfg.seq_len},
+                 "ridge_tokens": ridge_info["tokens"], "tokens_per_model": cfg.train.steps * cfg.train.batch_size * cfg.seq_len * trained.get("ranks", 1)},
         "gap": cfg.gap,
         "forward_model": {"params": next(iter(models.values()))[0].num_params(), "config": to_dict(model_cfg),
                           "train_config": to_dict(cfg.train), "share_of_main": next(iter(models.values()))[0].num_params() / subject.n_params},
-        "stream": {"buffer_sequences": cfg.buffer_sequences, "pass_sequences": cfg.pass_sequences,
+        "stream": {"buffer_sequences": cfg.buffer_sequences, "pass_sequences": cfg.pass_sequences, "ranks": trained.get("ranks", 1),
                    "tokens_seen": trained["tokens_seen"], "passes": trained["passes"],
                    "train_seconds": first["seconds"]},
         "rows": rows,
@@ -211,8 +221,9 @@ def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool
         "seconds": time.perf_counter() - began,
         "stages": store.log,
     }
-    write_json(out / "results.json", results)
-    write_profile_report(out, results)
+    if distributed.is_main():
+        write_json(out / "results.json", results)
+        write_profile_report(out, results)
     return results
 
 
@@ -260,7 +271,8 @@ def write_profile_report(out: Path, r: dict) -> None:
         f"same {d['eval_tokens']:,} held-out tokens; ridge maps fitted on {d['ridge_tokens']:,} training tokens. **Seed** {r['seed']}.\n",
         f"**Budget**: {len(rows)} forward models, each {c['n_layer']} block(s), {c['n_head']} head(s) x {c['d_head']}, "
         f"{c['mlp']} MLP ({f['params']:,} parameters, {100 * f['share_of_main']:.2f}% of the subject), trained together from one "
-        f"activation stream: {f['train_config']['steps']:,} steps of {f['train_config']['batch_size']} x {d['seq_len']} tokens "
+        f"activation stream: {f['train_config']['steps']:,} steps of {st.get('ranks', 1)} x {f['train_config']['batch_size']} x {d['seq_len']} tokens "
+        f"(processes x sequences per process x tokens) "
         f"({d['tokens_per_model']:,} tokens per model) at lr {f['train_config']['lr']:g}; shuffle buffer {st['buffer_sequences']} "
         f"sequences filled {st['pass_sequences']} per subject pass ({st['passes']} passes); training {st['train_seconds']:.0f} s.\n",
         "A pair the ridge map already matches is affine-compressible; a low update R² where skipping costs a lot marks "

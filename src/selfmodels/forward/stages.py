@@ -6,6 +6,11 @@ inputs. Its ``result.json`` is written last, so a directory without it is unfini
 again there and may resume from the checkpoints it left. A changed setting changes the key of every stage
 that depends on it, directly or through an upstream key, and only of those; a rerun with the old settings
 finds the old results again.
+
+Under ``torchrun`` the ranks share the output directory and walk the same stages in the same order. A stage
+is computed by rank 0 while the other ranks wait, then read back by them; a stage that trains data-parallel
+(``every_rank=True``) is computed by every rank together, rank 0 deciding whether it is done and writing its
+``result.json``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from selfmodels import distributed
 from selfmodels.artifacts import read_json, write_json
 from selfmodels.subjects.registry import content_key
 
@@ -30,10 +36,35 @@ class StageStore:
     def key(self, name: str, inputs) -> str:
         return content_key({"stage": name, "format": FORMAT, "inputs": inputs})
 
-    def run(self, name: str, inputs, compute: Callable[[Path], dict]) -> tuple[dict, Path, str]:
-        """``compute(directory) -> result`` once per distinct inputs; returns (result, directory, key)."""
+    def run(self, name: str, inputs, compute: Callable[[Path], dict], every_rank: bool = False) -> tuple[dict, Path, str]:
+        """``compute(directory) -> result`` once per distinct inputs; returns (result, directory, key).
+
+        Across ranks: rank 0 computes first (the others then find the result), or, with ``every_rank``, all
+        ranks compute together; inside ``compute`` only rank 0 may write files the ranks share."""
         key = self.key(name, inputs)
         directory = self.root / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{key}"
+        done = directory / "result.json"
+        if distributed.world()[1] == 1:
+            return self._run_here(name, key, directory, compute)
+        if not every_rank:
+            with distributed.main_first():
+                if not distributed.is_main():  # rank 0 has finished the stage: read it back
+                    return self._run_here(name, key, directory, compute)
+                with distributed.solo():  # rank 0 works alone; nothing in the stage waits for the others
+                    return self._run_here(name, key, directory, compute)
+        if distributed.all_gather_object(done.is_file())[0]:  # rank 0's view decides for every rank
+            return self._run_here(name, key, directory, compute)
+        if distributed.is_main():
+            directory.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
+        result = compute(directory)
+        if distributed.is_main():
+            write_json(done, result)
+        distributed.barrier()  # the stage's files are in place before any rank reads them
+        self.log[name] = {"key": key, "computed": True}
+        return result, directory, key
+
+    def _run_here(self, name: str, key: str, directory: Path, compute: Callable[[Path], dict]) -> tuple[dict, Path, str]:
         done = directory / "result.json"
         if done.is_file():
             self.log[name] = {"key": key, "computed": False}

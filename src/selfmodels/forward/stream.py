@@ -56,7 +56,7 @@ STATE_FORMAT = 1
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def _derived_seed(*parts) -> int:
+def derived_seed(*parts) -> int:
     """A 63-bit seed from the given parts, so (seed, epoch) or (seed, rank) pairs never share a stream."""
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
@@ -134,7 +134,7 @@ class ActivationStream:
         self.n_windows = n_windows
         self.windows_per_epoch = len(range(rank, n_windows, world))  # this rank's share of one epoch
         self.capacity = self.buffer_sequences + self.pass_sequences - 1
-        self._draw = torch.Generator().manual_seed(_derived_seed("draw", self.seed, rank, world))
+        self._draw = torch.Generator().manual_seed(derived_seed("draw", self.seed, rank, world))
         self._orders: dict[int, torch.Tensor] = {}
         self._storage: dict[int, torch.Tensor] = {}  # index -> (capacity, T, d), allocated at the first pass
         self._free: list[int] = list(range(self.capacity))
@@ -152,7 +152,7 @@ class ActivationStream:
         if epoch not in self._orders:
             if len(self._orders) >= 4:  # only the current epoch (and a resume's older ones) are ever needed
                 self._orders.pop(min(self._orders))
-            gen = torch.Generator().manual_seed(_derived_seed("epoch", self.seed, epoch))
+            gen = torch.Generator().manual_seed(derived_seed("epoch", self.seed, epoch))
             self._orders[epoch] = torch.randperm(self.n_windows, generator=gen)[self.rank :: self.world]
         return self._orders[epoch]
 
