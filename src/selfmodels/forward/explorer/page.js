@@ -237,7 +237,9 @@
     }
     const A = L.attention[key];
     if (A) {
-      const seq = L.sequences.find((s) => s.b === P.b) || L.worst.find((w) => w.b === P.b);
+      // the window's tokens: shown in full, or the longest context of its worst positions (it reaches past t)
+      const seq = L.sequences.find((s) => s.b === P.b) ||
+        L.worst.filter((w) => w.b === P.b).reduce((a, w) => (w.ids.length > a.ids.length ? w : a));
       box.append(attentionBlock("attention of block " + (L.source + 1) + " (the layer) at this position", A.layer, seq.ids, P.t, "attn-layer"));
       box.append(attentionBlock("attention of the forward model at this position", A.forward, seq.ids, P.t, "attn-forward"));
     }
