@@ -5,11 +5,17 @@ import json
 import re
 
 import numpy as np
-import pytest
 import torch
 
 from selfmodels.cli import main
-from selfmodels.forward.explore import FLAG_NEAR_ZERO, FLAG_OK, FLAG_POSITION0, category_bits, normalised_error, worst_positions
+from selfmodels.forward.explore import (
+    FLAG_NEAR_ZERO,
+    FLAG_OK,
+    FLAG_POSITION0,
+    category_bits,
+    normalised_error,
+    worst_positions,
+)
 from selfmodels.forward.explorer.page import embed_json, render_page
 
 
@@ -23,7 +29,7 @@ def test_embedded_json_cannot_close_its_script_element_and_reads_back_the_same()
 def test_the_rendered_page_holds_exactly_its_own_two_scripts():
     data = {"title": "</script> & <b>", "vocab": {"7": "</script><script>window.bad=1</script>"}}
     html = render_page(data)
-    assert len(re.findall(r"<script\b", html, flags=re.I)) == 2 and len(re.findall(r"</script", html, flags=re.I)) == 2
+    assert len(re.findall(r"<script\b", html, flags=re.IGNORECASE)) == 2 and len(re.findall(r"</script", html, flags=re.IGNORECASE)) == 2
     assert "<title>&lt;/script&gt; &amp; &lt;b&gt;</title>" in html
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html  # no network
 

@@ -249,6 +249,5 @@ def save_arrays(path: Path, per_pair: dict[str, dict[str, np.ndarray]], categori
     arrays = {f"{name.replace('->', '_')}/{k}": v for name, data in per_pair.items() for k, v in data.items()}
     arrays["category_names"] = np.array(categories)
     arrays["modes"] = np.array(MODES)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)

@@ -113,7 +113,7 @@ def _header(explored: ExploredRun) -> dict:
         header["training"] = r["pair"].get("training")
     else:
         rows = r["rows"]
-        mean = lambda key: _num(sum(x[key] for x in rows) / len(rows))  # noqa: E731
+        mean = lambda key: _num(sum(x[key] for x in rows) / len(rows))
         header["numbers"] = [["mean cosine", mean("cosine"), "mean skip cosine", mean("skip_cosine")],
                              ["mean update R²", mean("delta_r2"), "mean ridge R²", mean("ridge_delta_r2")],
                              ["mean recovery", mean("recovery"), "mean KL of skipping", mean("kl_skipped")]]
