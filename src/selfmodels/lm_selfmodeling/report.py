@@ -115,10 +115,12 @@ def _sentence(results: dict, condition: str, measure: str, name: str) -> str:
     if d is None:
         return f"{name}: not measured."
     final, matched = d["vs_final_baseline"], d["vs_matched_baseline"]
+    unequal = _verdict(d["val_loss_difference_vs_matched"]) in ("lower", "higher")
+    caveat = " The matched losses still differ (CI excludes 0): no claim at equal loss." if unequal else ""
     return (f"{name}: {_verdict(final)} than the final baseline ({_diff_text(final)}; validation loss "
             f"{_diff_text(d['val_loss_difference_vs_final'])} nats), {_verdict(matched)} than the baseline snapshot at "
             f"the nearest validation loss ({_diff_text(matched)}; loss difference "
-            f"{_diff_text(d['val_loss_difference_vs_matched'])}).")
+            f"{_diff_text(d['val_loss_difference_vs_matched'])}).{caveat}")
 
 
 def write_report(results: dict, out: str | Path) -> None:
@@ -150,6 +152,24 @@ def write_report(results: dict, out: str | Path) -> None:
                  f"nβ = n / ln n with n the predicted tokens of a minibatch.\n")
     lines.append("## Answers\n")
     conditions = [r for r in results["summary"] if r["method"] != "baseline"]
+    lines.append("At a glance: each cell is the verdict of the difference from the baseline snapshot at the nearest "
+                 "validation loss (lower / higher when its 95% Welch CI excludes 0), with the difference; the second "
+                 "column says whether those matched losses are themselves equal within their CI (if not, no claim).\n")
+    glance = []
+    for r in conditions:
+        c = r["condition"]
+        row = [c, _diff_text((_row(results, c, "unembedding_sd") or {}).get("val_loss_difference_vs_final", {}), 3)]
+        any_row = _row(results, c, "unembedding_sd") or {}
+        loss_m = any_row.get("val_loss_difference_vs_matched", {})
+        row.append("equal" if _verdict(loss_m) == "no clear difference" else f"differ ({_diff_text(loss_m, 3)})")
+        for m in ("llc_mean", "unembedding_sd", "block_weight_sd_mean", "observer_near_delta_r2", "observer_near_recovery"):
+            d = _row(results, c, m)
+            row.append("-" if d is None else f"{_verdict(d['vs_matched_baseline'])} ({_diff_text(d['vs_matched_baseline'], 3)})")
+        row.append(f"{r['drift_runs']}/{r['n']}")
+        glance.append(row)
+    lines.append(table(["condition", "val-loss diff vs final baseline", "matched losses", "LLC", "unembedding SD",
+                        "block weight SD", "observer R² (near)", "observer recovery (near)", "drift"], glance))
+    lines.append("")
     for r in conditions:
         c = r["condition"]
         drift = f" **{r['drift_runs']} of {r['n']} runs drifted** (residual norm > 2x or a block update < 0.2x the baseline's)." if r["drift_runs"] else ""
