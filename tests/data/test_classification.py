@@ -160,8 +160,26 @@ def test_fashion_mnist_from_idx_directory(tmp_path):
 
 
 def test_fashion_mnist_offline_without_package(tmp_path):
-    with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
+    with pytest.raises(UserError, match="make setup.*apt-get install dataset-fashion-mnist"):
         images.load_fashion_mnist_offline(dirs=(tmp_path,))
+
+
+def test_fashion_mnist_is_looked_for_system_wide_then_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFMODELS_CACHE", str(tmp_path))
+    assert images.fashion_mnist_dirs() == (images.Path("/usr/share/datasets/fashion-mnist"), tmp_path / "fashion-mnist")
+
+
+def test_fashion_mnist_real_files_when_present():
+    directory = images.find_fashion_mnist()
+    if directory is None:
+        pytest.skip(f"Fashion-MNIST IDX files not found in {', '.join(map(str, images.fashion_mnist_dirs()))}: "
+                    "`make setup` (python -m selfmodels.data.fetch fashion-mnist) fetches them")
+    data = load_classification("fashion-mnist", source="offline", val_is_test=True)
+    x, y = data.train.tensors
+    assert x.shape == (60_000, 1, 28, 28) and data.test.tensors[0].shape == (10_000, 1, 28, 28)
+    assert data.val is data.test  # val_is_test: the test set itself, not a copy
+    assert torch.bincount(y).tolist() == [6_000] * 10 and torch.bincount(data.test.tensors[1]).tolist() == [1_000] * 10
+    assert x.min() == -1.0 and x.max() == 1.0 and str(directory) in data.source
 
 
 # ------------------------------------------------------------------------------ hub format, in memory

@@ -148,8 +148,10 @@ def load_classification(task: str, *, source: str = "auto", val_fraction: float 
         return torch.as_tensor(np.asarray(y, dtype=np.int64))  # (N,)
 
     train = TensorDataset(prepared.train, labels(train_y))
-    val = TensorDataset(prepared.val, labels(val_y))
     test = TensorDataset(prepared.test, labels(raw.test_y))
+    # With val_is_test the validation set is the test set itself: one object (no second copy in memory,
+    # and a training loop can see that evaluating it once serves both).
+    val = test if val_is_test else TensorDataset(prepared.val, labels(val_y))
     split = {
         "val_is_test": val_is_test,
         "val_fraction": None if val_is_test else val_fraction,

@@ -18,13 +18,18 @@ import torch
 from selfmodels.data.hub import load_hub_dataset
 from selfmodels.data.splits import RawSplits, stratified_split
 from selfmodels.errors import UserError
+from selfmodels.runtime import cache_dir
 
 # The offline MNIST subset has no test split of its own: we hold out this stratified fraction of it,
 # always with the same seed, so every run (whatever its own seed) is scored on the same 1,000 images.
 MNIST_OFFLINE_TEST_FRACTION = 0.2
 MNIST_OFFLINE_TEST_SEED = 0
 
-FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)  # where Debian's dataset-fashion-mnist puts it
+# Debian's dataset-fashion-mnist ships the IDX files in this directory (relative to /). `make setup`
+# unpacks the package without root into the project's cache (see selfmodels.data.fetch), where
+# fashion_mnist_dirs() looks after the system-wide install.
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+FASHION_MNIST_PACKAGE_DIR = "usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -110,30 +115,46 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def find_fashion_mnist(dirs: Sequence[Path] = FASHION_MNIST_DIRS) -> Path | None:
-    """The first of ``dirs`` holding the four Fashion-MNIST IDX files (by default where Debian's
-    ``dataset-fashion-mnist`` puts them), if any."""
-    for directory in map(Path, dirs):
+def fashion_mnist_cache_dir() -> Path:
+    """Where ``make setup`` (``python -m selfmodels.data.fetch fashion-mnist``) unpacks the IDX files:
+    ``<cache>/fashion-mnist`` (``$SELFMODELS_CACHE`` or ``~/.cache/selfmodels``)."""
+    return cache_dir() / "fashion-mnist"
+
+
+def fashion_mnist_dirs() -> tuple[Path, ...]:
+    """Where the Fashion-MNIST IDX files are looked for, in order: the system-wide Debian install, then
+    the project's cache."""
+    return (Path("/") / FASHION_MNIST_PACKAGE_DIR, fashion_mnist_cache_dir())
+
+
+def find_fashion_mnist(dirs: Sequence[Path] | None = None) -> Path | None:
+    """The first of ``dirs`` (default :func:`fashion_mnist_dirs`) holding the four Fashion-MNIST IDX
+    files, if any."""
+    for directory in map(Path, fashion_mnist_dirs() if dirs is None else dirs):
         if all((directory / name).is_file() for pair in FASHION_MNIST_FILES.values() for name in pair):
             return directory
     return None
 
 
-def load_fashion_mnist_offline(dirs: Sequence[Path] = FASHION_MNIST_DIRS) -> RawSplits:
-    """Fashion-MNIST from the Debian package's IDX files (or the first of ``dirs`` holding all four):
-    the official 60,000 / 10,000 split."""
+def load_fashion_mnist_offline(dirs: Sequence[Path] | None = None) -> RawSplits:
+    """Fashion-MNIST from the Debian package's IDX files (the first of ``dirs``, default
+    :func:`fashion_mnist_dirs`, holding all four): the official 60,000 / 10,000 split."""
     directory = find_fashion_mnist(dirs)
     if directory is None:
+        looked = ", ".join(str(d) for d in (fashion_mnist_dirs() if dirs is None else dirs))
         raise UserError(
-            "fashion-mnist offline needs the Debian package: `apt-get install dataset-fashion-mnist` "
-            f"(it installs the IDX files into {FASHION_MNIST_DIRS[0]}); or go online and use --source hub"
+            f"fashion-mnist offline needs the IDX files of the Debian package {FASHION_MNIST_PACKAGE} (looked in {looked}): "
+            f"`make setup` (or `python -m selfmodels.data.fetch fashion-mnist`) unpacks it into the cache without root, "
+            f"or `apt-get install {FASHION_MNIST_PACKAGE}`; or go online and use --source hub"
         )
     arrays = {}
     for split, (images, labels) in FASHION_MNIST_FILES.items():
         x = read_idx(directory / images)[:, None]  # (N, 1, 28, 28)
         y = read_idx(directory / labels).astype(np.int64)  # (N,)
+        if len(x) != len(y):
+            raise UserError(f"Fashion-MNIST {split} files in {directory} disagree: {len(x)} images, {len(y)} labels")
         arrays[split] = (x, y)
-    return RawSplits(*arrays["train"], *arrays["test"], source=f"offline: Fashion-MNIST IDX files in {directory} (Debian dataset-fashion-mnist)",
+    return RawSplits(*arrays["train"], *arrays["test"], source=f"offline: Fashion-MNIST IDX files in {directory} (Debian {FASHION_MNIST_PACKAGE})",
                      test_from="official test split")
 
 

@@ -46,6 +46,7 @@ class GridConfig:
     hidden: list[int] = option([], "hidden sizes H; [] = the paper's grid for the task")
     methods: list[str] = option(list(METHODS), "methods to run", choices=METHODS)
     strengths: list[float] = option([], "strengths w for every non-baseline method; [] = the paper's auxiliary weights")
+    activation_l2_strengths: list[float] = option([], "strengths of activation-l2 only; [] = --strengths")
     weight_decay_strengths: list[float] = option(
         [], "strengths of weight-decay only; [] = --strengths. w/2 |theta|^2 on every parameter collapses training at the "
         "self-modeling weights (w >= 1): 0.0001 0.001 0.01 compare usefully")
@@ -68,7 +69,7 @@ class GridConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-        bad = [s for s in self.strengths + self.weight_decay_strengths if not (0 <= s < float("inf"))]
+        bad = [s for s in self.strengths + self.activation_l2_strengths + self.weight_decay_strengths if not (0 <= s < float("inf"))]
         if bad:
             raise UserError(f"strengths must be finite and non-negative, got {', '.join(map(str, bad))}")
         if any(h < 1 for h in self.hidden):
@@ -98,15 +99,16 @@ def expand(grid: GridConfig) -> list[RunConfig]:
     """Every run of the grid, seed by seed (so an interrupted grid has whole seeds done first).
 
     Each hidden size gets one baseline per seed; every other method runs at every strength > 0 (a
-    strength of 0 is the baseline itself), weight-decay at its own strengths when given.
+    strength of 0 is the baseline itself), activation-l2 and weight-decay at their own strengths when given.
     """
     grid.validate()
     p = preset(grid.task)
     hiddens = grid.hidden or list(p.hidden)
     strengths = sorted({float(s) for s in (grid.strengths or p.strengths) if s > 0})
     own = {"baseline": [0.0]}
-    if grid.weight_decay_strengths:
-        own["weight-decay"] = sorted({float(s) for s in grid.weight_decay_strengths if s > 0})
+    for method, given in (("activation-l2", grid.activation_l2_strengths), ("weight-decay", grid.weight_decay_strengths)):
+        if given:
+            own[method] = sorted({float(s) for s in given if s > 0})
     seeds = grid.seeds or list(range(p.seeds))
     common = dict(
         epochs=grid.epochs, lr=grid.lr, batch_size=grid.batch_size, targets=grid.targets or None,
@@ -266,10 +268,17 @@ def run_and_report(grid: GridConfig, out: str | Path, *, progress: bool = True, 
     under torchrun rank 0 writes the files, and every rank returns once they are written)."""
     from selfmodels.selfmodeling.report import write_report
 
-    records = run_grid(grid, out, progress=progress, data=data, log=log)
     first = expand(grid)[0]
+    if data is None:
+        with distributed.main_first():  # a download or conversion happens once
+            data = load_data(first.data)
+    records = run_grid(grid, out, progress=progress, data=data, log=log)
+    train_size = len(data.train)
+    steps_per_epoch = -(-train_size // first.optim.batch_size)  # the last, smaller batch counts as a step
     settings = {
         "epochs": first.optim.epochs, "optimizer": to_dict(first.optim), "targets": first.targets,
+        "train_size": train_size, "steps_per_epoch": steps_per_epoch, "steps": steps_per_epoch * first.optim.epochs,
+        "val_is_test": first.data.val_is_test,
         "detach": first.detach, "data_source": records[0].get("data_source"), "threads": grid.threads,
         "workers": grid.workers, "processes": distributed.world()[1], "cpu_count": os.cpu_count(),
         "llc_config": None if first.llc is None else to_dict(first.llc),

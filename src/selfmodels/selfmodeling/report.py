@@ -7,7 +7,7 @@ from pathlib import Path
 
 from selfmodels.artifacts import write_text
 from selfmodels.report.markdown import fmt, fmt_ci, table
-from selfmodels.selfmodeling import plots, reference
+from selfmodels.selfmodeling import comparison, plots, reference
 
 NAMES = {"weight_sd": "weight SD", "test_accuracy": "test accuracy", "llc_mean": "LLC"}
 
@@ -113,6 +113,45 @@ def _condition_rows(summary: list[dict], hidden: int, has_llc: bool) -> tuple[li
     return headers, rows
 
 
+def _steps(settings: dict) -> str:
+    """' of 118 steps (5,900 SGD steps on 60,000 training images; validation = test set)' where known."""
+    if not settings.get("steps"):
+        return ""
+    val = "; validation = the test set, as the paper" if settings.get("val_is_test") else ""
+    return (f" of {settings['steps_per_epoch']:,} steps ({settings['steps']:,} SGD steps on {settings['train_size']:,} "
+            f"training images{val})")
+
+
+def _paper_section(results: dict) -> list[str]:
+    """Directions and relative changes beside the paper's MNIST ones; and, with a regime arm, whether a
+    difference comes from the dataset or from the regime."""
+    summary, trends = results["summary"], results["trends"]
+    if not summary or summary[0]["task"] not in ("mnist", "fashion-mnist"):
+        return []
+    rows = comparison.compare_with_paper(summary, trends)
+    if not rows:
+        return []
+    lines = ["## Compared with the paper", "",
+             "Self-model against the baseline at the same H, as a relative change (difference / baseline mean; the CI is "
+             "the Welch 95% CI of the difference over the baseline mean), beside the paper's relative change read off its "
+             "MNIST figures. Verdict: *agrees* / *differs* when our CI excludes 0 on the paper's / the other side, "
+             "*unclear* when it includes 0, *collapsed* where the fit failed (accuracy near chance).", ""]
+    if summary[0]["task"] != comparison.PAPER_TASK:
+        lines += [f"Our data is {summary[0]['task']}, the paper's MNIST: compare directions and relative sizes, not values.", ""]
+    lines += comparison.paper_sentences(rows) + ["", comparison.paper_table(rows)]
+    arm = results.get("arm")
+    if arm:
+        regime = results.get("regime") or {}
+        rows = comparison.regime_rows(results, arm)
+        hidden, strength = comparison.arm_condition(arm)
+        seeds = arm["summary"][0]["n"]
+        lines += ["## Dataset or regime?", "",
+                  f"The regime arm (`{arm['dir']}/`) trains the MNIST 5k subset for the paper's step count, H {hidden}, "
+                  f"baseline and AW {strength:g}, {seeds} seeds; beside it the same conditions of this grid.", "",
+                  comparison.regime_sentence(rows, bool(regime.get("paper_regime"))), "", comparison.regime_table(rows)]
+    return lines
+
+
 def render(results: dict, images: dict[str, str | None]) -> str:
     """The markdown text of the report."""
     settings = results.get("settings", {})
@@ -130,7 +169,8 @@ def render(results: dict, images: dict[str, str | None]) -> str:
         f"seeds {len({r['seed'] for r in results['runs']})} per condition; {len(results['runs'])} runs.",
         f"- **Training**: {optim.get('optimizer', '?')} lr {optim.get('lr')} "
         f"{'(momentum ' + str(optim.get('momentum')) + (', Nesterov' if optim.get('nesterov') else '') + ')' if optim.get('optimizer') == 'sgd' else ''}, "
-        f"batch {optim.get('batch_size')}, {optim.get('epochs')} epochs{', augmentation' if optim.get('augment') else ''}; "
+        f"batch {optim.get('batch_size')}, {optim.get('epochs')} epochs{', augmentation' if optim.get('augment') else ''}"
+        f"{_steps(settings)}; "
         f"targets {', '.join(settings.get('targets', []))} ({'detached' if settings.get('detach', True) else 'not detached'}).",
         "- **Definitions**: accuracy = test accuracy after the last epoch (argmax over the class logits); "
         "weight SD = standard deviation of the final layer's classification rows (self-model rows excluded); "
@@ -143,7 +183,7 @@ def render(results: dict, images: dict[str, str | None]) -> str:
     ]
     if not has_llc:
         lines += ["**LLC not computed** (run with `--llc paper` to estimate each run's local learning coefficient).", ""]
-    lines += ["## Answers", ""] + answer(trends, summary) + ["", "## Findings", ""]
+    lines += ["## Answers", ""] + answer(trends, summary) + [""] + _paper_section(results) + ["## Findings", ""]
     order = {m: i for i, m in enumerate(("self-model", "activation-l2", "weight-decay"))}
     keys = sorted({(t["hidden"], t["method"]) for t in trends}, key=lambda k: (k[0], order.get(k[1], 9)))
     for hidden, method in keys:

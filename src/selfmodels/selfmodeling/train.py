@@ -150,8 +150,9 @@ def train_objective(
             "train_loss": float(sums[0] / batches),
             "train_ce": float(sums[1] / batches),
             "train_aux": float(sums[2] / batches),
-            "val_accuracy": accuracy(objective.logits, val, device),
-            "test_accuracy": accuracy(objective.logits, test, device),
+            "val_accuracy": (val_accuracy := accuracy(objective.logits, val, device)),
+            # val is test (the paper's choice, val_is_test): one evaluation serves both.
+            "test_accuracy": val_accuracy if val is test else accuracy(objective.logits, test, device),
             "weight_sd": objective.weight_sd(),
             "identity_distance": objective.identity_distance(),
             "seconds": time.perf_counter() - began,

@@ -1,0 +1,85 @@
+"""The quick reproduction's regimes: which one runs (paper regime on Fashion-MNIST, or the MNIST 5k
+fallback), their grids, and the whole quick reproduction end to end on tiny data (arm + main grid + the
+report's comparison with the paper)."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from selfmodels.errors import UserError
+from selfmodels.selfmodeling import comparison, presets
+from selfmodels.selfmodeling.commands import ARM_DIR, quick_grid, regime_note, reproduce_quick, select_regime
+from selfmodels.selfmodeling.grid import expand
+
+
+def test_auto_picks_the_paper_regime_when_fashion_mnist_is_here_and_falls_back_to_mnist_5k_otherwise(tmp_path):
+    regime, source, reason = select_regime("auto", tmp_path)
+    assert regime is presets.PAPER_REGIME and source == "offline" and str(tmp_path) in reason
+    regime, source, reason = select_regime("auto", None)
+    assert regime is presets.MNIST_5K_REGIME and source == "offline" and "make setup" in reason
+    assert "NOT the paper's regime" in regime_note(regime, reason)
+    assert "in the paper's optimisation regime" in regime_note(presets.PAPER_REGIME, "found")
+    # Asked for by name: the fallback even when Fashion-MNIST is here; the paper regime from the hub when not.
+    assert select_regime("mnist-5k", tmp_path)[0] is presets.MNIST_5K_REGIME
+    assert select_regime("paper", None)[:2] == (presets.PAPER_REGIME, "auto")
+    with pytest.raises(UserError, match="unknown regime"):
+        select_regime("fast", None)
+
+
+def test_the_paper_regime_has_the_papers_batch_epochs_and_steps():
+    runs = expand(quick_grid(presets.PAPER_REGIME))
+    first = runs[0]
+    assert first.data.task == "fashion-mnist" and first.data.val_is_test  # all 60,000 images trained on
+    assert (first.optim.batch_size, first.optim.epochs) == (512, 50)
+    assert -(-60_000 // first.optim.batch_size) * first.optim.epochs == presets.PAPER_STEPS == 5_900
+    by_method = {m: sorted({c.strength for c in runs if c.method == m}) for m in ("self-model", "activation-l2", "weight-decay")}
+    assert by_method == {"self-model": [1.0, 10.0, 50.0], "activation-l2": [1.0, 10.0], "weight-decay": [1e-3, 1e-2]}
+    assert len(runs) == 2 * 3 * 8  # H x seeds x (baseline + 3 + 2 + 2)
+    # The fallback is the earlier 800-step grid, unchanged (so its finished runs are read back).
+    fallback = expand(quick_grid(presets.MNIST_5K_REGIME))
+    assert len(fallback) == 60 and fallback[0].optim.epochs == 100 and not fallback[0].data.val_is_test
+    # The arm: MNIST 5k (3,600 training images, 8 steps an epoch) at the paper's step count.
+    arm = expand(quick_grid(presets.MNIST_5K_PAPER_STEPS))
+    assert {(c.model.hidden, c.method, c.strength) for c in arm} == {(64, "baseline", 0.0), (64, "self-model", 10.0)}
+    assert len(arm) == 6 and arm[0].data.task == "mnist"
+    assert abs(8 * arm[0].optim.epochs - presets.PAPER_STEPS) < 8
+
+
+def test_paper_changes_and_verdicts():
+    change = comparison.paper_change("weight_sd", 64, 10.0)
+    assert change["direction"] == "falls" and change["relative"] == pytest.approx((0.230 - 0.262) / 0.262)
+    assert comparison.paper_change("weight_sd", 64, 50.0)["collapsed"]  # accuracy 0.11 in the paper
+    assert comparison.paper_change("llc_mean", 512, 1.0)["direction"] == "about equal"  # 58 -> 58
+    assert comparison._verdict("falls", change, False) == "agrees"
+    assert comparison._verdict("rises", change, False) == "differs"
+    assert comparison._verdict("no clear change", change, False) == "unclear"
+    assert comparison._verdict("falls", change, True) == "collapsed (ours)"
+
+
+def test_quick_reproduction_end_to_end_on_tiny_data(tiny_data, tmp_path):
+    tiny = dict(hidden=(5,), seeds=(0, 1), epochs=2, strengths=(1.0,))
+    regime = dataclasses.replace(presets.PAPER_REGIME, activation_l2_strengths=(1.0,), weight_decay_strengths=(1e-3,), **tiny)
+    arm = dataclasses.replace(presets.MNIST_5K_PAPER_STEPS, **dict(tiny, epochs=3))
+    results, arm_results = reproduce_quick(tmp_path, regime, "offline", "tiny test data", arm=arm, llc="none",
+                                           progress=False, data=tiny_data, arm_data=tiny_data)
+    assert len(arm_results["runs"]) == 4 and len(results["runs"]) == 2 * 4
+    assert (tmp_path / ARM_DIR / "report.md").exists() and (tmp_path / ARM_DIR / "results.json").exists()
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert stored["regime"] == {"name": "paper", "paper_regime": True, "reason": "tiny test data"}
+    assert stored["settings"]["steps"] == 2 and stored["settings"]["train_size"] == 96  # 96 images, batch 512
+    assert stored["arm"]["settings"]["steps"] == 3
+    report = (tmp_path / "report.md").read_text()
+    assert "in the paper's optimisation regime" in report and "## Compared with the paper" in report
+    assert "## Dataset or regime?" in report and "paper (MNIST 60k, 5,900 steps)" in report
+    # The comparison holds the paper's MNIST change at H 5? None was published: no paper column value.
+    assert all(row["paper"] is None for row in comparison.compare_with_paper(stored["summary"], stored["trends"]))
+    # Run again: the finished runs are read back, nothing is trained (same records).
+    again, _ = reproduce_quick(tmp_path, regime, "offline", "tiny test data", arm=arm, llc="none",
+                               progress=False, data=tiny_data, arm_data=tiny_data)
+    assert again["runs"] == results["runs"]
+    # A changed regime is not read back: the run directories refuse settings other than their own.
+    longer = dataclasses.replace(regime, epochs=3)
+    with pytest.raises(UserError, match="already holds a different run"):
+        reproduce_quick(tmp_path, longer, "offline", "tiny", arm=arm, llc="none", progress=False, data=tiny_data, arm_data=tiny_data)
