@@ -14,8 +14,8 @@ error SE = std / sqrt(chains); it must lie between the finite-nβ value minus 3 
 plus the SGLD step-size bias Σ_i ½ (1 / (1 - ε a_i / 4) - 1) (a_i = nβ h_i the curvatures of nβ L at
 w*; exact for a quadratic loss) plus 3 SE + 2% (RMSprop-SGLD: + 10%, see its test), and within 10% of
 (V - 1) / 2. At these settings (256 tokens, nβ = 46) 3 SE is about 9% of the truth, the finite-nβ shift
-3% and the step-size bias 1.5%: a wrong noise scale, a missing 1/2 in the drift or nβ counted in
-windows instead of tokens (8x smaller here) would fail.
+3% and the step-size bias 1.5%: a wrong noise scale or a missing 1/2 in the drift would fail, and so
+would nβ counted in windows instead of tokens (8x smaller, nβ = 9.2, where the exact value is 3.45).
 """
 
 from __future__ import annotations

@@ -13,10 +13,12 @@ same L(w*), the same flags.
 conditionals, so the tempered posterior is ``exp(-β Σ_tokens ℓ_t(w))`` = ``exp(-nβ L_n(w))`` with
 L_n the per-token mean and n the number of predicted tokens. The default inverse temperature is
 therefore ``nβ = n / ln n`` with n = b·T, the tokens of one minibatch of b windows (or N·T, the
-dataset's tokens, with ``use_dataset_size_for_nbeta``). Counting windows instead would scale every
-estimate down by about T (nβ enters λ̂ linearly) and make it depend on the context length; devinterp's
-``default_nbeta`` counts the loader's batch size in windows, so pass ``nbeta`` explicitly when
-comparing with it.
+dataset's tokens, with ``use_dataset_size_for_nbeta``): β = 1 / ln n is the WBIC temperature for n
+samples, and the samples of a next-token likelihood are its tokens. Counting windows instead would
+make nβ about T times smaller, a posterior T times hotter than the per-token loss defines, in which
+the localization γ rather than the loss shapes the chains, and the estimate would depend on the
+context length. devinterp's ``default_nbeta`` counts the loader's batch size in windows, so pass
+``nbeta`` explicitly when comparing with it.
 """
 
 from __future__ import annotations
