@@ -55,5 +55,5 @@ def test_differences_are_welch_and_carry_the_loss_difference(tmp_path):
     write_report(results, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "self-model-10" in text and "3 of 3 runs drifted" in text
-    assert "Unembedding SD: lower than the final baseline" in text
+    assert "Unembedding SD: against the final baseline lower" in text
     assert (tmp_path / "measures_vs_strength.png").is_file() and (tmp_path / "residual_norms.png").is_file()

@@ -99,6 +99,7 @@ def test_a_tiny_grid_end_to_end(tiny_cfg, tmp_path):
     assert len(results["runs"]) == 4 and {r["condition"] for r in results["summary"]} == {"baseline", "activation-l2-1"}
     l2 = [r for r in results["runs"] if r["method"] == "activation-l2"]
     assert all(r["matched_step"] in (2, 4) and r["matched"]["val_loss"] is not None for r in l2)
+    assert all(r["matched"]["block_weight_sd_mean"] is not None for r in l2)  # derived measures of the snapshot too
     d = next(x for x in results["differences"] if x["measure"] == "unembedding_sd")
     assert d["vs_matched_baseline"]["difference"] is not None and d["val_loss_difference_vs_matched"]["difference"] is not None
     assert all("drift" in r for r in results["runs"])

@@ -182,7 +182,8 @@ def run_grid(grid: LMGrid, out: str | Path, progress: bool = True) -> dict:
     matched = {**{k: finals[k] for k in wanted if k in finals}, **dict(zip(keys, snaps))}
     for record in records:
         if record.get("matched_step") is not None:
-            record["matched"] = {m: matched[(record["seed"], record["matched_step"])].get(m) for m in MEASURES}
+            snap = _scalars(matched[(record["seed"], record["matched_step"])])  # derived measures included
+            record["matched"] = {m: snap.get(m) for m in MEASURES}
     return summarize_results(grid, records)
 
 

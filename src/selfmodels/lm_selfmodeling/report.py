@@ -117,9 +117,9 @@ def _sentence(results: dict, condition: str, measure: str, name: str) -> str:
     final, matched = d["vs_final_baseline"], d["vs_matched_baseline"]
     unequal = _verdict(d["val_loss_difference_vs_matched"]) in ("lower", "higher")
     caveat = " The matched losses still differ (CI excludes 0): no claim at equal loss." if unequal else ""
-    return (f"{name}: {_verdict(final)} than the final baseline ({_diff_text(final)}; validation loss "
-            f"{_diff_text(d['val_loss_difference_vs_final'])} nats), {_verdict(matched)} than the baseline snapshot at "
-            f"the nearest validation loss ({_diff_text(matched)}; loss difference "
+    return (f"{name}: against the final baseline {_verdict(final)} ({_diff_text(final)}; validation loss "
+            f"{_diff_text(d['val_loss_difference_vs_final'])} nats); against the baseline snapshot at the nearest "
+            f"validation loss {_verdict(matched)} ({_diff_text(matched)}; loss difference "
             f"{_diff_text(d['val_loss_difference_vs_matched'])}).{caveat}")
 
 
@@ -161,7 +161,9 @@ def write_report(results: dict, out: str | Path) -> None:
         row = [c, _diff_text((_row(results, c, "unembedding_sd") or {}).get("val_loss_difference_vs_final", {}), 3)]
         any_row = _row(results, c, "unembedding_sd") or {}
         loss_m = any_row.get("val_loss_difference_vs_matched", {})
-        row.append("equal" if _verdict(loss_m) == "no clear difference" else f"differ ({_diff_text(loss_m, 3)})")
+        loss_verdict = _verdict(loss_m)
+        row.append({"no clear difference": "equal", "not estimable": "not estimable"}.get(loss_verdict, "differ")
+                   + f" ({_diff_text(loss_m, 3)})")
         for m in ("llc_mean", "unembedding_sd", "block_weight_sd_mean", "observer_near_delta_r2", "observer_near_recovery"):
             d = _row(results, c, m)
             row.append("-" if d is None else f"{_verdict(d['vs_matched_baseline'])} ({_diff_text(d['vs_matched_baseline'], 3)})")
