@@ -34,7 +34,8 @@ Sections (``section`` names in the JSON):
    forward-model training tokens/s (best of eager / compiled bf16), i.e. collection and training in sequence.
 6. ``training_loops``: a few CUDA steps of every training loop on tiny random data: a self-modeling classifier
    run (``run_one``), our GPT with a co-trained forward model (``train_lm``), a forward model on activations
-   collected on the fly (``train_forward``), the closed-form ridge baseline (``RidgeMap``): ok / seconds each.
+   collected on the fly (``train_forward``), the closed-form ridge baseline (``RidgeMap``), a self-modeling
+   language model with its measures and LLC (``lm_selfmodeling.run.run_one``): ok / seconds each.
 7. ``gpt_toy``: the paper's toy experiment through the forward pipeline: our 4 x 256 GPT trained on the offline
    corpus's text (``--corpus``, default ``benchmarks/data/offline_corpus.txt``, written by
    ``benchmarks/export_corpus.py`` and carried along: the GPU machine has none of our data packages) for 3000
@@ -869,10 +870,33 @@ def sec_training_loops(ctx: Ctx) -> None:
         return {"ok": bool(ok and math.isfinite(ridge_mse)), **r, "ridge_mse": ridge_mse, "skip_mse": skip_mse,
                 "ridge_device": str(ridge.weight.device)}
 
+    def lm_selfmodeling():
+        from selfmodels.complexity.llc import LLCConfig
+        from selfmodels.lm_selfmodeling.observer import ObserverConfig
+        from selfmodels.lm_selfmodeling.run import LMRunConfig, ObjectiveConfig, run_one as run_lm
+        from selfmodels.subjects.registry import CorpusConfig
+
+        text = tmp / "lm_corpus.txt"  # a small generated text: the section needs no data package
+        text.write_text("\n\n".join(f"The quick brown fox ({i}) jumped over the lazy dog; the dog slept [{i % 7}]."
+                                      for i in range(4000)))
+        cfg = LMRunConfig(seq_len=32, gpt=GPTConfig(n_layer=2, n_head=2, d_model=32),
+                          lm=LMTrainConfig(steps=10, batch_size=8, lr=1e-3, eval_every=10, eval_batches=1),
+                          corpus=CorpusConfig(corpus=str(text), vocab_size=300),
+                          objective=ObjectiveConfig(method="self-model", strength=1.0, site="head-input"),
+                          observer=ObserverConfig(near=[-1, 0], far=[-1, 0], steps=5, batch_size=4, train_windows=16,
+                                                  eval_windows=8),
+                          eval_windows=8, llc=LLCConfig(chains=2, draws=10, batch_size=4, epsilon=1e-4, gamma=100.0),
+                          llc_windows=32)
+        record = run_lm(cfg, tmp / "lm_selfmodeling", device=ctx.device, progress=False)
+        ok = all(math.isfinite(x) for x in (record["val_loss"], record["llc_mean"]))
+        return {"ok": bool(ok), "val_loss": record["val_loss"], "llc_mean": record["llc_mean"], "seconds": record["seconds"]}
+
     ctx.part("selfmodeling_run_one", selfmodeling, need=3)
     ctx.part("gpt_train_lm_cotrain", gpt, need=3)
     ctx.part("forward_train_on_the_fly_and_ridge", forward_on_the_fly, need=3)
-    parts = [ctx.record[k] for k in ("selfmodeling_run_one", "gpt_train_lm_cotrain", "forward_train_on_the_fly_and_ridge")]
+    ctx.part("lm_selfmodeling_run_one", lm_selfmodeling, need=3)
+    parts = [ctx.record[k] for k in ("selfmodeling_run_one", "gpt_train_lm_cotrain", "forward_train_on_the_fly_and_ridge",
+                                     "lm_selfmodeling_run_one")]
     ctx.record["all_ok"] = all(p.get("ok") is True for p in parts)
 
 
