@@ -83,3 +83,21 @@ def test_quick_reproduction_end_to_end_on_tiny_data(tiny_data, tmp_path):
     longer = dataclasses.replace(regime, epochs=3)
     with pytest.raises(UserError, match="already holds a different run"):
         reproduce_quick(tmp_path, longer, "offline", "tiny", arm=arm, llc="none", progress=False, data=tiny_data, arm_data=tiny_data)
+
+
+def _weight_sd_row(grid: str, direction: str) -> dict:
+    return {"grid": grid, "measure": "weight_sd", "direction": direction, "hidden": 64, "strength": 10.0, "label": grid,
+            "relative": -0.1, "relative_low": -0.2, "relative_high": 0.0, "paper": comparison.paper_change("weight_sd", 64, 10.0)}
+
+
+@pytest.mark.parametrize("arm, main, paper_regime, says", [
+    ("rises", "falls", True, "the step count alone does not explain it; the data"),
+    ("falls", "falls", True, "the 800-step run was too short"),
+    ("no clear change", "rises", True, "a difference from the paper (a finding)"),
+    ("falls", "rises", False, "the short run explains the difference"),
+    ("rises", "rises", False, "the short run alone does not explain the difference"),
+    ("falls", "not estimable", True, "no conclusion is drawn"),
+])
+def test_the_regime_sentence_tells_dataset_from_regime(arm, main, paper_regime, says):
+    rows = [_weight_sd_row("arm", arm), _weight_sd_row("main", main)]
+    assert says in comparison.regime_sentence(rows, paper_regime)

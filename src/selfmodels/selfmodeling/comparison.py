@@ -200,6 +200,8 @@ def regime_sentence(rows: list[dict], main_is_paper_regime: bool) -> str:
     where = f"H {by['arm']['hidden']}, AW {by['arm']['strength']:g}"
     head = (f"Weight SD at {where} against the baseline: {arm} on {by['arm']['label']} ({_change_cell(by['arm'])}); "
             f"{main} on {by['main']['label']} ({_change_cell(by['main'])}); the paper's {paper} ({_pct(by['arm']['paper']['relative'])}). ")
+    if "not estimable" in (arm, main):
+        return head + "With fewer than 2 seeds on a side there is no CI, so no conclusion is drawn."
     if not main_is_paper_regime:
         if arm == paper:
             return head + "On the same MNIST 5k subset the paper's step count brings back the paper's direction: the short run explains the difference."
