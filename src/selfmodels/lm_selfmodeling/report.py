@@ -153,8 +153,9 @@ def write_report(results: dict, out: str | Path) -> None:
     lines.append("## Answers\n")
     conditions = [r for r in results["summary"] if r["method"] != "baseline"]
     lines.append("At a glance: each cell is the verdict of the difference from the baseline snapshot at the nearest "
-                 "validation loss (lower / higher when its 95% Welch CI excludes 0), with the difference; the second "
-                 "column says whether those matched losses are themselves equal within their CI (if not, no claim).\n")
+                 "validation loss (lower / higher when its 95% Welch CI excludes 0), with the difference; the third "
+                 "column says whether those matched losses differ (CI excludes 0: no claim at equal loss; a wide CI that "
+                 "includes 0 is not evidence of equal loss either: read its width).\n")
     glance = []
     for r in conditions:
         c = r["condition"]
@@ -162,7 +163,7 @@ def write_report(results: dict, out: str | Path) -> None:
         any_row = _row(results, c, "unembedding_sd") or {}
         loss_m = any_row.get("val_loss_difference_vs_matched", {})
         loss_verdict = _verdict(loss_m)
-        row.append({"no clear difference": "equal", "not estimable": "not estimable"}.get(loss_verdict, "differ")
+        row.append({"no clear difference": "CI includes 0", "not estimable": "not estimable"}.get(loss_verdict, "differ")
                    + f" ({_diff_text(loss_m, 3)})")
         for m in ("llc_mean", "unembedding_sd", "block_weight_sd_mean", "observer_near_delta_r2", "observer_near_recovery"):
             d = _row(results, c, m)
