@@ -135,7 +135,15 @@ def paper_sentences(rows: list[dict]) -> list[str]:
         counts = {v: sum(r["verdict"].startswith(v) for r in mine) for v in ("agrees", "differs", "unclear", "collapsed")}
         text = (f"- {MEASURES[measure][0]}: of {len(mine)} self-model conditions, {counts['agrees']} agree with the paper's "
                 f"direction, {counts['differs']} differ, {counts['unclear']} are unclear (95% CI includes 0) and "
-                f"{counts['collapsed']} collapsed.")
+                f"{counts['collapsed']} have a collapsed fit (ours or the paper's).")
+        only_paper = [r for r in mine if r["verdict"] == "collapsed (paper)"]
+        if only_paper:
+            text += (" **Unlike the paper, training did not collapse** at " + ", ".join(
+                f"H {r['hidden']}, AW {r['strength']:g}" for r in only_paper) + " (a finding; the paper's values there describe a failed fit).")
+        only_ours = [r for r in mine if r["verdict"] == "collapsed (ours)"]
+        if only_ours:
+            text += (" **Training collapsed where the paper's did not** at " + ", ".join(
+                f"H {r['hidden']}, AW {r['strength']:g}" for r in only_ours) + " (a finding).")
         differing = [r for r in mine if r["verdict"] == "differs"]
         if differing:
             text += " **Differs from the paper (a finding)**: " + "; ".join(
