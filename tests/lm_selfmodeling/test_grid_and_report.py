@@ -57,3 +57,20 @@ def test_differences_are_welch_and_carry_the_loss_difference(tmp_path):
     assert "self-model-10" in text and "3 of 3 runs drifted" in text
     assert "Unembedding SD: against the final baseline lower" in text
     assert (tmp_path / "measures_vs_strength.png").is_file() and (tmp_path / "residual_norms.png").is_file()
+
+
+def test_presets_are_valid_grids():
+    """The quick grid (7 conditions x 3 seeds) and the full one (toy GPT 4 x 256, SmolLM2 fine-tune) expand and
+    validate; the observer pairs avoid every trained index (checked by validate)."""
+    from selfmodels.lm_selfmodeling.presets import full_grids, quick_grids
+
+    quick = quick_grids(2, "cpu")["gpt"]
+    assert len(quick.runs()) == 21 and quick.base.gpt.d_model == 64 and quick.base.lm.steps == 1000
+    for _, cfg in quick.runs():
+        cfg.validate(cfg.gpt.n_layer)
+    full = full_grids(1, "cpu")
+    assert full["gpt"].base.gpt.d_model == 256 and full["pretrained"].base.main == "smollm2"
+    for _, cfg in full["gpt"].runs():
+        cfg.validate(cfg.gpt.n_layer)
+    for _, cfg in full["pretrained"].runs():
+        cfg.validate(30)  # SmolLM2-135M has 30 blocks
