@@ -63,7 +63,8 @@ def measure_vs_strength(summary: list[dict], out: Path) -> str:
             if r.get(f"{measure}_mean") is not None:
                 ax.axhline(r[f"{measure}_mean"], color="black", lw=0.8, ls=":")
         ax.set_xscale("symlog", linthresh=0.1)
-        ax.set_xlabel("strength w (0 = baseline; dotted: baseline)")
+        ax.set_xlim(left=-0.02)  # strengths are never negative
+        ax.set_xlabel("strength w (0 = baseline, dotted; weight decay: its coefficient)")
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
