@@ -83,7 +83,9 @@ def open_run(run_dir: Path, device: torch.device, progress: bool = False) -> Exp
     subject (through the registry), held-out windows and forward models. Missing pieces are a UserError naming
     the command that makes them."""
     run_dir = Path(run_dir)
-    require(run_dir.is_dir(), f"run directory {run_dir} does not exist")
+    require(run_dir.is_dir(), f"run directory {run_dir} does not exist: make one with `selfmodels forward train --out "
+                              f"{run_dir}`, `selfmodels reproduce forward-self-models --out {run_dir}` or `selfmodels forward "
+                              f"profile --out {run_dir}`")
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise _missing(run_dir, "config.json", "it is not a forward run directory: make one with `selfmodels forward train "

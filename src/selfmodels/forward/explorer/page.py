@@ -177,6 +177,9 @@ def write_explorer(run_dir: Path, out: Path | None = None, device: torch.device 
     """Write the page (default ``RUN_DIR/explorer.html``) and the arrays beside it (same name, ``.npz``).
     ``sequences`` / ``worst``: windows shown in full and worst positions embedded, per pair (defaults: 4 and 100
     for one pair; 1 and 25 per pair for a profile: its per-layer token budget)."""
+    if out is None:  # the page goes into the run directory: say first when that is missing
+        require(Path(run_dir).is_dir(), f"run directory {run_dir} does not exist: make one with `selfmodels forward train "
+                                        f"--out {run_dir}` (or `reproduce forward-self-models`, `forward profile`)")
     out = default_out(run_dir) if out is None else Path(out)
     require(out.parent.is_dir(), f"--out {out}: the directory {out.parent} does not exist: create it first")
     require(not out.is_dir(), f"--out {out} is a directory: give a file name such as {out / 'explorer.html'}")
