@@ -247,6 +247,35 @@ def test_llc_command_mirrors_the_traces_of_llc_json(tmp_path):
             [nbeta * (v - wstar) for v in traces[chain]], rel=1e-5, abs=1e-4)
 
 
+@pytest.mark.slow
+def test_selfmodel_lm_mirrors_its_training_curve_and_llc_traces(tmp_path, private_cache):
+    import random
+
+    rng = random.Random(0)
+    words = "the cat sat on a mat and the dog ran to the park while birds sang".split()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) + "." for _ in range(700)))
+    flags = ["--corpus", str(corpus), "--corpus.vocab-size", "300", "--seq-len", "16", "--gpt.n-layer", "3",
+             "--gpt.n-head", "2", "--gpt.d-model", "32", "--lm.steps", "20", "--lm.batch-size", "4", "--lm.eval-every", "10",
+             "--observer.near", "0", "1", "--observer.steps", "3", "--observer.batch-size", "4", "--observer.train-windows", "8",
+             "--observer.eval-windows", "4", "--eval-windows", "4", "--llc.chains", "1", "--llc.draws", "4",
+             "--llc.batch-size", "4", "--llc-windows", "8", "--method", "self-model", "--strength", "1", "--quiet"]
+    assert main(["selfmodel-lm", "--out", str(tmp_path / "logged"), *flags, "--log", "tensorboard"]) == 0
+    records = read_jsonl(tmp_path / "logged" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [10, 20]
+    want = expected(records, curve="lm")
+    assert {"lm/loss", "lm/ce", "lm/aux", "lm/val_loss"} <= set(want)
+    got = tensorboard_scalars(tmp_path / "logged" / "tensorboard")
+    for tag, points in want.items():
+        assert sorted(got[tag]) == sorted((st, float(np.float32(v))) for st, v in points), tag
+    assert {"llc/loss_chain0", "llc/lambda_chain0", "llc/lambda_mean"} <= set(got)  # the LLC's draws, per draw
+    assert [st for st, _ in got["llc/loss_chain0"]] == list(range(4))
+    assert main(["selfmodel-lm", "--out", str(tmp_path / "plain"), *flags]) == 0
+    logged, plain = (read_json(tmp_path / name / "result.json") for name in ("logged", "plain"))
+    assert logged["key"] == plain["key"] and logged["val_loss"] == plain["val_loss"]  # no input to the result
+    assert not (tmp_path / "plain" / "tensorboard").exists()
+
+
 # --- a missing extra ---------------------------------------------------------------------------------
 
 COMMANDS = {
@@ -257,6 +286,8 @@ COMMANDS = {
     "reproduce self-modeling": lambda out: ["reproduce", "self-modeling", "--out", str(out), "--quick"],
     "forward sweep": lambda out: ["forward", "sweep", str(out), "--kind", "gap"],
     "llc": lambda out: ["llc", str(out)],
+    "selfmodel-lm": lambda out: ["selfmodel-lm", "--out", str(out)],
+    "reproduce self-modeling-transformers": lambda out: ["reproduce", "self-modeling-transformers", "--out", str(out), "--quick"],
 }
 
 

@@ -11,7 +11,6 @@ from selfmodels.errors import UserError
 from selfmodels.lm_selfmodeling import measure
 from selfmodels.lm_selfmodeling.objective import AuxiliaryObjective
 from selfmodels.lm_selfmodeling.sites import capture, logits_of, parse_site, site_indices, site_width
-from selfmodels.subjects.base import hooks
 
 from lm_tiny import SEQ, tiny_gpt
 

@@ -4,7 +4,6 @@ report's comparison with the paper)."""
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from selfmodels.configs import add_arguments, from_args
+from selfmodels.curves import add_log_option, check_sinks
 from selfmodels.lm_selfmodeling import presets
 from selfmodels.lm_selfmodeling.grid import run_grid, write_outputs
 from selfmodels.lm_selfmodeling.objective import FLOWS, LOSSES, METHODS
@@ -29,25 +30,27 @@ def _objective_from_shorthands(cfg: LMRunConfig, args: argparse.Namespace) -> LM
 
 
 def _selfmodel_lm(args: argparse.Namespace) -> int:
+    log = check_sinks(args.log)  # a missing extra stops here, before any work starts
     cfg = from_args(LMRunConfig, args, base=presets.quick_run())
     cfg = dataclasses.replace(cfg, main=args.main)
     cfg = _objective_from_shorthands(cfg, args)
     if args.corpus is not None:
         cfg = dataclasses.replace(cfg, corpus=dataclasses.replace(cfg.corpus, corpus=args.corpus))
     set_threads(args.threads)
-    record = run_one(cfg, args.out, device=resolve_device(args.device), progress=not args.quiet)
+    record = run_one(cfg, args.out, device=resolve_device(args.device), progress=not args.quiet, log=log)
     print(f"wrote {Path(args.out) / 'result.json'}: val loss {record['val_loss']:.4f} nats/token, "
           f"unembedding SD {record['unembedding_sd']:.4f}, observer recovery (near) {record['observer_near_recovery']:.3f}")
     return 0
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    log = check_sinks(args.log)
     workers = args.workers if args.workers is not None else min(2, os.cpu_count() or 1)
     device = str(resolve_device(args.device))
     grids = presets.quick_grids(workers, device, args.llc) if args.quick else presets.full_grids(workers, device, args.llc)
     for name, grid in grids.items():
         out = Path(args.out) if len(grids) == 1 else Path(args.out) / name
-        results = run_grid(grid, out, progress=not args.quiet)
+        results = run_grid(dataclasses.replace(grid, log=log), out, progress=not args.quiet)
         write_outputs(results, out)
         print(f"wrote {out / 'results.json'} and {out / 'report.md'} ({len(results['runs'])} runs)")
     return 0
@@ -71,6 +74,7 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_log_option(parser)
     add_arguments(parser, LMRunConfig)
     parser.set_defaults(func=_selfmodel_lm)
 
@@ -85,5 +89,6 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     rep.add_argument("--workers", type=int, default=None, help="runs in parallel (default: 2, 1 on a 1-core machine)")
     rep.add_argument("--llc", choices=("yes", "no"), default="yes", help="estimate each run's LLC (default yes)")
     rep.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_log_option(rep)
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
     rep.set_defaults(func=_reproduce)

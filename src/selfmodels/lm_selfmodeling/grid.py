@@ -21,7 +21,7 @@ import dataclasses
 import os
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ class LMGrid:
     threads: int = 1
     device: str = "cpu"
     note: str = ""
+    log: tuple[str, ...] = ()  # --log sinks of every run's curves (selfmodels.curves); never an input to a result
 
     def runs(self) -> list[tuple[str, LMRunConfig]]:
         """(name, config) of every run, seed by seed; the baseline saves snapshots."""
@@ -104,11 +105,11 @@ def _data(cfg: LMRunConfig):
     return _WORKER[key]
 
 
-def _run(cfg: dict, run_dir: str, device: str) -> dict:
+def _run(cfg: dict, run_dir: str, device: str, log: tuple[str, ...] = ()) -> dict:
     from selfmodels.configs import from_dict
 
     config = from_dict(LMRunConfig, cfg)
-    return run_one(config, run_dir, _data(config), device=device, progress=False)
+    return run_one(config, run_dir, _data(config), device=device, progress=False, log=log)
 
 
 def _snapshot(cfg: dict, run_dir: str, step: int, device: str) -> dict:
@@ -159,7 +160,7 @@ def run_grid(grid: LMGrid, out: str | Path, progress: bool = True) -> dict:
             check_objective(o.method, o.strength, o.loss, o.flow)
     if grid.base.main == "gpt":  # fit the BPE and cut the token stream once, before the workers read the cache
         _data(grid.base)
-    records = _pool_map(grid, [(_run, to_dict(cfg), str(out / "runs" / name), grid.device) for name, cfg in runs],
+    records = _pool_map(grid, [(_run, to_dict(cfg), str(out / "runs" / name), grid.device, tuple(grid.log)) for name, cfg in runs],
                         progress, "runs")
     for record, (name, _) in zip(records, runs):
         record["run"] = name

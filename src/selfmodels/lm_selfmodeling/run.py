@@ -22,6 +22,7 @@ import torch
 
 from selfmodels.artifacts import load_tensors, read_json, save_tensors, write_config, write_json
 from selfmodels.configs import option, to_dict
+from selfmodels.curves import Mirror
 from selfmodels.complexity.llc import LLCConfig
 from selfmodels.data.windows import consecutive_windows, spread_windows
 from selfmodels.errors import UserError, require
@@ -185,7 +186,7 @@ def lm_train_config(cfg: LMRunConfig) -> LMTrainConfig:
 
 
 def measure_model(subject: Subject, objective: AuxiliaryObjective | None, data: LMData, cfg: LMRunConfig,
-                  with_llc: bool) -> dict:
+                  with_llc: bool, mirror: Mirror | None = None) -> dict:
     """Every measurement of a trained (frozen) LM: LM metrics, weight spread, norms, the self-model's fit, the fresh
     observer on both pairs and (``with_llc``) the LLC."""
     subject.model.eval().requires_grad_(False)
@@ -200,13 +201,13 @@ def measure_model(subject: Subject, objective: AuxiliaryObjective | None, data: 
         obs = observe(subject, pair, data.observer_train, eval_obs, cfg.observer, cfg.seed)
         out.update({f"observer_{name}_{k}": v for k, v in obs.items()})
     if with_llc:
-        out.update(estimate_lm_llc(subject, data, cfg))
+        out.update(estimate_lm_llc(subject, data, cfg, mirror))
     return out
 
 
-def estimate_lm_llc(subject: Subject, data: LMData, cfg: LMRunConfig) -> dict:
+def estimate_lm_llc(subject: Subject, data: LMData, cfg: LMRunConfig, mirror: Mirror | None = None) -> dict:
     """The LM's LLC (``llc_*`` keys of :meth:`LLCResult.summary`), or ``llc_unavailable`` when the LM estimator
-    is not in this installation."""
+    is not in this installation; its traces also go to ``mirror`` (curve ``llc``, per draw)."""
     try:
         from selfmodels.complexity.lm_llc import lm_llc
     except ImportError:
@@ -217,12 +218,15 @@ def estimate_lm_llc(subject: Subject, data: LMData, cfg: LMRunConfig) -> dict:
         result = lm_llc(model, data.llc_windows, cfg.llc, device=subject.device, progress=False)
     finally:
         model.requires_grad_(False)
+    if mirror is not None:
+        mirror.log_all(result.trace_records(), curve="llc", step="draw")
     return result.summary()
 
 
 def run_one(cfg: LMRunConfig, out: str | Path, data: LMData | None = None, device: torch.device | str = "cpu",
-            progress: bool = True) -> dict:
-    """Train and measure one condition in ``out``; returns the run's record (read back when already finished)."""
+            progress: bool = True, log: tuple[str, ...] = ()) -> dict:
+    """Train and measure one condition in ``out``; returns the run's record (read back when already finished).
+    ``log``: sinks the training curve and LLC traces are mirrored to (:mod:`selfmodels.curves`); not an input."""
     out = Path(out)
     device = torch.device(device)
     key = cfg.key()
@@ -238,21 +242,22 @@ def run_one(cfg: LMRunConfig, out: str | Path, data: LMData | None = None, devic
     cfg.validate(subject.n_layers)
     objective = build_objective(cfg.objective, subject)
     write_config(out, {**to_dict(cfg), "key": key})
-    training = train_with_objective(subject, objective, cfg.objective.strength, lm_train_config(cfg), data.train,
-                                    (data.eval_x[: cfg.eval_windows], data.eval_y[: cfg.eval_windows]), cfg.seq_len,
-                                    out, cfg.seed, snapshots=cfg.snapshots, progress=progress)
-    save_tensors(out / "main.safetensors", subject.model.state_dict())
-    if list(objective.parameters()):
-        save_tensors(out / "aux.safetensors", objective.state_dict())
-    o = cfg.objective
-    record = {
-        "key": key, "condition": o.label, "method": o.method, "strength": o.strength, "seed": cfg.seed,
-        "site": o.site if o.method in PREDICTING + ("activation-l2",) else None, "loss": o.loss,
-        "detach_target": o.detach_target, "forward_pair": [o.source, o.target] if o.method == "forward" else None,
-        "flow": o.flow if o.method == "forward" else None, "main": cfg.main, "params": subject.n_params,
-        "training": training, "data": data.info,
-        **measure_model(subject, objective, data, cfg, cfg.estimate_llc),
-    }
+    with Mirror(out, log, name=f"{cfg.objective.label}-seed{cfg.seed}", config=to_dict(cfg)) as mirror:
+        training = train_with_objective(subject, objective, cfg.objective.strength, lm_train_config(cfg), data.train,
+                                        (data.eval_x[: cfg.eval_windows], data.eval_y[: cfg.eval_windows]), cfg.seq_len,
+                                        out, cfg.seed, snapshots=cfg.snapshots, progress=progress, mirror=mirror)
+        save_tensors(out / "main.safetensors", subject.model.state_dict())
+        if list(objective.parameters()):
+            save_tensors(out / "aux.safetensors", objective.state_dict())
+        o = cfg.objective
+        record = {
+            "key": key, "condition": o.label, "method": o.method, "strength": o.strength, "seed": cfg.seed,
+            "site": o.site if o.method in PREDICTING + ("activation-l2",) else None, "loss": o.loss,
+            "detach_target": o.detach_target, "forward_pair": [o.source, o.target] if o.method == "forward" else None,
+            "flow": o.flow if o.method == "forward" else None, "main": cfg.main, "params": subject.n_params,
+            "training": training, "data": data.info,
+            **measure_model(subject, objective, data, cfg, cfg.estimate_llc, mirror),
+        }
     record["seconds"] = time.perf_counter() - began
     write_json(done, record)
     return read_json(done)  # the JSON form (NaN as null), the same a resumed call returns

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from selfmodels.artifacts import append_jsonl, keep_jsonl, read_jsonl, save_tensors
 from selfmodels.checkpoint import load_checkpoint, save_checkpoint
+from selfmodels.curves import Mirror, append_curve
 from selfmodels.data.windows import random_windows
 from selfmodels.lm_selfmodeling.objective import AuxiliaryObjective
 from selfmodels.lm_selfmodeling.sites import capture, logits_of
@@ -45,10 +46,11 @@ def held_out_loss(subject: Subject, x: torch.Tensor, y: torch.Tensor, batch_size
 
 def train_with_objective(subject: Subject, objective: AuxiliaryObjective, strength: float, cfg: LMTrainConfig,
                          train_tokens: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor], seq_len: int,
-                         run_dir: Path, seed: int, snapshots: bool = False, progress: bool = True) -> dict:
+                         run_dir: Path, seed: int, snapshots: bool = False, progress: bool = True,
+                         mirror: Mirror | None = None) -> dict:
     """Train (or resume) ``subject.model`` and ``objective``; returns ``{"steps", "train_loss", "train_ce",
-    "train_aux", "val_loss"}``. Writes ``metrics.jsonl``, ``checkpoint.safetensors`` and, with ``snapshots``,
-    the snapshot files."""
+    "train_aux", "val_loss"}``. Writes ``metrics.jsonl`` (each line also to ``mirror``, curve ``lm``),
+    ``checkpoint.safetensors`` and, with ``snapshots``, the snapshot files."""
     cfg.validate()
     run_dir = Path(run_dir)
     model, device = subject.model, subject.device
@@ -97,7 +99,7 @@ def train_with_objective(subject: Subject, objective: AuxiliaryObjective, streng
                 append_jsonl(snap_log, {"step": step + 1, "val_loss": record["val_loss"]})
             save_checkpoint(ckpt, step + 1, modules, optimizers, {"data": generator})
         if (step + 1) % 10 == 0 or "val_loss" in record:
-            append_jsonl(metrics_path, record)
+            append_curve(metrics_path, record, mirror, curve="lm")
             bar.set_postfix(loss=f"{record['loss']:.3f}")
     model.eval().requires_grad_(False)
     objective.eval()
