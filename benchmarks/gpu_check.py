@@ -912,17 +912,18 @@ def sec_gpt_toy(ctx: Ctx) -> None:
     from selfmodels.forward.config import BaselineConfig, SweepConfig, preset
     from selfmodels.forward.pipeline import run
 
+    replace = dataclasses.replace
     cfg = preset("gpt", quick=False)  # the paper's toy: a 4 x 256 GPT, its forward model co-trained on 0 -> 1
-    steps = 6 if ctx.quick else 3000  # the paper trains 10K steps; 3000 fit the time box on one H100 (estimated)
-    lm = dataclasses.replace(cfg.subject.lm, steps=steps, eval_every=max(steps // 3, 1), eval_batches=2 if ctx.quick else 8)
-    gpt = cfg.subject.gpt if not ctx.quick else dataclasses.replace(cfg.subject.gpt, n_layer=2, d_model=32, n_head=2, block_size=32)
-    cfg = dataclasses.replace(
-        cfg, subject=dataclasses.replace(cfg.subject, gpt=gpt, lm=dataclasses.replace(lm, batch_size=4) if ctx.quick else lm),
-        corpus=dataclasses.replace(cfg.corpus, corpus=str(corpus), max_chars=200_000 if ctx.quick else None,
-                                   vocab_size=512 if ctx.quick else cfg.corpus.vocab_size),
-        seq_len=32 if ctx.quick else cfg.seq_len, eval_sequences=4 if ctx.quick else 128, eval_batch=4 if ctx.quick else 32,
-        analysis_sequences=0, baseline=BaselineConfig(enabled=False), sweeps=SweepConfig())
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, d_head=16) if ctx.quick else cfg.model)
+    # 3000 steps (the paper trains 10K) fit the time box on one H100 (estimated); no baseline, sweeps or analyses.
+    cfg = replace(cfg, subject=replace(cfg.subject, lm=replace(cfg.subject.lm, steps=3000, eval_every=1000)),
+                  corpus=replace(cfg.corpus, corpus=str(corpus)), eval_sequences=128, analysis_sequences=0,
+                  baseline=BaselineConfig(enabled=False), sweeps=SweepConfig())
+    if ctx.quick:  # the CPU dry run: a 2 x 32 GPT for 6 steps on a slice of the corpus
+        cfg = replace(cfg, subject=replace(cfg.subject, gpt=replace(cfg.subject.gpt, n_layer=2, d_model=32, n_head=2, block_size=32),
+                                           lm=replace(cfg.subject.lm, steps=6, eval_every=2, eval_batches=2, batch_size=4)),
+                      corpus=replace(cfg.corpus, max_chars=200_000, vocab_size=512), model=replace(cfg.model, d_head=16),
+                      seq_len=32, eval_sequences=4, eval_batch=4)
+    gpt, steps = cfg.subject.gpt, cfg.subject.lm.steps
     out = Path(tempfile.mkdtemp(prefix="gpu_check_gpt_toy_"))
     os.environ["SELFMODELS_CACHE"] = str(out / "cache")  # a fresh GPT: nothing from another run's cache
     began = time.perf_counter()

@@ -302,6 +302,14 @@ def run_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             raise UserError(f"rank {rank}: {exc}") from exc
 
 
+def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` wrapped in ``DistributedDataParallel`` under torchrun (its backward averages the gradients across
+    the ranks), ``module`` itself on one process. Step with the module's own parameters either way."""
+    if world()[1] == 1:
+        return module
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 # ---- collective points ------------------------------------------------------------------------------
 
 def _wait(group: _Group, keys: list[str]) -> None:
@@ -377,7 +385,7 @@ def main_first() -> Iterator[None]:
         barrier()
 
 
-__all__ = ["RankFailed", "world", "local_rank", "is_main", "solo", "timeout_seconds", "local_device", "init",
+__all__ = ["RankFailed", "world", "local_rank", "is_main", "solo", "timeout_seconds", "local_device", "data_parallel", "init",
            "guard", "run_main", "all_gather_object", "barrier", "shard", "main_only", "main_first",
            "TIMEOUT_VARIABLE"]
 

@@ -94,9 +94,7 @@ def train_many(
         last.update({k: (float("nan") if v is None else v) for k, v in extra.get("final_mse", {}).items()})
     if metrics is not None:  # this run's lines past the checkpoint (all, on a fresh start) come again
         keep_jsonl(metrics, lambda r: r.get("model") not in pairs or r.get("step", 0) <= start)
-    nets = modules if ranks == 1 else {  # DDP averages each model's gradients across the ranks
-        key: torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-        for key, module in modules.items()}
+    nets = {key: distributed.data_parallel(module, device) for key, module in modules.items()}  # averages gradients across ranks
 
     def save(step: int) -> None:
         streams = distributed.all_gather_object(stream.state_dict())  # every rank's place in its shard

@@ -146,7 +146,7 @@ def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool
         distributed.main_only(save_tensors)(directory / "models.safetensors",
                                             {f"{name}/{k}": v for name, (m, _, _) in models.items() for k, v in m.state_dict().items()})
         seen = distributed.all_gather_object((stream.tokens_seen, stream.passes))
-        return {"models": info, "tokens_seen": sum(t for t, _ in seen), "passes": sum(p for _, p in seen), "ranks": ranks}
+        return {"models": info, "tokens_seen": sum(t for t, _ in seen), "passes": sum(p for _, p in seen)}
 
     train_inputs = {**base_key, "pairs": pairs, "model": to_dict(model_cfg), "train": to_dict(cfg.train), "seed": cfg.seed,
                     "buffer": [cfg.buffer_sequences, cfg.pass_sequences], **({"ranks": ranks} if ranks > 1 else {})}
@@ -209,11 +209,11 @@ def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool
                     "training": opened.training},
         "data": {**opened.data, "train_tokens": int(opened.train.numel()), "val_tokens": int(opened.val.numel()),
                  "seq_len": cfg.seq_len, "bos": cfg.corpus.bos, "eval_tokens": int(x.numel()),
-                 "ridge_tokens": ridge_info["tokens"], "tokens_per_model": cfg.train.steps * cfg.train.batch_size * cfg.seq_len * trained.get("ranks", 1)},
+                 "ridge_tokens": ridge_info["tokens"], "tokens_per_model": cfg.train.steps * cfg.train.batch_size * cfg.seq_len * ranks},
         "gap": cfg.gap,
         "forward_model": {"params": next(iter(models.values()))[0].num_params(), "config": to_dict(model_cfg),
                           "train_config": to_dict(cfg.train), "share_of_main": next(iter(models.values()))[0].num_params() / subject.n_params},
-        "stream": {"buffer_sequences": cfg.buffer_sequences, "pass_sequences": cfg.pass_sequences, "ranks": trained.get("ranks", 1),
+        "stream": {"buffer_sequences": cfg.buffer_sequences, "pass_sequences": cfg.pass_sequences, "ranks": ranks,
                    "tokens_seen": trained["tokens_seen"], "passes": trained["passes"],
                    "train_seconds": first["seconds"]},
         "rows": rows,
@@ -271,7 +271,7 @@ def write_profile_report(out: Path, r: dict) -> None:
         f"same {d['eval_tokens']:,} held-out tokens; ridge maps fitted on {d['ridge_tokens']:,} training tokens. **Seed** {r['seed']}.\n",
         f"**Budget**: {len(rows)} forward models, each {c['n_layer']} block(s), {c['n_head']} head(s) x {c['d_head']}, "
         f"{c['mlp']} MLP ({f['params']:,} parameters, {100 * f['share_of_main']:.2f}% of the subject), trained together from one "
-        f"activation stream: {f['train_config']['steps']:,} steps of {st.get('ranks', 1)} x {f['train_config']['batch_size']} x {d['seq_len']} tokens "
+        f"activation stream: {f['train_config']['steps']:,} steps of {st['ranks']} x {f['train_config']['batch_size']} x {d['seq_len']} tokens "
         f"(processes x sequences per process x tokens) "
         f"({d['tokens_per_model']:,} tokens per model) at lr {f['train_config']['lr']:g}; shuffle buffer {st['buffer_sequences']} "
         f"sequences filled {st['pass_sequences']} per subject pass ({st['passes']} passes); training {st['train_seconds']:.0f} s.\n",

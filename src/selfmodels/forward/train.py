@@ -81,8 +81,7 @@ def train_forward(
     start = 0
     if checkpoint is not None and checkpoint.is_file():
         start, _ = load_checkpoint(checkpoint, {"forward": model}, {"forward": opt}, gens)
-    net = model if ranks == 1 else torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)  # averages gradients across ranks
+    net = distributed.data_parallel(model, device)  # averages gradients across ranks
     progress = progress and rank == 0
     if rank != 0:  # rank 0 writes the curve and checkpoints
         metrics_path = None
