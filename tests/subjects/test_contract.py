@@ -9,6 +9,7 @@ and MLP; expose per-head weights in one layout; refuse bad input with a UserErro
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import sys
 
@@ -155,8 +156,10 @@ def test_block_parts_add_up(subject, ids):
     for k in range(subject.n_layers):
         parts = subject.block_parts(ids, k)
         assert all(t.dtype == torch.float32 for t in parts.values())
-        close(parts["input"], residuals[k - 1])
-        close(parts["output"], residuals[k])
+        # block_parts runs the eager kernel, the reference the model's default: equal up to float32 rounding of
+        # residuals as large as Gemma's (its embeddings are scaled by sqrt(d))
+        close(parts["input"], residuals[k - 1], atol=ATOL * max(1.0, residuals[k - 1].abs().max().item()))
+        close(parts["output"], residuals[k], atol=ATOL * max(1.0, residuals[k].abs().max().item()))
         assert parts["heads"].shape == (B, T, subject.n_heads, subject.d_model)
         assert parts["attn_bias"].shape == (subject.d_model,)
         close(parts["heads"].sum(-2) + parts["attn_bias"], parts["attn_out"])
@@ -166,10 +169,42 @@ def test_block_parts_add_up(subject, ids):
         close(pattern.sum(-1), torch.ones(B, subject.n_heads, T))
         assert pattern.triu(1).abs().max() == 0, "attention to later positions"
         assert "attention" not in subject.block_parts(ids, k, attention=False)
+        experts = parts.get("experts")
+        assert (experts is not None) == (is_hf(subject) and k in subject.expert_blocks())
+        if experts is not None:  # each expert's write r_e * E_e(x), zero where not routed, adds up to the MLP's
+            top_k = subject.text_config.num_experts_per_tok
+            assert experts.shape == (B, T, subject.part(k, "experts").num_experts, subject.d_model)
+            assert ((parts["expert_weights"] != 0).sum(-1) == top_k).all()
+            assert ((experts.abs().amax(-1) != 0) == (parts["expert_weights"] != 0)).all()
+            close(experts.sum(-2) + parts.get("shared_expert", 0), parts["mlp_out"])
+            assert ("shared_expert" in parts) == (subject.family == "qwen2_moe")
     if is_hf(subject):
         assert subject.model.config._attn_implementation == kernel, "the attention kernel was not restored"
     if getattr(subject, "family", None) in ("gpt2", "gpt_neox", "llama", "gpt"):  # output projections with a bias
         assert parts["attn_bias"].abs().max() > 0
+
+
+def test_post_norm_heads_share_the_scale_of_their_sum(subject, ids):
+    """With a post-attention RMSNorm p(x) = g * x / rms(x), each head writes g * x_h / rms(x) with x the summed
+    output: the heads are proportional to their slices of the output projection, by one scale per token."""
+    if not is_hf(subject) or subject.spec.post_attn_norm is None:
+        assert not is_hf(subject) or "shared" not in subject.describe()["structure"]["heads"]
+        return
+    assert "shared" in subject.describe()["structure"]["heads"]
+    k = 1
+    captured = {}
+    handle = subject.part(k, "out_proj").register_forward_pre_hook(lambda m, args: captured.setdefault("z", args[0]))
+    try:
+        parts = subject.block_parts(ids, k, attention=False)
+    finally:
+        handle.remove()
+    w_o = subject.part(k, "out_proj").weight.float()
+    raw = torch.stack([captured["z"][..., h * subject.d_head:(h + 1) * subject.d_head] @ w_o[:, h * subject.d_head:(h + 1) * subject.d_head].T
+                       for h in range(subject.n_heads)], dim=-2)  # (B, T, H, d): before the post-norm
+    heads = parts["heads"]  # = raw * g / rms(x), one factor per token and coordinate for every head:
+    close(heads * raw[..., :1, :], heads[..., :1, :] * raw, atol=1e-5)  # heads_h / raw_h = heads_0 / raw_0
+    close(heads.sum(-2), parts["attn_out"])
+    assert not torch.allclose(parts["heads"].sum(-2), raw.sum(-2), atol=1e-3), "the post-norm changed nothing"
 
 
 def test_head_weight_shapes(subject):
@@ -187,10 +222,13 @@ def test_head_weight_shapes(subject):
             assert not torch.equal(heads[0]["k"], heads[per_group]["k"])
 
 
-def _normalized_without_gain(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _normalized_without_gain(norm: torch.nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    if norm is None:  # OLMo 2: the attention reads the residual itself
+        return x
     if isinstance(norm, torch.nn.LayerNorm):
         return F.layer_norm(x, x.shape[-1:], eps=norm.eps)
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)  # RMSNorm
+    eps = getattr(norm, "variance_epsilon", None)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + (norm.eps if eps is None else eps))  # RMSNorm
 
 
 def _without_biases(subject, k: int) -> None:
@@ -207,7 +245,8 @@ def test_head_weights_reproduce_the_models_own_projections(kind, ids):
     """Recompute each head's query, key, value and output write from head_weights and the normalised input
     without gain, and compare with what the model itself computes. For HF models the states are taken where
     the model hands them to its attention function; positions are all 0 so the rotary embedding is the
-    identity. Qwen3 normalises each head's query and key after the projection: applied to our side too."""
+    identity. Qwen3, Gemma 3 and Qwen3-MoE normalise each head's query and key after the projection, OLMo 2 all
+    heads' together: applied to our side too."""
     subject, k = make(kind), 1
     _without_biases(subject, k)
     block, heads = subject.blocks[k], subject.head_weights(k)
@@ -253,13 +292,19 @@ def test_head_weights_reproduce_the_models_own_projections(kind, ids):
     n = _normalized_without_gain(block.ln1 if not is_hf(subject) else subject.part(k, "pre_attn_norm"), seen["x"])
     per_group = subject.n_heads // subject.n_kv_heads
     attention_module = subject.part(k, "attention") if is_hf(subject) else None
-    for h, head in enumerate(heads):
+    qk_norm = subject.spec.qk_norm if is_hf(subject) else None
+    projected = {name: torch.stack([n @ head[name].T for head in heads], dim=-2) for name in ("q", "k", "v")}  # (B,T,H,dh)
+    projected["k"], projected["v"] = projected["k"][..., ::per_group, :], projected["v"][..., ::per_group, :]  # (B,T,G,dh)
+    for name in ("q", "k"):
+        norm = getattr(attention_module, f"{name}_norm", None)
+        if qk_norm == "per_head":
+            projected[name] = norm(projected[name])
+        elif qk_norm == "all_heads":
+            projected[name] = norm(projected[name].flatten(-2)).view_as(projected[name])
+    for h in range(subject.n_heads):
         for i, name in enumerate(("q", "k", "v")):
-            ours = n @ head[name].T  # (B, T, dh)
-            if kind == "qwen3" and name in ("q", "k"):
-                ours = getattr(attention_module, f"{name}_norm")(ours)
             state_index = h if name == "q" else h // per_group
-            close(ours, states[i][:, state_index], atol=1e-4)
+            close(projected[name][..., state_index, :], states[i][:, state_index], atol=1e-4)
     writes = sum(z[:, :, h] @ head["o"].T for h, head in enumerate(heads))  # (B, T, d)
     close(writes + (0 if out_bias is None else out_bias), seen["attn_out"][0] if isinstance(seen["attn_out"], tuple) else seen["attn_out"], atol=1e-4)
 
@@ -391,17 +436,49 @@ def test_loader_refuses_an_unsupported_directory_before_loading_weights(tmp_path
         load_causal_lm(str(tmp_path))
 
 
-def test_mixed_attention_types_refuse_splitting_but_not_hooks(ids):
-    subject = hf_subject("qwen2-sliding")
-    assert sorted(set(subject.layer_types())) == ["full_attention", "sliding_attention"]
-    with pytest.raises(UserError, match="mixes attention types"):
-        subject.split(0, 1)
-    with pytest.raises(UserError, match="mixes attention types"):
-        subject.logits_from(torch.zeros(1, 3, subject.d_model), 0)
-    reference = reference_residuals(subject, ids)
-    close(subject.residuals(ids, [1])[1], reference[1])
-    split_free = subject.block_parts(ids, 2)
-    close(split_free["output"] - split_free["input"], split_free["attn_out"] + split_free["mlp_out"])
+def test_mixed_attention_types_pass_each_block_its_own_arguments(ids):
+    """Sliding-window layers among full ones get their own mask (and in Gemma 3 their own rotary embedding):
+    splitting passes each block what the model passes it, so the split is exact (ids are longer than the window);
+    the first block's arguments for every block would not be."""
+    for kind in ("qwen2-sliding", "gemma2", "gemma3_text"):
+        subject = hf_subject(kind)
+        assert sorted(set(subject.layer_types())) == ["full_attention", "sliding_attention"]
+        assert subject.text_config.sliding_window < ids.shape[1]
+        assert subject.describe()["structure"]["attention_types"] == ["full_attention", "sliding_attention"]
+        per_block = subject.block_arguments(ids)
+        assert sorted(per_block) == list(range(subject.n_layers))
+        h = subject.residuals(ids, [EMBED])[EMBED]
+        close(subject.logits_from(h, EMBED, per_block), logits_of(subject, ids))
+        one_for_all = {k: per_block[0] for k in per_block}
+        assert not torch.allclose(subject.logits_from(h, EMBED, one_for_all), logits_of(subject, ids), atol=1e-3)
+
+
+def test_final_logit_softcap_is_applied_as_the_model_does(ids):
+    """Gemma 2 (and Gemma 3 text-only) cap their logits in the causal LM's forward, c * tanh(logits / c): our
+    final norm and head apply it too, or every KL against the model's own logits would be wrong."""
+    for kind in ("gemma2", "gemma3_text"):
+        subject = hf_subject(kind)
+        assert subject.logit_softcap == hf_config(kind).final_logit_softcapping
+        assert subject.describe()["structure"]["final_logit_softcap"] == subject.logit_softcap
+        last = subject.residuals(ids, [subject.n_layers - 1])[subject.n_layers - 1]
+        ours, theirs = subject.logits_from(last, subject.n_layers - 1), logits_of(subject, ids)
+        close(ours, theirs)
+        assert theirs.abs().max() < subject.logit_softcap
+        uncapped = subject.model.get_output_embeddings()(subject.trunk.norm(last)).float()
+        assert uncapped.abs().max() > 1.5 * subject.logit_softcap, "the cap bends nothing at this size"
+
+
+def test_token_ids_outside_the_embedding_are_refused(ids):
+    subject = hf_subject("llama")
+    for bad in (VOCAB, VOCAB + 5, -1):
+        wrong = ids.clone()
+        wrong[0, 3] = bad
+        with pytest.raises(UserError, match=f"0..{VOCAB - 1}"):
+            subject.residuals(wrong, [0])
+        with pytest.raises(UserError, match="embedding has"):
+            subject.split(0, 1).prefix(wrong)
+        with pytest.raises(UserError, match="embedding has"):
+            subject.block_parts(wrong, 1)
 
 
 # --- description and source ------------------------------------------------------------------------
@@ -419,7 +496,13 @@ def test_describe(subject):
     if is_hf(subject):
         assert info["family"] in FAMILIES and info["vocab_size"] == VOCAB
         assert (info["n_heads"], info["d_head"], info["n_kv_heads"]) == (
-            (4, 16, 2) if info["family"] in ("llama", "mistral", "qwen2", "qwen3") else (4, 16, 4))
+            (4, 16, 4) if info["family"] in ("gpt2", "gpt_neox") else (4, 16, 2))
+        structure = info["structure"]
+        assert structure["found"].startswith(f"row {info['family']!r}")
+        assert structure["norms"] == {"gemma2": "pre+post", "gemma3_text": "pre+post", "gemma3": "pre+post",
+                                      "olmo2": "post"}.get(info["family"], "pre")
+        assert (structure["experts"] is not None) == (info["family"] in ("qwen3_moe", "qwen2_moe", "mixtral"))
+        json.dumps(info)  # it goes into results.json
 
 
 def test_source_is_hashed_once_and_can_be_given(monkeypatch):

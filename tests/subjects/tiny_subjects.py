@@ -9,6 +9,10 @@ D_MODEL = 64
 LAYERS = 3
 POSITIONS = 64
 INIT = 0.1  # larger than the usual 0.02, so random models have distinct attention patterns and logits
+SOFTCAP = 1.0  # Gemma's final logit cap, small enough that the cap visibly bends these models' logits
+# Gemma 3: sliding (window 4, shorter than the test sequences) and full layers, each type with its own rotary base
+GEMMA3_TEXT = dict(head_dim=16, sliding_window=4, query_pre_attn_scalar=16,
+                   layer_types=["sliding_attention", "full_attention", "sliding_attention"])
 
 
 def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -66,6 +70,29 @@ def hf_config(kind: str):
         return tf.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=LAYERS, num_attention_heads=4,
                                 intermediate_size=128, max_position_embeddings=POSITIONS, rotary_pct=0.25,
                                 use_parallel_residual=kind == "gpt_neox", **special)
+    if kind == "gemma2":  # sliding (window 4, shorter than the test sequences) and full layers alternate
+        return _llama_like(tf.Gemma2Config, head_dim=16, sliding_window=4, query_pre_attn_scalar=16,
+                           attn_logit_softcapping=5.0, final_logit_softcapping=SOFTCAP, **special)
+    if kind == "gemma3_text":
+        return _llama_like(tf.Gemma3TextConfig, **GEMMA3_TEXT, final_logit_softcapping=SOFTCAP, **special)
+    if kind == "gemma3":  # Gemma3ForConditionalGeneration: a tiny SigLIP tower beside the text trunk
+        vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                      patch_size=14)
+        text = _llama_like(tf.Gemma3TextConfig, **GEMMA3_TEXT, **special)
+        return tf.Gemma3Config(text_config=text.to_dict(), vision_config=vision, mm_tokens_per_image=4, image_token_index=VOCAB - 1,
+                               boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2, initializer_range=INIT)
+    if kind == "phi3":  # fused [Q | K | V] with 2 KV groups for 4 query heads
+        return _llama_like(tf.Phi3Config, **special)
+    if kind == "olmo2":
+        return _llama_like(tf.Olmo2Config, **special)
+    if kind == "qwen3_moe":  # block 1 is dense (mlp_only_layers)
+        return _llama_like(tf.Qwen3MoeConfig, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                           mlp_only_layers=[1], **special)
+    if kind == "qwen2_moe":
+        return _llama_like(tf.Qwen2MoeConfig, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                           shared_expert_intermediate_size=48, **special)
+    if kind == "mixtral":
+        return _llama_like(tf.MixtralConfig, num_local_experts=4, num_experts_per_tok=2, **special)
     if kind == "opt":  # an architecture no family row describes
         return tf.OPTConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
                             max_position_embeddings=POSITIONS, word_embed_proj_dim=D_MODEL)
@@ -92,7 +119,8 @@ def make(kind: str, seed: int = 0):
     return _gpt() if kind == "gpt" else hf_subject(kind, seed)
 
 
-HF_KINDS = ["llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "gpt_neox-sequential"]
+HF_KINDS = ["llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "gpt_neox-sequential", "qwen2-sliding",
+            "gemma2", "gemma3_text", "gemma3", "phi3", "olmo2", "qwen3_moe", "qwen2_moe", "mixtral"]
 ALL_KINDS = ["gpt", *HF_KINDS]
 
 
