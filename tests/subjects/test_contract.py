@@ -428,6 +428,20 @@ def test_unsupported_architecture_is_refused_listing_the_supported_families():
         HFSubject(hf_model("llama").model, name="bare trunk")
 
 
+def test_an_encoder_decoder_model_is_refused_as_not_decoder_only(tmp_path):
+    from transformers import BartConfig
+
+    from selfmodels.subjects.hf_loading import load_causal_lm
+
+    config = BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32)
+    with pytest.raises(UserError, match="encoder-decoder model: a subject is a decoder-only causal LM"):
+        check_supported_config(config, "tiny-bart")
+    config.save_pretrained(tmp_path)  # refused from its config, before any weights
+    with pytest.raises(UserError, match="decoder-only"):
+        load_causal_lm(str(tmp_path))
+
+
 def test_loader_refuses_an_unsupported_directory_before_loading_weights(tmp_path):
     from selfmodels.subjects.hf_loading import load_causal_lm
 

@@ -149,8 +149,12 @@ def supported_list() -> str:
 
 
 def check_supported_config(config, name: str) -> None:
-    """Refuse an architecture no row of :data:`FAMILIES` describes (before any weights are loaded)."""
+    """Refuse an architecture no row of :data:`FAMILIES` describes, or one that is not decoder-only (before any
+    weights are loaded)."""
     model_type = getattr(config, "model_type", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise UserError(f"model {name!r} ({model_type!r}) is an encoder-decoder model: a subject is a decoder-only causal "
+                        f"LM, one stack of blocks over one residual stream; supported model_type values: {supported_list()}")
     if model_type not in FAMILIES:
         raise UserError(f"model {name!r} has architecture {model_type!r}, which is not supported; "
                         f"supported model_type values: {supported_list()}")
