@@ -19,6 +19,14 @@ make nβ about T times smaller, a posterior T times hotter than the per-token lo
 the localization γ rather than the loss shapes the chains, and the estimate would depend on the
 context length. devinterp's ``default_nbeta`` counts the loader's batch size in windows, so pass
 ``nbeta`` explicitly when comparing with it.
+
+**Attention under vmap.** On the vmap path the chains' forwards run as one ``torch.func.vmap``. Our GPT's
+fused attention kernel (``F.scaled_dot_product_attention``) has no vmap batching rule on CPU, so vmap
+runs it once per chain; ``explicit_attention=True`` has the GPT compute
+``softmax(Q Kᵀ / sqrt(d_head) + M_causal) V`` in plain tensor ops instead, which vmap batches over the
+chains (:meth:`selfmodels.nets.gpt.GPT.forward`). Both agree up to float rounding. Off by default:
+on the quick grid's GPT on CPU it measured no faster (``benchmarks/lm_llc_batched.py``; docs/llc.md,
+"Language models"), since the attention is a small part of a step and costs the same either way.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from selfmodels.complexity.llc import LLCConfig, LLCResult, default_nbeta, estim
 from selfmodels.complexity.losses import cross_entropy
 from selfmodels.configs import to_dict
 from selfmodels.errors import require
+from selfmodels.nets.gpt import GPT
 
 LogitsFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (model, ids (B, T)) -> logits (B, T, V)
 
@@ -52,6 +61,11 @@ class LogitsOf(nn.Module):
             return self.logits_fn(self.model, ids)
         out = self.model(ids)
         return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def gpt_logits_explicit_attention(model: GPT, ids: torch.Tensor) -> torch.Tensor:
+    """Our GPT's logits (B, T, V) with attention computed in plain tensor ops (batched by vmap)."""
+    return model(ids, explicit_attention=True)
 
 
 def next_token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -93,7 +107,7 @@ def _check_windows(model: LogitsOf, windows: torch.Tensor, device: torch.device)
 
 
 def lm_llc(model: nn.Module, windows: torch.Tensor, config: LLCConfig, device: str | torch.device = "cpu",
-           progress: bool = False, logits_fn: LogitsFn | None = None) -> LLCResult:
+           progress: bool = False, logits_fn: LogitsFn | None = None, explicit_attention: bool = False) -> LLCResult:
     """Estimate the LLC of a causal LM's current weights w* under mean next-token cross-entropy.
 
     ``windows`` (N, T+1) token ids: inputs ``windows[:, :-1]``, targets ``windows[:, 1:]``, batched by
@@ -101,10 +115,19 @@ def lm_llc(model: nn.Module, windows: torch.Tensor, config: LLCConfig, device: s
     output with ``.logits``; ``logits_fn(model, ids)`` overrides that. nβ defaults to n / ln n with n
     the predicted tokens per batch (see the module docstring). Chains run as in :func:`estimate_llc`
     (``batched``: vmap where the model allows, else sequential); the model is not modified.
+    ``explicit_attention`` (our :class:`~selfmodels.nets.gpt.GPT` only): attention in plain tensor ops that
+    vmap batches over the chains, instead of the fused kernel that vmap runs chain by chain on CPU (module
+    docstring); on every path, so ``batched="sequential"`` with it is the one-chain-at-a-time reference.
     ``result.diagnostics`` adds ``nbeta_counts`` ("tokens"), ``nbeta_n``, ``tokens_per_window``.
     """
     config.validate()
     require(isinstance(model, nn.Module), f"lm_llc needs a torch.nn.Module, got {type(model).__name__}")
+    if explicit_attention:
+        require(isinstance(model, GPT), f"lm_llc explicit_attention=True needs selfmodels' GPT "
+                f"(selfmodels.nets.gpt.GPT), got {type(model).__name__}; drop the flag for other models")
+        require(logits_fn is None, "lm_llc: give either explicit_attention=True or logits_fn, not both "
+                "(explicit_attention sets how the GPT's logits are taken)")
+        logits_fn = gpt_logits_explicit_attention
     wrapped = LogitsOf(model, logits_fn)
     _check_windows(wrapped, windows, next((p.device for p in model.parameters()), torch.device("cpu")))
     windows = windows.long()
@@ -119,4 +142,4 @@ def lm_llc(model: nn.Module, windows: torch.Tensor, config: LLCConfig, device: s
     return result
 
 
-__all__ = ["lm_llc", "LogitsOf", "next_token_cross_entropy", "lm_token_count"]
+__all__ = ["lm_llc", "LogitsOf", "next_token_cross_entropy", "lm_token_count", "gpt_logits_explicit_attention"]
