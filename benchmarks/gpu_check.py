@@ -803,13 +803,13 @@ def sec_training_loops(ctx: Ctx) -> None:
     from selfmodels.data.classification import ClassificationData
     from selfmodels.forward.model import ForwardModel, ForwardModelConfig
     from selfmodels.forward.ridge import RidgeMap
-    from selfmodels.forward.multi import train_many
+    from selfmodels.forward.train import train_many
     from selfmodels.forward.stream import ActivationStream
     from selfmodels.forward.train import ForwardTrainConfig
     from selfmodels.nets.gpt import GPT, GPTConfig
     from selfmodels.selfmodeling.runs import resolve_run, run_one
     from selfmodels.subjects.gpt import GPTSubject
-    from selfmodels.subjects.gpt_training import CoTrain, LMTrainConfig, train_lm
+    from selfmodels.subjects.lm_training import CoTrain, LMTrainConfig, train_lm
 
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_loops_"))
     ctx.record["device"] = str(ctx.device)

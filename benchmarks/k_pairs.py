@@ -27,7 +27,7 @@ import torch
 from stream_vs_cache import cpu_model, smollm2_config_subject  # benchmarks/ (this script's folder is on sys.path)
 
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
-from selfmodels.forward.multi import train_many
+from selfmodels.forward.train import train_many
 from selfmodels.forward.stream import ActivationStream
 from selfmodels.forward.train import ForwardTrainConfig
 from selfmodels.runtime import set_threads

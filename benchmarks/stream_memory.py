@@ -3,7 +3,7 @@
 Each budget runs in a fresh Python process (so neither inherits the other's peak): a randomly initialised
 GPT subject (or ``--main smollm2``, the packaged offline SmolLM2), a token stream of ``--tokens`` random ids
 (int32, the budget: one epoch over it), an :class:`~selfmodels.forward.stream.ActivationStream` and one forward
-model trained by :func:`~selfmodels.forward.multi.train_many` for one epoch. The child reads
+model trained by :func:`~selfmodels.forward.train.train_many` for one epoch. The child reads
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end and prints one line; the parent prints both lines and
 a summary with their ratio. The claim: peak RSS is flat (ratio within 1.1) because the activations held are
 bounded by the shuffle buffer, not by the budget; the token ids themselves (4 bytes a token here, reported as
@@ -25,7 +25,7 @@ import time
 import torch
 
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
-from selfmodels.forward.multi import train_many
+from selfmodels.forward.train import train_many
 from selfmodels.forward.stream import ActivationStream
 from selfmodels.forward.train import ForwardTrainConfig
 from selfmodels.runtime import set_threads

@@ -5,7 +5,7 @@ vocab 49152), fp32 on the CPU; forward models are the paper's 1% model (1 layer,
 token ids; the pair is (layers-2 -> layers-1). One JSON line (plus the machine's):
 
 - ``stream_vs_cache``: one pair (layers-2 -> layers-1) trained for one epoch over ``--tokens`` tokens, streaming
-  (:class:`~selfmodels.forward.stream.ActivationStream` + :func:`~selfmodels.forward.multi.train_many`) against
+  (:class:`~selfmodels.forward.stream.ActivationStream` + :func:`~selfmodels.forward.train.train_many`) against
   writing the fp16 activation cache of the same windows and training from it (cache write included). The stream
   runs the subject on a few more sequences than it trains on (the buffer it fills past the last batch:
   ``subject_sequences``), which only matters at this toy size.
@@ -29,7 +29,7 @@ import torch
 
 from selfmodels.forward.cache import CacheSpec, write_cache
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
-from selfmodels.forward.multi import train_many
+from selfmodels.forward.train import train_many
 from selfmodels.forward.stream import ActivationStream
 from selfmodels.forward.train import ForwardTrainConfig, train_forward
 from selfmodels.runtime import set_threads

@@ -302,12 +302,36 @@ def run_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             raise UserError(f"rank {rank}: {exc}") from exc
 
 
-def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``module`` wrapped in ``DistributedDataParallel`` under torchrun (its backward averages the gradients across
-    the ranks), ``module`` itself on one process. Step with the module's own parameters either way."""
-    if world()[1] == 1:
-        return module
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+def average_gradients(params: Iterable[torch.nn.Parameter], loss: torch.Tensor) -> float:
+    """Average every gradient over the ranks in place (``g <- 1/N sum_r g_r``) and return the ranks' mean of
+    ``loss``, in one all-reduce per (device, dtype). Parameters without a gradient are left out: every rank runs
+    the same code, so the same ones have none everywhere."""
+    _, size = world()
+    grads = [p.grad for p in params if p.grad is not None]
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for grad in grads:
+        groups.setdefault((grad.device, grad.dtype), []).append(grad)
+    total = loss.detach().float().reshape(1)
+    key = (total.device, total.dtype)
+    groups.setdefault(key, [])
+    for (device, dtype), members in groups.items():
+        with_loss = members + ([total] if (device, dtype) == key else [])
+        flat = torch.cat([t.reshape(-1) for t in with_loss])
+        dist.all_reduce(flat)
+        flat /= size
+        offset = 0
+        for t in with_loss:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+    return float(total.item())
+
+
+def broadcast_parameters(modules: Iterable[torch.nn.Module]) -> None:
+    """Every rank takes rank 0's parameters and buffers (a run starts from one model, whatever each rank drew)."""
+    with torch.no_grad():
+        for module in modules:
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(tensor.data, src=0)
 
 
 # ---- collective points ------------------------------------------------------------------------------
@@ -385,7 +409,7 @@ def main_first() -> Iterator[None]:
         barrier()
 
 
-__all__ = ["RankFailed", "world", "local_rank", "is_main", "solo", "timeout_seconds", "local_device", "data_parallel", "init",
+__all__ = ["RankFailed", "world", "local_rank", "is_main", "solo", "timeout_seconds", "local_device", "average_gradients", "broadcast_parameters", "init",
            "guard", "run_main", "all_gather_object", "barrier", "shard", "main_only", "main_first",
            "TIMEOUT_VARIABLE"]
 

@@ -98,6 +98,32 @@ def stream_models():
             "b": (ForwardModel(ForwardModelConfig(d_model=16, n_head=2, d_head=8)), 0, 2)}
 
 
+LM_STEPS, LM_BATCH, LM_SEED = 12, 2, 5  # per rank; the reference draws both ranks' windows each step
+
+
+def lm_problem():
+    """A tiny GPT subject with a self-modeling objective (extra head outputs predicting block 0's residual), its
+    token stream, held-out windows and training settings."""
+    from selfmodels.lm_selfmodeling.objective import AuxiliaryObjective
+    from selfmodels.nets.gpt import GPT, GPTConfig
+    from selfmodels.subjects.gpt import GPTSubject
+    from selfmodels.subjects.lm_training import LMTrainConfig
+
+    torch.manual_seed(0)
+    subject = GPTSubject(GPT(GPTConfig(vocab_size=40, block_size=STREAM_T, n_layer=2, n_head=2, d_model=16)))
+    objective = AuxiliaryObjective("self-model", "resid:0", d_model=16, site_width=16)
+    tokens = torch.randint(0, 40, (400,), generator=torch.Generator().manual_seed(2))
+    val = (tokens[:4 * STREAM_T].view(4, STREAM_T), tokens[1:4 * STREAM_T + 1].view(4, STREAM_T))
+    cfg = LMTrainConfig(steps=LM_STEPS, batch_size=LM_BATCH, lr=3e-3, eval_every=4, eval_batches=1)
+    return subject, objective, tokens, val, cfg
+
+
+def lm_generator(rank: int) -> torch.Generator:
+    from selfmodels.training.rng import derived_seed
+
+    return torch.Generator().manual_seed(derived_seed("lm", LM_SEED, rank, 2))
+
+
 def llc_problem():
     """A small trained MLP in float64, its data and LLC settings (3 chains: 2 on rank 0, 1 on rank 1)."""
     from selfmodels.complexity.llc import LLCConfig, cross_entropy
@@ -145,18 +171,16 @@ def _forward(work: Path, rank: int, fail_at: int | None = None, **_):
     # Half the steps, then the rest from the checkpoint (every rank's data generator comes back).
     generator = forward_generator(rank)
     first = train_forward(forward_model(), forward_batches(generator, fail_at), forward_config(steps=FORWARD_STEPS // 2),
-                          torch.device("cpu"), metrics_path=fm / "metrics.jsonl", checkpoint=fm / "checkpoint.safetensors",
-                          generator=generator, progress=False)
+                          torch.device("cpu"), fm, generator=generator, progress=False)
     generator = torch.Generator().manual_seed(12345)  # replaced by the checkpoint's state for this rank
     model = forward_model()
-    info = train_forward(model, forward_batches(generator), forward_config(), torch.device("cpu"),
-                         metrics_path=fm / "metrics.jsonl", checkpoint=fm / "checkpoint.safetensors",
+    info = train_forward(model, forward_batches(generator), forward_config(), torch.device("cpu"), fm,
                          generator=generator, progress=False)
     return {"state": model.state_dict(), "info": info, "first": first}
 
 
 def _stream(work: Path, rank: int, **_):
-    from selfmodels.forward.multi import train_many
+    from selfmodels.forward.train import train_many
 
     subject, tokens = stream_subject()
     many = work / "many"
@@ -167,6 +191,20 @@ def _stream(work: Path, rank: int, **_):
     info = train_many(models, stream_of(subject, tokens, distributed.world()),
                       forward_config(steps=STREAM_STEPS, batch_size=STREAM_BATCH), torch.device("cpu"), many, progress=False)
     return {"states": {name: m.state_dict() for name, (m, _, _) in models.items()}, "info": info, "first": first}
+
+
+def _lm(work: Path, rank: int, **_):
+    import dataclasses
+
+    from selfmodels.subjects.lm_training import train_language_model
+
+    # Half the steps, then the rest from the checkpoint (every rank's window generator comes back).
+    subject, objective, tokens, val, cfg = lm_problem()
+    first = train_language_model(subject, objective, 1.0, dataclasses.replace(cfg, steps=LM_STEPS // 2), tokens, val,
+                                 STREAM_T, work / "lm", LM_SEED, progress=False)
+    subject, objective, tokens, val, cfg = lm_problem()
+    info = train_language_model(subject, objective, 1.0, cfg, tokens, val, STREAM_T, work / "lm", LM_SEED, progress=False)
+    return {"main": subject.model.state_dict(), "aux": objective.state_dict(), "info": info, "first": first}
 
 
 def _llc(work: Path, rank: int, fail: bool = False, **_):
@@ -203,7 +241,7 @@ def _cli(work: Path, rank: int, argv=(), **_):
     return 0
 
 
-SCENARIOS = {"forward": _forward, "stream": _stream, "llc": _llc, "grid": _grid, "stuck": _stuck, "cli": _cli,
+SCENARIOS = {"forward": _forward, "stream": _stream, "lm": _lm, "llc": _llc, "grid": _grid, "stuck": _stuck, "cli": _cli,
              "fail-llc": lambda work, rank, fail_rank, **kw: _llc(work, rank, fail=rank == fail_rank),
              "fail-forward": lambda work, rank, fail_rank, **kw: _forward(work, rank, fail_at=5 if rank == fail_rank else None)}
 

@@ -61,6 +61,31 @@ def test_forward_model_trained_on_two_ranks_equals_one_rank_on_both_ranks_batche
     assert [r["step"] for r in read_jsonl(run.out / "work" / "fm" / "metrics.jsonl")] == [5, 10, 12, 15, 20, 24]
 
 
+def test_lm_self_modeling_trained_on_two_ranks_equals_one_rank_on_both_ranks_windows(torchrun, tmp_path):
+    """The LM trainer under torchrun (the LM self-modeling runs): each rank draws its own windows and the loop
+    averages the gradients, so two ranks end where one process fed both ranks' windows each step ends."""
+    from selfmodels.subjects.lm_training import WindowDraws, train_language_model
+
+    run = torchrun("lm", tmp_path / "dist")
+    assert run.returncode == 0, run.output
+    subject, objective, tokens, val, cfg = harness.lm_problem()
+    draws = WindowDraws(tokens, harness.STREAM_T, harness.LM_BATCH, [harness.lm_generator(r) for r in (0, 1)])
+    info = train_language_model(subject, objective, 1.0, cfg, tokens, val, harness.STREAM_T, tmp_path / "one",
+                                harness.LM_SEED, progress=False, draws=draws)
+    assert not torch.equal(*(next(WindowDraws(tokens, harness.STREAM_T, 2, [harness.lm_generator(r)]))[0] for r in (0, 1)))
+    for rank in (0, 1):
+        result = run.result(rank)
+        for part, module in (("main", subject.model), ("aux", objective)):
+            for name, value in module.state_dict().items():
+                torch.testing.assert_close(_without_key_bias(name, result[part][name]), _without_key_bias(name, value),
+                                           rtol=0, atol=1e-5, msg=lambda m: f"rank {rank}: {part} {name}: {m}")
+        assert result["info"]["val_loss"] == pytest.approx(info["val_loss"], abs=1e-5)
+        assert result["info"]["train_loss"] == pytest.approx(info["train_loss"], abs=1e-5)  # the ranks' mean
+    assert _files(run.writes(1)) == set()  # curve and checkpoint: rank 0's alone
+    assert _files(run.writes(0)) == {"lm/metrics.jsonl", "lm/checkpoint.safetensors"}
+    assert [r["step"] for r in read_jsonl(run.out / "work" / "lm" / "metrics.jsonl")] == [4, 6, 8, 10, 12]
+
+
 class _BothShards:
     """One process's view of what two ranks stream: each batch is shard 0's and shard 1's batches concatenated."""
 
@@ -75,7 +100,7 @@ class _BothShards:
 
 
 def test_many_forward_models_streamed_on_two_ranks_equal_one_rank_on_both_shards(torchrun, tmp_path):
-    from selfmodels.forward.multi import train_many
+    from selfmodels.forward.train import train_many
 
     run = torchrun("stream", tmp_path / "dist")
     assert run.returncode == 0, run.output

@@ -57,13 +57,11 @@ def test_width_mismatch_is_a_user_error():
 
 
 def test_interrupted_training_resumes_without_repeating_its_curve(tmp_path):
-    """A crash between checkpoints leaves curve lines past the checkpoint: the resumed run drops them
-    (and only them: another run's lines in the same file stay)."""
-    from selfmodels.artifacts import append_jsonl, read_jsonl
+    """A crash between checkpoints leaves curve lines past the checkpoint: the resumed run drops and rewrites
+    them, so every step has exactly one line."""
+    from selfmodels.artifacts import read_jsonl
     from selfmodels.forward.train import ForwardTrainConfig, train_forward
 
-    metrics, ckpt = tmp_path / "metrics.jsonl", tmp_path / "checkpoint.safetensors"
-    append_jsonl(metrics, {"run": "other", "step": 5, "forward_mse": 1.0})
     cfg = ForwardTrainConfig(steps=6, batch_size=2, log_every=1, checkpoint_every=4)
 
     def batches(crash_at=None):
@@ -76,10 +74,7 @@ def test_interrupted_training_resumes_without_repeating_its_curve(tmp_path):
 
     model = ForwardModel(ForwardModelConfig(d_model=8, n_head=2, d_head=4))
     with pytest.raises(KeyboardInterrupt):  # dies during step 6: checkpoint at 4, curve lines 1..5
-        train_forward(model, batches(crash_at=5), cfg, torch.device("cpu"), metrics_path=metrics,
-                      checkpoint=ckpt, tag={"run": "mine"}, progress=False)
-    train_forward(model, batches(), cfg, torch.device("cpu"), metrics_path=metrics, checkpoint=ckpt,
-                  tag={"run": "mine"}, progress=False)
-    records = read_jsonl(metrics)
-    assert [r["step"] for r in records if r["run"] == "mine"] == [1, 2, 3, 4, 5, 6]
-    assert [r["step"] for r in records if r["run"] == "other"] == [5]
+        train_forward(model, batches(crash_at=5), cfg, torch.device("cpu"), tmp_path, progress=False)
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    train_forward(model, batches(), cfg, torch.device("cpu"), tmp_path, progress=False)
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]

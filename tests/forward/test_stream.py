@@ -10,7 +10,8 @@ from selfmodels.artifacts import read_jsonl
 from selfmodels.data.windows import consecutive_windows
 from selfmodels.errors import UserError
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
-from selfmodels.forward.multi import CHECKPOINT_NAME, METRICS_NAME, train_many
+from selfmodels.forward.train import train_many
+from selfmodels.training import CHECKPOINT as CHECKPOINT_NAME, METRICS as METRICS_NAME
 from selfmodels.forward.stream import ActivationStream
 from selfmodels.forward.train import ForwardTrainConfig, train_forward
 from selfmodels.nets.gpt import GPT, GPTConfig
@@ -181,7 +182,7 @@ def test_train_many_refusals(subject, tokens, tmp_path):
         train_many(_models(0), _stream(subject, tokens), ForwardTrainConfig(steps=2, batch_size=5), torch.device("cpu"), None, progress=False)
     train_many(_models(0), _stream(subject, tokens), _cfg(2), torch.device("cpu"), tmp_path, progress=False)
     other = {"x": _models(0)["0->2"]}
-    with pytest.raises(UserError, match="holds forward models"):
+    with pytest.raises(UserError, match="written by another run"):
         train_many(other, _stream(subject, tokens), _cfg(4), torch.device("cpu"), tmp_path, progress=False)
 
 

@@ -11,8 +11,8 @@ from selfmodels.errors import UserError
 from selfmodels.lm_selfmodeling.objective import AuxiliaryObjective, check_objective, discrepancy
 from selfmodels.lm_selfmodeling.run import ObjectiveConfig, build_objective
 from selfmodels.lm_selfmodeling.sites import capture, logits_of
-from selfmodels.lm_selfmodeling.train import train_with_objective
-from selfmodels.subjects.gpt_training import LMTrainConfig
+from selfmodels.subjects.lm_training import train_language_model
+from selfmodels.subjects.lm_training import LMTrainConfig
 
 from lm_tiny import SEQ, tiny_gpt
 
@@ -53,7 +53,7 @@ def _train(method: str, stream, steps: int = 6, **objective) -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        train_with_objective(subject, obj, objective.get("strength", 0.0), cfg, stream, val, SEQ, tmp, seed=0, progress=False)
+        train_language_model(subject, obj, objective.get("strength", 0.0), cfg, stream, val, SEQ, tmp, seed=0, progress=False)
     return subject.model.state_dict()
 
 

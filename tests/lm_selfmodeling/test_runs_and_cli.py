@@ -12,7 +12,7 @@ from selfmodels.errors import UserError
 from selfmodels.lm_selfmodeling.observer import ObserverConfig, check_disjoint
 from selfmodels.lm_selfmodeling.run import LMRunConfig, ObjectiveConfig, load_data, measure_snapshot, nearest_snapshot, run_one
 from selfmodels.nets.gpt import GPTConfig
-from selfmodels.subjects.gpt_training import LMTrainConfig
+from selfmodels.subjects.lm_training import LMTrainConfig
 from selfmodels.subjects.registry import CorpusConfig
 
 WORDS = "the cat sat on a mat and the dog ran to the park while birds sang in old green trees near water".split()

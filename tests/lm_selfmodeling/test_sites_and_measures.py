@@ -48,8 +48,8 @@ def test_gpt_sites_are_the_activations_they_name():
 def test_hf_subject_sites_and_a_short_fine_tune(tmp_path):
     """The objective goes through the subject interface: a tiny Llama predicts its own MLP hidden layer."""
     from lm_tiny import tiny_llama_subject
-    from selfmodels.lm_selfmodeling.train import train_with_objective
-    from selfmodels.subjects.gpt_training import LMTrainConfig
+    from selfmodels.subjects.lm_training import train_language_model
+    from selfmodels.subjects.lm_training import LMTrainConfig
 
     subject = tiny_llama_subject()
     assert site_width(subject, "mlp:1") == 128
@@ -61,7 +61,7 @@ def test_hf_subject_sites_and_a_short_fine_tune(tmp_path):
     before = {k: v.clone() for k, v in subject.model.state_dict().items()}
     stream = torch.randint(0, 97, (2000,), generator=torch.Generator().manual_seed(0))
     val = (stream[: 4 * SEQ].view(4, SEQ), stream[1 : 4 * SEQ + 1].view(4, SEQ))
-    out = train_with_objective(subject, obj, 1.0, LMTrainConfig(steps=3, batch_size=2, lr=1e-3, eval_every=3), stream, val,
+    out = train_language_model(subject, obj, 1.0, LMTrainConfig(steps=3, batch_size=2, lr=1e-3, eval_every=3), stream, val,
                                SEQ, tmp_path, seed=0, progress=False)
     assert math.isfinite(out["val_loss"]) and out["train_aux"] is not None and out["train_aux"] > 0
     assert any(not torch.equal(before[k], v) for k, v in subject.model.state_dict().items())

@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from selfmodels import distributed
+from selfmodels import distributed, training
 from selfmodels.artifacts import atomic_path, append_jsonl, load_tensors, read_jsonl, save_tensors, write_config, write_json
 from selfmodels.configs import to_dict
 from selfmodels.curves import Mirror
@@ -48,12 +48,12 @@ from selfmodels.forward.model import ForwardModel, ForwardModelConfig
 from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION, paper_reference
 from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
 from selfmodels.forward.stages import StageStore
-from selfmodels.forward.multi import train_many
-from selfmodels.forward.stream import ActivationStream, derived_seed
-from selfmodels.forward.train import ForwardTrainConfig, train_forward
-from selfmodels.optim import make_adamw
+from selfmodels.forward.stream import ActivationStream
+from selfmodels.forward.train import ForwardTask, ForwardTrainConfig, PairBatches, train_forward, train_many
 from selfmodels.runtime import resolve_device
 from selfmodels.subjects.registry import CoTrain, OpenedSubject, open_subject
+from selfmodels.training import Schedule
+from selfmodels.training.rng import derived_seed
 
 TRAINING_LABELS = {"cotrain": "co-trained", "cache": "frozen subject, from the activation cache",
                    "stream": "frozen subject, activations streamed through a shuffle buffer"}
@@ -94,20 +94,11 @@ def _sweep_models(cfg: RunConfig, d_model: int) -> list[tuple[str, str, int, int
     return rows
 
 
-def _seconds_per_step(model: torch.nn.Module, batches, lr: float, device: torch.device, steps: int = 4) -> float:
+def _seconds_per_step(model: torch.nn.Module, pairs, train: ForwardTrainConfig, device: torch.device, steps: int = 4) -> float:
     """Measured seconds per training step of a throwaway copy of ``model`` (the first step is warm-up)."""
-    probe = copy.deepcopy(model).to(device).train()
-    opt = make_adamw(probe.parameters(), lr, 0.01)
-    times = []
-    for _ in range(steps + 1):
-        x, y = next(batches)
-        began = time.perf_counter()
-        loss = torch.nn.functional.mse_loss(probe(x.to(device)), y.to(device))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - began)
-    return float(np.median(times[1:]))
+    probe = ForwardTask({"probe": (copy.deepcopy(model), 0, 1)}, PairBatches(pairs, 0, 1),
+                        dataclasses.replace(train, steps=steps + 1), device, "timing")
+    return training.train(probe, Schedule(steps + 1), progress=False).seconds_per_step(warmup=1)
 
 
 class _Run:
@@ -197,9 +188,8 @@ class _Run:
             else:
                 generator = torch.Generator().manual_seed(cfg.seed if ranks == 1 else derived_seed("cache", cfg.seed, rank, ranks))
                 batches = self.activations.batches(str(source), str(target), train.batch_size, generator)
-                info = train_forward(model, batches, train, self.device, metrics_path=directory / "metrics.jsonl",
-                                     checkpoint=directory / "checkpoint.safetensors", generator=generator,
-                                     progress=self.progress, desc=name, mirror=self.mirror)
+                info = train_forward(model, batches, train, self.device, directory, generator=generator,
+                                     progress=self.progress, name=name, pair=(source, target), mirror=self.mirror)
             distributed.main_only(save_tensors)(directory / "model.safetensors", model.state_dict())
             return info
 
@@ -243,7 +233,7 @@ class _Run:
 
             def measure(directory: Path) -> dict:
                 batches = self.activations.batches(str(s), str(t), train.batch_size, torch.Generator().manual_seed(1))
-                per_step = _seconds_per_step(model, batches, train.lr, self.device)
+                per_step = _seconds_per_step(model, batches, train, self.device)
                 # capped: timing on a shared machine is noisy
                 return {"steps": int(np.clip(round(seconds / per_step), 1, 2 * train.steps)), "seconds_per_step": per_step,
                         "forward_model_seconds": seconds}

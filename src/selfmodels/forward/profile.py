@@ -2,7 +2,7 @@
 
 ``selfmodels forward profile --main MODEL [--gap 1] [--layers ...]`` trains a forward model for every layer
 pair ``(k, k + gap)`` of the subject in ONE streaming run (:mod:`selfmodels.forward.stream`: one subject
-pass per step feeds every model, :func:`selfmodels.forward.multi.train_many`), and evaluates each on the
+pass per step feeds every model, :func:`selfmodels.forward.train.train_many`), and evaluates each on the
 **same** held-out tokens beside two baselines fitted without gradient descent:
 
 - the skip map (copy the source: ``skip_cosine``, and skipping the blocks: ``kl_skipped``);
@@ -36,7 +36,7 @@ from selfmodels.forward.analysis.decomposition import decomposition_report
 from selfmodels.forward.evaluate import REGRESSION_KEYS, as_predictor, batches_of, regression
 from selfmodels.forward.config import load_preset
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
-from selfmodels.forward.multi import train_many
+from selfmodels.forward.train import train_many
 from selfmodels.forward.pipeline import check_out
 from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION
 from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
@@ -47,7 +47,7 @@ from selfmodels.forward.train import ForwardTrainConfig
 from selfmodels.report.figures import save_figure, subplots
 from selfmodels.report.markdown import fmt, table
 from selfmodels.runtime import resolve_device
-from selfmodels.subjects.registry import CorpusConfig, SubjectConfig, open_subject
+from selfmodels.subjects.registry import CorpusConfig, OpenedSubject, SubjectConfig, open_subject
 
 PROFILE_DEFINITIONS = {
     **DEFINITIONS,
@@ -105,6 +105,24 @@ def pairs_of(cfg: ProfileConfig, n_layers: int) -> list[tuple[int, int]]:
     return [(s, s + cfg.gap) for s in sorted(set(sources))]
 
 
+@dataclass
+class _Profile:
+    """What the stages of one profile share: the subject and its data, the store, the keys every stage starts from."""
+
+    cfg: ProfileConfig
+    opened: OpenedSubject
+    store: StageStore
+    device: torch.device
+    progress: bool
+    pairs: list[tuple[int, int]]
+    base_key: dict
+    described: dict
+
+    @property
+    def subject(self):
+        return self.opened.subject
+
+
 def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool = True, log: tuple[str, ...] = ()) -> dict:
     """The profile into ``out``: ``results.json`` (one row per pair), ``report.md`` with one plot per metric. ``log``
     names the sinks the training curves are mirrored to (:mod:`selfmodels.curves`); never an input to a stage."""
@@ -113,8 +131,25 @@ def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool
     began = time.perf_counter()
     rank, ranks = distributed.world()
     device = distributed.local_device(resolve_device(device_name))
-    progress = progress and rank == 0
     mirror = Mirror(out, log if rank == 0 else (), config=to_dict(cfg))  # rank 0 writes the curves
+    p = _open(cfg, out, device, progress and rank == 0, mirror)
+    models = {}
+    for s, t in p.pairs:
+        torch.manual_seed(cfg.seed)  # every pair's model starts from the same weights
+        models[f"{s}->{t}"] = (ForwardModel(dataclasses.replace(cfg.model, d_model=p.subject.d_model)), s, t)
+    trained, train_key = _train_all(p, models, mirror)
+    ridges, ridge_info, ridge_key = _fit_ridges(p, models)
+    x, y = consecutive_windows(p.opened.val, cfg.seq_len, cfg.eval_sequences, p.opened.bos_id, "validation")
+    rows = _evaluate_pairs(p, models, ridges, batches_of(x, y, cfg.eval_batch), train_key, ridge_key, trained)
+    results = _results(p, models, trained, rows, ridge_info["tokens"], int(x.numel()), time.perf_counter() - began)
+    if distributed.is_main():
+        write_json(out / "results.json", results)
+        write_profile_report(out, results)
+    return results
+
+
+def _open(cfg: ProfileConfig, out: Path, device: torch.device, progress: bool, mirror: Mirror) -> _Profile:
+    """The subject (its cache filled by rank 0 first), the pairs, the config file and the stage store."""
     if cfg.subject.trained_here:
         pairs_of(cfg, cfg.subject.gpt.n_layer)  # checked before our GPT is trained
     with distributed.main_first():  # rank 0 fills the subject's cache (our GPT trained, a conversion); the others read it
@@ -125,61 +160,67 @@ def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool
     out.mkdir(parents=True, exist_ok=True)
     distributed.main_only(write_config)(out, {"experiment": "forward-profile", "config": to_dict(cfg), "device": str(device),
                        "subject": {k: v for k, v in described.items() if k != "indices"}})
-    store = StageStore(out)
-    indices = sorted({k for pair in pairs for k in pair})
     base_key = {"weights_sha256": described["weights_sha256"], "dtype": str(subject.dtype), "data": opened.data,
                 "seq_len": cfg.seq_len, "bos": cfg.corpus.bos, "val_fraction": cfg.corpus.val_fraction}
-    model_cfg = dataclasses.replace(cfg.model, d_model=subject.d_model)
+    return _Profile(cfg, opened, StageStore(out), device, progress, pairs, base_key, described)
 
-    # Every forward model from one streaming run.
-    models = {}
-    for s, t in pairs:
-        torch.manual_seed(cfg.seed)  # every pair's model starts from the same weights
-        models[f"{s}->{t}"] = (ForwardModel(model_cfg), s, t)
+
+def _train_all(p: _Profile, models: dict, mirror: Mirror) -> tuple[dict, str]:
+    """Every forward model from one streaming run (stage ``train``); the models hold the trained weights after."""
+    cfg, rank, ranks = p.cfg, *distributed.world()
+    indices = sorted({k for pair in p.pairs for k in pair})
 
     def train_all(directory: Path) -> dict:
         # Every rank streams its own shard of the training windows; the models train data-parallel.
-        stream = ActivationStream(subject, opened.train, indices, cfg.seq_len, cfg.train.batch_size, cfg.buffer_sequences,
-                                  cfg.pass_sequences, cfg.seed, opened.bos_id, shard=(rank, ranks),
-                                  autocast=torch.bfloat16 if device.type == "cuda" else None)
-        info = train_many(models, stream, cfg.train, device, directory, progress, mirror)
+        stream = ActivationStream(p.subject, p.opened.train, indices, cfg.seq_len, cfg.train.batch_size, cfg.buffer_sequences,
+                                  cfg.pass_sequences, cfg.seed, p.opened.bos_id, shard=(rank, ranks),
+                                  autocast=torch.bfloat16 if p.device.type == "cuda" else None)
+        info = train_many(models, stream, cfg.train, p.device, directory, p.progress, mirror)
         distributed.main_only(save_tensors)(directory / "models.safetensors",
                                             {f"{name}/{k}": v for name, (m, _, _) in models.items() for k, v in m.state_dict().items()})
         seen = distributed.all_gather_object((stream.tokens_seen, stream.passes))
-        return {"models": info, "tokens_seen": sum(t for t, _ in seen), "passes": sum(p for _, p in seen)}
+        return {"models": info, "tokens_seen": sum(t for t, _ in seen), "passes": sum(n for _, n in seen)}
 
-    train_inputs = {**base_key, "pairs": pairs, "model": to_dict(model_cfg), "train": to_dict(cfg.train), "seed": cfg.seed,
+    model_cfg = next(iter(models.values()))[0].cfg
+    train_inputs = {**p.base_key, "pairs": p.pairs, "model": to_dict(model_cfg), "train": to_dict(cfg.train), "seed": cfg.seed,
                     "buffer": [cfg.buffer_sequences, cfg.pass_sequences], **({"ranks": ranks} if ranks > 1 else {})}
-    trained, directory, train_key = store.run("train", train_inputs, train_all, every_rank=True)
-    if not store.log["train"]["computed"]:  # reused from an earlier run: its curves were not mirrored here
+    trained, directory, train_key = p.store.run("train", train_inputs, train_all, every_rank=True)
+    if not p.store.log["train"]["computed"]:  # reused from an earlier run: its curves were not mirrored here
         mirror.log_all(read_jsonl(directory / "metrics.jsonl"))
     mirror.close()
     weights = load_tensors(directory / "models.safetensors")
     for name, (model, _, _) in models.items():
         model.load_state_dict({k.split("/", 1)[1]: v for k, v in weights.items() if k.startswith(name + "/")})
-        model.to(device).eval()
+        model.to(p.device).eval()
+    return trained, train_key
 
-    # Ridge maps, fitted on training windows.
+
+def _fit_ridges(p: _Profile, models: dict) -> tuple[dict, dict, str]:
+    """The ridge map of every pair, fitted on training windows (stage ``ridge``)."""
+    cfg = p.cfg
+
     def fit_ridges(directory: Path) -> dict:
-        windows, _ = spread_windows(opened.train, cfg.seq_len, cfg.ridge_sequences, opened.bos_id, "training")
-        fitted = fit_ridge_maps(subject, windows, pairs, cfg.ridge, cfg.eval_batch)
+        windows, _ = spread_windows(p.opened.train, cfg.seq_len, cfg.ridge_sequences, p.opened.bos_id, "training")
+        fitted = fit_ridge_maps(p.subject, windows, p.pairs, cfg.ridge, cfg.eval_batch)
         ridges = {name: fitted[(s, t)] for name, (_, s, t) in models.items()}
         save_tensors(directory / "ridges.safetensors", {f"{n}/{k}": v for n, r in ridges.items() for k, v in r.state_dict().items()})
         return {"tokens": int(windows.numel())}
 
-    ridge_info, ridge_dir, ridge_key = store.run("ridge", {**base_key, "pairs": pairs, "ridge": cfg.ridge,
-                                                           "ridge_sequences": cfg.ridge_sequences}, fit_ridges)
-    ridge_weights = load_tensors(ridge_dir / "ridges.safetensors")
+    info, directory, key = p.store.run("ridge", {**p.base_key, "pairs": p.pairs, "ridge": cfg.ridge,
+                                                 "ridge_sequences": cfg.ridge_sequences}, fit_ridges)
+    weights = load_tensors(directory / "ridges.safetensors")
     ridges = {}
     for name in models:
-        ridges[name] = RidgeMap(subject.d_model, cfg.ridge)
-        ridges[name].load_state_dict({k.split("/", 1)[1]: v for k, v in ridge_weights.items() if k.startswith(name + "/")})
-        ridges[name].to(device)
+        ridges[name] = RidgeMap(p.subject.d_model, cfg.ridge)
+        ridges[name].load_state_dict({k.split("/", 1)[1]: v for k, v in weights.items() if k.startswith(name + "/")})
+        ridges[name].to(p.device)
+    return ridges, info, key
 
-    # Every pair on the same held-out windows.
-    x, y = consecutive_windows(opened.val, cfg.seq_len, cfg.eval_sequences, opened.bos_id, "validation")
-    batches = batches_of(x, y, cfg.eval_batch)
-    eval_key = {**base_key, "eval_sequences": cfg.eval_sequences}
+
+def _evaluate_pairs(p: _Profile, models: dict, ridges: dict, batches, train_key: str, ridge_key: str, trained: dict) -> list[dict]:
+    """Every pair on the same held-out windows (one stage each): the forward model and the ridge beside the skip."""
+    cfg, subject = p.cfg, p.subject
+    eval_key = {**p.base_key, "eval_sequences": cfg.eval_sequences}
     rows = []
     for name, (model, s, t) in models.items():
         def evaluate_pair(directory: Path, model=model, ridge=ridges[name], s=s, t=t) -> dict:
@@ -192,39 +233,41 @@ def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool
                 "ridge_cosine": reg["ridge"]["cosine"], "ridge_delta_r2": reg["ridge"]["delta_r2"],
                 "ridge_recovery": sub["ridge"]["recovery"], "ridge_kl_substituted": sub["ridge"]["kl_substituted"]}
             if t == s + 1 and cfg.decomposition_sequences:
-                row.update(_alignment(subject, model, opened.val, s, cfg))
+                row.update(_alignment(subject, model, p.opened.val, s, cfg))
             return row
 
-        result, _, _ = store.run(f"evaluate {name}", {**eval_key, "model": train_key, "ridge": ridge_key, "pair": [s, t],
-                                                      "decomposition_sequences": cfg.decomposition_sequences}, evaluate_pair)
+        result, _, _ = p.store.run(f"evaluate {name}", {**eval_key, "model": train_key, "ridge": ridge_key, "pair": [s, t],
+                                                        "decomposition_sequences": cfg.decomposition_sequences}, evaluate_pair)
         rows.append({"source": s, "target": t, "source_hook": subject.hook_name(s), "target_hook": subject.hook_name(t),
                      **result, "train_mse": trained["models"][name]["final_mse"]})
+    return rows
 
+
+def _results(p: _Profile, models: dict, trained: dict, rows: list[dict], ridge_tokens: int, eval_tokens: int,
+             seconds: float) -> dict:
+    cfg, subject, opened, described, ranks = p.cfg, p.subject, p.opened, p.described, distributed.world()[1]
     first = next(iter(trained["models"].values()))
-    results = {
+    model = next(iter(models.values()))[0]
+    return {
         "schema_version": SCHEMA_VERSION,
         "kind": "profile",
         "definitions": PROFILE_DEFINITIONS,
         "subject": {**{k: v for k, v in described.items() if k != "indices"}, "dtype": str(subject.dtype).replace("torch.", ""),
                     "training": opened.training},
         "data": {**opened.data, "train_tokens": int(opened.train.numel()), "val_tokens": int(opened.val.numel()),
-                 "seq_len": cfg.seq_len, "bos": cfg.corpus.bos, "eval_tokens": int(x.numel()),
-                 "ridge_tokens": ridge_info["tokens"], "tokens_per_model": cfg.train.steps * cfg.train.batch_size * cfg.seq_len * ranks},
+                 "seq_len": cfg.seq_len, "bos": cfg.corpus.bos, "eval_tokens": eval_tokens,
+                 "ridge_tokens": ridge_tokens, "tokens_per_model": cfg.train.steps * cfg.train.batch_size * cfg.seq_len * ranks},
         "gap": cfg.gap,
-        "forward_model": {"params": next(iter(models.values()))[0].num_params(), "config": to_dict(model_cfg),
-                          "train_config": to_dict(cfg.train), "share_of_main": next(iter(models.values()))[0].num_params() / subject.n_params},
+        "forward_model": {"params": model.num_params(), "config": to_dict(model.cfg),
+                          "train_config": to_dict(cfg.train), "share_of_main": model.num_params() / subject.n_params},
         "stream": {"buffer_sequences": cfg.buffer_sequences, "pass_sequences": cfg.pass_sequences, "ranks": ranks,
                    "tokens_seen": trained["tokens_seen"], "passes": trained["passes"],
                    "train_seconds": first["seconds"]},
         "rows": rows,
         "seed": cfg.seed,
-        "seconds": time.perf_counter() - began,
-        "stages": store.log,
+        "seconds": seconds,
+        "stages": p.store.log,
     }
-    if distributed.is_main():
-        write_json(out / "results.json", results)
-        write_profile_report(out, results)
-    return results
 
 
 def _alignment(subject, model: ForwardModel, val: torch.Tensor, source: int, cfg: ProfileConfig) -> dict:

@@ -42,8 +42,6 @@ still buffered. The next batch is then exactly the one an uninterrupted stream w
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from contextlib import nullcontext
 
 import torch
@@ -51,24 +49,10 @@ import torch
 from selfmodels.data.windows import cut_windows, window_count
 from selfmodels.errors import UserError, require
 from selfmodels.subjects.base import Subject
+from selfmodels.training.rng import derived_seed, generator_state, set_generator_state
 
 STATE_FORMAT = 1
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
-
-
-def derived_seed(*parts) -> int:
-    """A 63-bit seed from the given parts, so (seed, epoch) or (seed, rank) pairs never share a stream."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def _generator_state(gen: torch.Generator) -> str:
-    return base64.b64encode(gen.get_state().numpy().tobytes()).decode("ascii")
-
-
-def _set_generator_state(gen: torch.Generator, text: str) -> None:
-    raw = bytearray(base64.b64decode(text.encode("ascii")))
-    gen.set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
 
 
 class ActivationStream:
@@ -242,7 +226,7 @@ class ActivationStream:
             "format": STATE_FORMAT, **self._identity(),
             "epoch": self.epoch, "position": self.position,
             "passes": self.passes, "batches": self.batches, "tokens_seen": self.tokens_seen,
-            "draw_generator": _generator_state(self._draw),
+            "draw_generator": generator_state(self._draw),
             "buffer": [[w, p, row] for w, p, row, _ in self._buffer],  # window id, pass, row in that pass
         }
 
@@ -261,7 +245,7 @@ class ActivationStream:
         require(len(buffer) <= self.capacity and all(0 <= p < passes and 0 <= row < self.pass_sequences for _, p, row in buffer),
                 "the saved activation stream's buffer does not fit its own counters: the state is corrupt")
         self.passes, self.batches, self.tokens_seen = passes, int(state["batches"]), int(state["tokens_seen"])
-        _set_generator_state(self._draw, state["draw_generator"])
+        set_generator_state(self._draw, state["draw_generator"])
         self._storage, self._free, self._buffer = {}, list(range(self.capacity)), []
         slots = [self._free.pop() for _ in buffer]
         by_pass: dict[int, list[int]] = {}

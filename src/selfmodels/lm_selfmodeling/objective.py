@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfmodels.errors import UserError, require
+from selfmodels.lm_selfmodeling.sites import capture, logits_of
+from selfmodels.subjects.base import Subject
 
 METHODS = ("baseline", "self-model", "forward", "activation-l2", "random-target", "weight-decay")
 LOSSES = ("mse", "scaled-mse", "cosine")
@@ -81,6 +83,14 @@ class AuxiliaryObjective(nn.Module):
             nn.init.normal_(self.aux_head.weight, std=0.02)
             nn.init.zeros_(self.aux_head.bias)
         require(method != "forward" or forward_model is not None, "the forward form needs a forward model")
+
+    metric = "aux"  # the name of the term A in metrics.jsonl
+
+    def forward_pass(self, subject: Subject, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The subject's logits (B, T, V) on ``ids`` with :meth:`sites` captured in the same pass, and A."""
+        with capture(subject, self.sites()) as acts:
+            logits = logits_of(subject, ids)
+        return logits, self.term(acts)
 
     def sites(self) -> list[str]:
         if self.method in PREDICTING:

@@ -9,7 +9,7 @@ from selfmodels.lm_selfmodeling.grid import LMGrid, quick_conditions
 from selfmodels.lm_selfmodeling.observer import ObserverConfig
 from selfmodels.lm_selfmodeling.run import LMRunConfig
 from selfmodels.nets.gpt import GPTConfig
-from selfmodels.subjects.gpt_training import LMTrainConfig
+from selfmodels.subjects.lm_training import LMTrainConfig
 from selfmodels.subjects.registry import CorpusConfig
 
 SEEDS = [0, 1, 2]

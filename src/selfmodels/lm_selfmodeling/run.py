@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from selfmodels import distributed
 from selfmodels.artifacts import load_tensors, read_json, save_tensors, write_config, write_json
 from selfmodels.configs import option, to_dict
 from selfmodels.curves import Mirror
@@ -30,11 +31,10 @@ from selfmodels.lm_selfmodeling.objective import METHODS, PREDICTING, AuxiliaryO
 from selfmodels.lm_selfmodeling.observer import ObserverConfig, check_disjoint, observe
 from selfmodels.lm_selfmodeling.sites import parse_site, site_indices, site_width
 from selfmodels.lm_selfmodeling import measure
-from selfmodels.lm_selfmodeling.train import train_with_objective
 from selfmodels.nets.gpt import GPTConfig
 from selfmodels.runtime import cache_dir, seed_everything
 from selfmodels.subjects.base import Subject
-from selfmodels.subjects.gpt_training import LMTrainConfig
+from selfmodels.subjects.lm_training import LMTrainConfig, train_language_model
 from selfmodels.subjects.registry import CorpusConfig, content_key
 
 RESULT_VERSION = 1
@@ -238,17 +238,20 @@ def run_one(cfg: LMRunConfig, out: str | Path, data: LMData | None = None, devic
         raise UserError(f"{out} holds a finished run with other settings (key {record.get('key')} != {key}): "
                         "use another --out or delete it")
     began = time.perf_counter()
-    subject, data = build_subject(cfg, data, device, progress)
+    with distributed.main_first():  # rank 0 fills the corpus and model caches; the others read them
+        subject, data = build_subject(cfg, data, device, progress)
     cfg.validate(subject.n_layers)
     objective = build_objective(cfg.objective, subject)
-    write_config(out, {**to_dict(cfg), "key": key})
-    with Mirror(out, log, name=f"{cfg.objective.label}-seed{cfg.seed}", config=to_dict(cfg)) as mirror:
-        training = train_with_objective(subject, objective, cfg.objective.strength, lm_train_config(cfg), data.train,
+    main_only = distributed.main_only  # under torchrun every rank trains (data-parallel) and measures; rank 0 writes
+    main_only(write_config)(out, {**to_dict(cfg), "key": key})
+    sinks = log if distributed.is_main() else ()
+    with Mirror(out, sinks, name=f"{cfg.objective.label}-seed{cfg.seed}", config=to_dict(cfg)) as mirror:
+        training = train_language_model(subject, objective, cfg.objective.strength, lm_train_config(cfg), data.train,
                                         (data.eval_x[: cfg.eval_windows], data.eval_y[: cfg.eval_windows]), cfg.seq_len,
                                         out, cfg.seed, snapshots=cfg.snapshots, progress=progress, mirror=mirror)
-        save_tensors(out / "main.safetensors", subject.model.state_dict())
+        main_only(save_tensors)(out / "main.safetensors", subject.model.state_dict())
         if list(objective.parameters()):
-            save_tensors(out / "aux.safetensors", objective.state_dict())
+            main_only(save_tensors)(out / "aux.safetensors", objective.state_dict())
         o = cfg.objective
         record = {
             "key": key, "condition": o.label, "method": o.method, "strength": o.strength, "seed": cfg.seed,
@@ -259,7 +262,8 @@ def run_one(cfg: LMRunConfig, out: str | Path, data: LMData | None = None, devic
             **measure_model(subject, objective, data, cfg, cfg.estimate_llc, mirror),
         }
     record["seconds"] = time.perf_counter() - began
-    write_json(done, record)
+    main_only(write_json)(done, record)
+    distributed.barrier()
     return read_json(done)  # the JSON form (NaN as null), the same a resumed call returns
 
 

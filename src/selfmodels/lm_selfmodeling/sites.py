@@ -23,6 +23,7 @@ from torch import nn
 
 from selfmodels.errors import UserError
 from selfmodels.subjects.base import EMBED, Subject, hidden_of, hooks
+from selfmodels.subjects.lm_training import logits_of  # noqa: F401 - the full pass, with the sites' hooks in place
 
 HEAD_INPUT = "head-input"
 _MLP_OUT_NAMES = ("fc_proj", "down_proj", "c_proj", "dense_4h_to_h")  # ours, Llama-like, GPT-2, GPT-NeoX
@@ -115,10 +116,3 @@ def capture(subject: Subject, names: list[str]) -> Iterator[dict[str, torch.Tens
 
     with hooks(register):
         yield got
-
-
-def logits_of(subject: Subject, ids: torch.Tensor) -> torch.Tensor:
-    """The subject's full forward pass: logits (B, T, V) (gradients flow when enabled)."""
-    if subject.family == "gpt":
-        return subject.model(ids)
-    return subject.model(input_ids=ids, use_cache=False).logits

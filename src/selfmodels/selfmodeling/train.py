@@ -1,4 +1,5 @@
-"""The classifier training loop: per-epoch metrics, a checkpoint every epoch, exact resume.
+"""Training a classifier with its objective on the one loop (:mod:`selfmodels.training`): per-epoch metrics, a
+checkpoint every epoch, exact resume.
 
 Determinism: the model is initialised from the run's seed before this loop starts; inside it the only
 randomness is the data order and augmentation of epoch ``e``, drawn from a generator seeded with
@@ -14,7 +15,6 @@ regulariser R, see :mod:`~selfmodels.selfmodeling.objectives`), ``val_accuracy``
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,19 +22,18 @@ from typing import Callable
 
 import torch
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
-from selfmodels.artifacts import read_jsonl, write_text
-from selfmodels.checkpoint import load_checkpoint, save_checkpoint
+from selfmodels import training
+from selfmodels.artifacts import read_jsonl
 from selfmodels.configs import option
-from selfmodels.curves import Mirror, append_curve
+from selfmodels.curves import Mirror
 from selfmodels.errors import UserError
 from selfmodels.selfmodeling.augment import random_affine_flip
 from selfmodels.selfmodeling.objectives import Objective
+from selfmodels.training import Optimized, Schedule, Step, Task
 
 OPTIMIZERS = ("sgd", "adam")
-CHECKPOINT = "checkpoint.safetensors"
-METRICS = "metrics.jsonl"
+CHECKPOINT, METRICS = training.CHECKPOINT, training.METRICS
 
 
 @dataclass
@@ -73,10 +72,6 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
-# ---- checkpoints: one safetensors file, tensors plus JSON metadata, written atomically ----------
-
-# ---- the loop ------------------------------------------------------------------------------------
-
 @torch.no_grad()
 def accuracy(logits_fn: Callable[[torch.Tensor], torch.Tensor], dataset: TensorDataset, device, batch_size: int = 1024) -> float:
     """Fraction of examples whose argmax over the class logits is the label."""
@@ -86,6 +81,67 @@ def accuracy(logits_fn: Callable[[torch.Tensor], torch.Tensor], dataset: TensorD
         xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
         correct += int((logits_fn(xb).argmax(dim=1) == yb).sum())
     return correct / max(len(y), 1)
+
+
+class ClassifierTask(Task):
+    """The loop's view of :func:`train_objective`: step s is minibatch ``s mod B`` of epoch ``s div B`` (B minibatches
+    an epoch), so the data position is the step itself; evaluation and checkpoint close every epoch."""
+
+    curve, step_field, unit = "classifier", "epoch", "batch"
+
+    def __init__(self, objective: Objective, train: TensorDataset, val: TensorDataset, test: TensorDataset,
+                 config: OptimConfig, seed: int, device: torch.device, name: str):
+        self.objective, self.val, self.test, self.config, self.seed, self.device = objective, val, test, config, seed, device
+        self.name = name
+        module = objective.module.to(device)
+        self.modules = {"model": module}
+        self.optimizers = {"optim": Optimized(make_optimizer(module.parameters(), config), list(module.parameters()))}
+        self.x, self.y = (t.to(device) for t in train.tensors)
+        self.batches = -(-len(self.y) // config.batch_size)  # minibatches per epoch, the last one possibly short
+
+    def identity(self) -> dict:
+        return {"task": "classifier", "batches_per_epoch": self.batches}
+
+    def step(self, step: int) -> Step:
+        epoch, batch = divmod(step, self.batches)
+        if batch == 0:  # the epoch's data order and augmentation, independent of resumption
+            self.generator = epoch_generator(self.seed, epoch)
+            self.order = torch.randperm(len(self.y), generator=self.generator).to(self.device)  # (N,)
+            self.objective.module.train()
+            self.sums, self.began = torch.zeros(3, dtype=torch.float64), time.perf_counter()
+        idx = self.order[batch * self.config.batch_size:(batch + 1) * self.config.batch_size]
+        xb, yb = self.x[idx], self.y[idx]
+        if self.config.augment:
+            xb = random_affine_flip(xb, self.generator)
+        terms = self.objective.loss(xb, yb)
+        self.sums += torch.tensor([terms.total.item(), terms.ce.item(), terms.aux.item()], dtype=torch.float64)
+        return Step(terms.total)
+
+    def evaluate(self, step: int) -> dict:
+        objective = self.objective
+        objective.module.eval()
+        val_accuracy = accuracy(objective.logits, self.val, self.device)
+        return {
+            "epoch": step // self.batches,
+            "train_loss": float(self.sums[0] / self.batches),
+            "train_ce": float(self.sums[1] / self.batches),
+            "train_aux": float(self.sums[2] / self.batches),
+            "val_accuracy": val_accuracy,
+            # val is test (the paper's choice, val_is_test): one evaluation serves both.
+            "test_accuracy": val_accuracy if self.val is self.test else accuracy(objective.logits, self.test, self.device),
+            "weight_sd": objective.weight_sd(),
+            "identity_distance": objective.identity_distance(),
+            "seconds": time.perf_counter() - self.began,
+        }
+
+    def lines(self, step: int, record: dict) -> list[dict]:
+        return [record]
+
+    def kept(self, line: dict, start: int) -> bool:
+        return line.get("epoch", 0) <= start // self.batches
+
+    def postfix(self, record: dict) -> str:
+        return f"loss={record['train_loss']:.3f} val={record['val_accuracy']:.3f}"
 
 
 def train_objective(
@@ -101,65 +157,21 @@ def train_objective(
     progress: bool = True,
     stop_after: int | None = None,
     mirror: Mirror | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Train ``objective.module`` for ``config.epochs``, resuming from ``run_dir``'s checkpoint if any.
 
-    ``stop_after`` ends the call after that many epochs of this call (to simulate an interruption in
-    tests). Returns the metrics of every finished epoch (also those of earlier, resumed calls). ``mirror``
-    also receives each epoch's line, as curve ``classifier`` over ``epoch`` (see :mod:`selfmodels.curves`).
+    ``stop_after`` ends the call once epoch ``stop_after`` is done (a planned interruption); ``after_step`` as in
+    :func:`selfmodels.training.train` (steps are minibatches). Returns the metrics of every finished epoch (also
+    those of earlier, resumed calls). ``mirror`` also receives each epoch's line, as curve ``classifier`` over
+    ``epoch`` (see :mod:`selfmodels.curves`).
     """
     config.validate()
     run_dir = Path(run_dir)
-    device = torch.device(device)
-    module = objective.module.to(device)
-    optimizer = make_optimizer(module.parameters(), config)
-    checkpoint, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
-
-    start = 0
-    if checkpoint.exists():
-        start, _ = load_checkpoint(checkpoint, {"model": module}, {"optim": optimizer}, {})
-    # Lines for epochs after the checkpoint come from an interrupted epoch: drop them.
-    history = [m for m in read_jsonl(metrics_path) if m.get("epoch", 0) <= start]
-    write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
-
-    x_train, y_train = (t.to(device) for t in train.tensors)
-    n = len(y_train)
-    epochs = range(start, config.epochs if stop_after is None else min(config.epochs, start + stop_after))
-    bar = tqdm(epochs, desc=run_dir.name, disable=not progress, leave=False, unit="epoch")
-    for epoch in bar:
-        began = time.perf_counter()
-        generator = epoch_generator(seed, epoch)
-        order = torch.randperm(n, generator=generator).to(device)  # (N,)
-        module.train()
-        sums = torch.zeros(3, dtype=torch.float64)
-        batches = 0
-        for first in range(0, n, config.batch_size):
-            idx = order[first:first + config.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            if config.augment:
-                xb = random_affine_flip(xb, generator)
-            terms = objective.loss(xb, yb)
-            optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-            optimizer.step()
-            sums += torch.tensor([terms.total.item(), terms.ce.item(), terms.aux.item()], dtype=torch.float64)
-            batches += 1
-        module.eval()
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": float(sums[0] / batches),
-            "train_ce": float(sums[1] / batches),
-            "train_aux": float(sums[2] / batches),
-            "val_accuracy": (val_accuracy := accuracy(objective.logits, val, device)),
-            # val is test (the paper's choice, val_is_test): one evaluation serves both.
-            "test_accuracy": val_accuracy if val is test else accuracy(objective.logits, test, device),
-            "weight_sd": objective.weight_sd(),
-            "identity_distance": objective.identity_distance(),
-            "seconds": time.perf_counter() - began,
-        }
-        # Metrics line first, checkpoint second: a crash in between repeats this epoch on resume.
-        append_curve(metrics_path, record, mirror, curve="classifier", step="epoch")
-        save_checkpoint(checkpoint, epoch + 1, {"model": module}, {"optim": optimizer}, {})
-        history.append(record)
-        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record['val_accuracy']:.3f}")
-    return history
+    task = ClassifierTask(objective, train, val, test, config, seed, torch.device(device), run_dir.name)
+    epochs = config.epochs if stop_after is None else min(config.epochs, stop_after)
+    schedule = Schedule(config.epochs * task.batches, eval_every=task.batches, checkpoint_every=task.batches,
+                        until=epochs * task.batches)
+    training.train(task, schedule, run_dir, progress=progress, mirror=mirror, after_step=after_step)
+    objective.module.eval()
+    return read_jsonl(run_dir / METRICS)

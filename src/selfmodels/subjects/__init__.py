@@ -2,7 +2,7 @@
 
 - :mod:`~selfmodels.subjects.base`: the :class:`Subject` interface and its hook machinery (residuals with
   early exit, split / skip / splice, block arguments), the layer index (-1 = embeddings, k = after block k);
-- :mod:`~selfmodels.subjects.gpt`: our GPT as a subject; :mod:`~selfmodels.subjects.gpt_training` trains it
+- :mod:`~selfmodels.subjects.gpt`: our GPT as a subject; :mod:`~selfmodels.subjects.lm_training` trains it
   (optionally co-training a forward model beside it);
 - :mod:`~selfmodels.subjects.hf`: Hugging Face causal LMs (Llama / SmolLM2, Mistral, Qwen2, Qwen3, GPT-2,
   GPT-NeoX / Pythia), one family table; :mod:`~selfmodels.subjects.hf_loading` loads them (SmolLM2 offline);

@@ -29,7 +29,7 @@ from selfmodels.errors import UserError, require
 from selfmodels.nets.gpt import GPTConfig
 from selfmodels.runtime import cache_dir
 from selfmodels.subjects.base import Subject
-from selfmodels.subjects.gpt_training import CoTrain, LMTrainConfig  # CoTrain: what open_subject accepts
+from selfmodels.subjects.lm_training import CoTrain, LMTrainConfig  # CoTrain: what open_subject accepts
 
 GPT_NAME = "gpt"
 DATA_FORMAT = 3  # 2: our BPE is fitted on the training part only; 3: no chunk cut after a run of whitespace
@@ -175,7 +175,7 @@ def _our_gpt(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device,
              progress: bool, mirror: Mirror | None = None) -> OpenedSubject:
     from selfmodels.nets.gpt import GPT
     from selfmodels.subjects.gpt import GPTSubject
-    from selfmodels.subjects.gpt_training import train_lm
+    from selfmodels.subjects.lm_training import train_lm
     from selfmodels.runtime import seed_everything
 
     require(not corpus_cfg.bos, "our GPT's BPE has no BOS token: run --main gpt without --bos")

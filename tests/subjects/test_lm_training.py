@@ -6,7 +6,7 @@ from selfmodels.artifacts import read_jsonl
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
 from selfmodels.nets.gpt import GPT, GPTConfig
 from selfmodels.subjects.gpt import GPTSubject
-from selfmodels.subjects.gpt_training import CoTrain, LMTrainConfig, train_lm
+from selfmodels.subjects.lm_training import CoTrain, LMTrainConfig, train_lm
 
 TINY = GPTConfig(vocab_size=48, block_size=12, n_layer=3, n_head=2, d_model=16)
 

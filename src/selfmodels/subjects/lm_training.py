@@ -1,0 +1,246 @@
+"""Training a causal language model (any subject) on next-token cross-entropy, with an optional auxiliary term.
+
+Each step draws ``batch_size`` random training windows and minimises ``L = CE + w · A``: CE the mean next-token
+cross-entropy of the subject's logits, A the term of an auxiliary (None: the plain LM). The main model takes one AdamW
+step (decay on matrices only, gradient-norm clip); the auxiliary's parameters, if any, take one with their own
+optimizer and clip. An auxiliary runs the subject's pass itself (:meth:`Auxiliary.forward_pass`), capturing what its
+term needs, so the term and the logits come from one pass:
+
+- :class:`CoTrain`: our GPT with a forward model beside it, as the forward-self-models paper co-trains one: the GPT's
+  residuals at ``source`` and ``target`` (-1 = embeddings, k = after block k) are **detached** and
+  ``A = MSE(fwd(source), target)`` reaches only the forward model (w = 1), so the GPT trains exactly as the plain LM;
+- the self-modeling objectives of :mod:`selfmodels.lm_selfmodeling.objective` (sites captured by hooks).
+
+Every ``eval_every`` steps: the validation loss on fixed held-out windows, a checkpoint (both models, both optimizers,
+the window generators) and, with ``snapshots``, the main model's weights as ``snapshots/step_N.safetensors`` with
+``snapshots.jsonl`` (step, val_loss), for comparisons at matched validation loss. The loop is
+:func:`selfmodels.training.train`: under torchrun each rank draws its own windows (a generator seeded by
+``(seed, rank)``) and the gradients are averaged, so N ranks train as one process fed all N ranks' windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfmodels import distributed
+from selfmodels.artifacts import append_jsonl, keep_jsonl, save_tensors
+from selfmodels.configs import option
+from selfmodels.curves import Mirror
+from selfmodels.data.windows import consecutive_windows, random_windows
+from selfmodels.errors import require
+from selfmodels.optim import make_adamw
+from selfmodels.subjects.base import Subject
+from selfmodels.training import Optimized, Schedule, Step, Task, train
+from selfmodels.training.rng import derived_seed, generator_state, set_generator_state
+
+LOG_EVERY = 10  # steps between lines of metrics.jsonl
+
+
+@dataclass
+class LMTrainConfig:
+    """Optimisation of the main model (paper: AdamW lr 3e-4, wd 0.01, clip 1.0, batch 64 x 128, 10K steps)."""
+
+    steps: int = option(10_000, "optimizer steps for the main model")
+    batch_size: int = option(64, "sequences per step")
+    lr: float = option(3e-4, "main model learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay (matrices only)")
+    grad_clip: float = option(1.0, "gradient-norm clip")
+    eval_every: int = option(500, "steps between validation-loss evaluations (and checkpoints)")
+    eval_batches: int = option(8, "validation batches per evaluation")
+
+    def validate(self) -> None:
+        require(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
+        require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        require(self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}")
+
+    def schedule(self) -> Schedule:
+        return Schedule(self.steps, log_every=LOG_EVERY, eval_every=self.eval_every, checkpoint_every=self.eval_every)
+
+
+def logits_of(subject: Subject, ids: torch.Tensor) -> torch.Tensor:
+    """The subject's full forward pass: logits (B, T, V) (gradients flow when enabled)."""
+    if subject.family == "gpt":
+        return subject.model(ids)
+    return subject.model(input_ids=ids, use_cache=False).logits
+
+
+@torch.no_grad()
+def held_out_loss(subject: Subject, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    """Mean next-token cross-entropy (nats/token) of the subject on the windows (x, y), in eval mode."""
+    model = subject.model
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, x.shape[0], batch_size):
+        logits = logits_of(subject, x[i : i + batch_size].to(subject.device))
+        total += F.cross_entropy(logits.flatten(0, 1).float(), y[i : i + batch_size].to(subject.device).flatten(),
+                                 reduction="sum").item()
+    model.train(was_training)
+    return total / y.numel()
+
+
+class Auxiliary(Protocol):
+    """What the LM trainer needs of an auxiliary term (an ``nn.Module``)."""
+
+    metric: str  # the name of its term A in metrics.jsonl
+    lr: float | None  # its optimizer's learning rate (None: the main model's)
+
+    def forward_pass(self, subject: Subject, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The subject's logits (B, T, V) on ``ids`` and the term A (None: no term), from one pass."""
+
+
+class CoTrain(nn.Module):
+    """A forward model trained beside our GPT from residual index ``source`` to index ``target``, detached.
+    ``identity`` is everything that determines its result besides the GPT's own training (its config): part of
+    the key a trained GPT is cached under."""
+
+    metric = "forward_mse"
+
+    def __init__(self, model: nn.Module, source: int, target: int, lr: float = 1e-3, weight_decay: float = 0.01,
+                 grad_clip: float = 1.0, identity: dict | None = None):
+        super().__init__()
+        self.model, self.source, self.target = model, source, target
+        self.lr, self.weight_decay, self.grad_clip, self.identity = lr, weight_decay, grad_clip, identity or {}
+
+    def forward_pass(self, subject: Subject, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gpt = subject.model
+        h = gpt.embed(ids)
+        saved = {-1: h}
+        for i, block in enumerate(gpt.blocks):
+            h = block(h)
+            saved[i] = h
+        source, target = saved[self.source].detach(), saved[self.target].detach()  # no path back to the GPT
+        return gpt.head(h), F.mse_loss(self.model(source), target)
+
+
+class WindowDraws:
+    """Random training windows (x, y), ``batch_size`` from each generator, concatenated: one generator per process
+    (seeded by the run's seed, or by (seed, rank) under torchrun); a list of them is one process fed every rank's."""
+
+    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, generators: list[torch.Generator]):
+        self.tokens, self.seq_len, self.batch_size, self.generators = tokens, seq_len, batch_size, generators
+
+    @classmethod
+    def for_rank(cls, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int) -> "WindowDraws":
+        rank, ranks = distributed.world()
+        return cls(tokens, seq_len, batch_size, [torch.Generator().manual_seed(seed if ranks == 1 else derived_seed("lm", seed, rank, ranks))])
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [random_windows(self.tokens, self.seq_len, self.batch_size, g) for g in self.generators]
+        return torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
+
+    def state_dict(self) -> dict:
+        return {"generators": [generator_state(g) for g in self.generators]}
+
+    def load_state_dict(self, state: dict) -> None:
+        require(len(state["generators"]) == len(self.generators), "the checkpoint's window generators do not match this run")
+        for g, text in zip(self.generators, state["generators"]):
+            set_generator_state(g, text)
+
+
+class LMTask(Task):
+    """The loop's view of :func:`train_language_model`."""
+
+    unit = "step"
+
+    def __init__(self, subject: Subject, aux: nn.Module | None, strength: float, cfg: LMTrainConfig, draws: WindowDraws,
+                 val: tuple[torch.Tensor, torch.Tensor], run_dir: Path, snapshots: bool, curve: str, name: str):
+        self.subject, self.aux, self.strength, self.cfg, self.draws, self.val = subject, aux, strength, cfg, draws, val
+        self.run_dir, self.snapshots, self.curve, self.name = Path(run_dir), snapshots, curve, name
+        model = subject.model
+        model.train().requires_grad_(True)
+        self.modules = {"main": model}
+        main = list(model.parameters())
+        self.optimizers = {"main": Optimized(make_adamw(main, cfg.lr, cfg.weight_decay), main, cfg.grad_clip)}
+        if aux is not None:
+            aux.to(subject.device).train()
+            self.modules["aux"] = aux
+            params = list(aux.parameters())
+            if params:
+                decay = getattr(aux, "weight_decay", None)
+                clip = getattr(aux, "grad_clip", None)
+                self.optimizers["aux"] = Optimized(make_adamw(params, aux.lr or cfg.lr, cfg.weight_decay if decay is None else decay),
+                                                   params, cfg.grad_clip if clip is None else clip)
+
+    def identity(self) -> dict:
+        return {"task": "lm", "aux": None if self.aux is None else self.aux.metric, "optimizers": list(self.optimizers)}
+
+    def step(self, step: int) -> Step:
+        x, y = next(self.draws)
+        x, y = x.to(self.subject.device), y.to(self.subject.device)
+        logits, term = (logits_of(self.subject, x), None) if self.aux is None else self.aux.forward_pass(self.subject, x)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())  # logits (B, T, V)
+        loss = ce if term is None else ce + self.strength * term
+        metrics = {"loss": loss.item(), "ce": ce.item()}
+        if self.aux is not None:
+            metrics[self.aux.metric] = None if term is None else term.item()
+        return Step(loss, metrics)
+
+    def evaluate(self, step: int) -> dict:
+        val_loss = held_out_loss(self.subject, *self.val, self.cfg.batch_size)
+        if self.snapshots and distributed.is_main():
+            save_tensors(self.run_dir / "snapshots" / f"step_{step}.safetensors", self.subject.model.state_dict())
+            log = self.run_dir / "snapshots.jsonl"
+            keep_jsonl(log, lambda r: r.get("step", 0) < step)  # a resumed run writes its snapshots again
+            append_jsonl(log, {"step": step, "val_loss": val_loss})
+        return {"val_loss": val_loss}
+
+    def data_state(self) -> dict:
+        return self.draws.state_dict()
+
+    def load_data_state(self, state: dict) -> None:
+        self.draws.load_state_dict(state)
+
+    def postfix(self, record: dict) -> str:
+        return f"loss={record['loss']:.3f}"
+
+
+def train_language_model(subject: Subject, aux: nn.Module | None, strength: float, cfg: LMTrainConfig,
+                         train_tokens: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor], seq_len: int, run_dir: Path,
+                         seed: int, snapshots: bool = False, progress: bool = True, mirror: Mirror | None = None,
+                         curve: str = "lm", draws: WindowDraws | None = None, after_step=None) -> dict:
+    """Train (or resume) ``subject.model`` and ``aux`` on ``L = CE + strength · A``; returns ``{"steps",
+    "train_loss", "train_ce", "train_aux", "val_loss"}`` (the last logged step's L, CE and A; the final validation
+    loss). Writes ``metrics.jsonl`` (each line also to ``mirror``, as ``curve``), ``checkpoint.safetensors`` and,
+    with ``snapshots``, the snapshot files in ``run_dir``. ``draws``: the training windows (default: this rank's,
+    from ``seed``); ``after_step`` as in :func:`selfmodels.training.train`."""
+    cfg.validate()
+    draws = draws or WindowDraws.for_rank(train_tokens, seq_len, cfg.batch_size, seed)
+    name = "LM" if aux is None else f"LM ({getattr(aux, 'method', aux.metric)})"
+    task = LMTask(subject, aux, strength, cfg, draws, val, run_dir, snapshots, curve, name)
+    last = train(task, cfg.schedule(), run_dir, progress=progress, mirror=mirror, after_step=after_step).metrics
+    subject.model.eval().requires_grad_(False)
+    if aux is not None:
+        aux.eval()
+    return {"steps": cfg.steps, "train_loss": last.get("loss"), "train_ce": last.get("ce"),
+            "train_aux": None if aux is None else last.get(aux.metric), "val_loss": held_out_loss(subject, *val, cfg.batch_size)}
+
+
+def train_lm(gpt: nn.Module, train_tokens: torch.Tensor, val_tokens: torch.Tensor, cfg: LMTrainConfig, run_dir: Path,
+             device: torch.device, seed: int, cotrain: CoTrain | None = None, progress: bool = True,
+             mirror: Mirror | None = None, after_step=None) -> dict:
+    """Train (or resume training) our GPT, with a co-trained forward model when ``cotrain`` is given; returns
+    ``{"val_loss", "train_loss", "steps"}`` (train_loss: the LM's cross-entropy at the last logged step).
+
+    Validation: the first ``eval_batches * batch_size`` consecutive windows of ``val_tokens``. Writes ``metrics.jsonl``
+    (curve ``subject``), ``checkpoint.safetensors`` every ``eval_every`` steps and ``main.safetensors`` (and
+    ``forward.safetensors`` when co-training) at the end."""
+    from selfmodels.subjects.gpt import GPTSubject
+
+    run_dir = Path(run_dir)
+    block = gpt.cfg.block_size
+    val = consecutive_windows(val_tokens, block, cfg.batch_size * cfg.eval_batches, what="validation")
+    subject = GPTSubject(gpt.to(device))
+    out = train_language_model(subject, cotrain, 1.0, cfg, train_tokens, val, block, run_dir, seed, progress=progress,
+                               mirror=mirror, curve="subject", after_step=after_step)
+    gpt.requires_grad_(True)
+    save_tensors(run_dir / "main.safetensors", gpt.state_dict())
+    if cotrain is not None:
+        save_tensors(run_dir / "forward.safetensors", cotrain.model.state_dict())
+    return {"val_loss": out["val_loss"], "train_loss": out["train_ce"], "steps": cfg.steps}
