@@ -232,9 +232,13 @@ def test_profile_and_streamed_pipeline_on_two_ranks_train_data_parallel_and_rank
     train = ["forward", "train", "--main", str(model_dir), "--corpus", str(corpus), "--out", str(tmp_path / "dist" / "work" / "pair"),
              "--source", "0", "--target", "1", "--training", "stream", "--buffer-sequences", "8", "--pass-sequences", "4", "--no-baseline.enabled",
              "--analysis-sequences", "0", *tiny.HF_FLAGS]
-    run = torchrun("cli", tmp_path / "dist", *profile, "::", *train, "::", *profile,
-                   env={"SELFMODELS_CACHE": str(tmp_path / "cache")}, timeout=240)
+    # Our GPT, trained here with a co-trained forward model: rank 0 trains it alone (the others wait, then read it).
+    gpt = ["forward", "train", "--main", "gpt", "--corpus", str(corpus), "--out", str(tmp_path / "dist" / "work" / "gpt"),
+           "--source", "0", "--target", "1", "--no-baseline.enabled", *tiny.GPT_FLAGS]
+    run = torchrun("cli", tmp_path / "dist", *profile, "::", *train, "::", *profile, "::", *gpt,
+                   env={"SELFMODELS_CACHE": str(tmp_path / "cache")}, timeout=300)
     assert run.returncode == 0, run.output
+    assert read_json(run.out / "work" / "gpt" / "results.json")["subject"]["training"]["steps"] == 20
 
     r = read_json(run.out / "work" / "profile" / "results.json")
     assert [(row["source"], row["target"]) for row in r["rows"]] == [(-1, 0), (0, 1), (1, 2), (2, 3)]

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selfmodels import distributed
 from selfmodels.artifacts import atomic_path, load_tensors, read_json, sha256_file, write_json
 from selfmodels.configs import option, to_dict
 from selfmodels.curves import Mirror
@@ -199,7 +200,8 @@ def _our_gpt(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device,
     else:
         seed_everything(seed)
         gpt = GPT(gpt_cfg)
-        training = train_lm(gpt, train, val, cfg.lm, work, device, seed, cotrain, progress=progress, mirror=mirror)
+        with distributed.solo():  # one process trains our GPT (rank 0, while the others wait in main_first), as always
+            training = train_lm(gpt, train, val, cfg.lm, work, device, seed, cotrain, progress=progress, mirror=mirror)
         write_json(done, training)
         training = {**training, "reused_from_cache": None}
     gpt.to(device).eval().requires_grad_(False)
