@@ -52,7 +52,8 @@ def _curves_plot(records: list[dict], path: Path) -> str | None:
     fig, axes = subplots(1, 2 if subject else 1, figsize=(10 if subject else 5.5, 3.4), squeeze=False)
     axes = axes[0]
     if subject:
-        train = [(r["step"], r["loss"]) for r in subject if "loss" in r]
+        # "ce": the LM's own loss ("loss" also counts a co-trained forward model's MSE); curves of earlier versions have "loss" only
+        train = [(r["step"], r.get("ce", r.get("loss"))) for r in subject if "ce" in r or "loss" in r]
         val = [(r["step"], r["val_loss"]) for r in subject if "val_loss" in r]
         if train:
             axes[0].plot(*zip(*train), label="train loss")

@@ -204,7 +204,7 @@ class LMTask(Task):
 def train_language_model(subject: Subject, aux: nn.Module | None, strength: float, cfg: LMTrainConfig,
                          train_tokens: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor], seq_len: int, run_dir: Path,
                          seed: int, snapshots: bool = False, progress: bool = True, mirror: Mirror | None = None,
-                         curve: str = "lm", draws: WindowDraws | None = None, after_step=None) -> dict:
+                         curve: str = "lm", draws: WindowDraws | None = None, after_step=None, name: str | None = None) -> dict:
     """Train (or resume) ``subject.model`` and ``aux`` on ``L = CE + strength · A``; returns ``{"steps",
     "train_loss", "train_ce", "train_aux", "val_loss"}`` (the last logged step's L, CE and A; the final validation
     loss). Writes ``metrics.jsonl`` (each line also to ``mirror``, as ``curve``), ``checkpoint.safetensors`` and,
@@ -212,7 +212,7 @@ def train_language_model(subject: Subject, aux: nn.Module | None, strength: floa
     from ``seed``); ``after_step`` as in :func:`selfmodels.training.train`."""
     cfg.validate()
     draws = draws or WindowDraws.for_rank(train_tokens, seq_len, cfg.batch_size, seed)
-    name = "LM" if aux is None else f"LM ({getattr(aux, 'method', aux.metric)})"
+    name = name or ("LM" if aux is None else f"LM ({getattr(aux, 'method', aux.metric)})")
     task = LMTask(subject, aux, strength, cfg, draws, val, run_dir, snapshots, curve, name)
     last = train(task, cfg.schedule(), run_dir, progress=progress, mirror=mirror, after_step=after_step).metrics
     subject.model.eval().requires_grad_(False)
@@ -238,7 +238,7 @@ def train_lm(gpt: nn.Module, train_tokens: torch.Tensor, val_tokens: torch.Tenso
     val = consecutive_windows(val_tokens, block, cfg.batch_size * cfg.eval_batches, what="validation")
     subject = GPTSubject(gpt.to(device))
     out = train_language_model(subject, cotrain, 1.0, cfg, train_tokens, val, block, run_dir, seed, progress=progress,
-                               mirror=mirror, curve="subject", after_step=after_step)
+                               mirror=mirror, curve="subject", after_step=after_step, name="main GPT")
     gpt.requires_grad_(True)
     save_tensors(run_dir / "main.safetensors", gpt.state_dict())
     if cotrain is not None:
