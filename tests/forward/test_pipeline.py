@@ -193,11 +193,11 @@ def test_pretrained_layer_out_of_range_exits_2(tmp_path, llama_dir, corpus, caps
 
 
 def test_unsupported_family_exits_2(tmp_path, corpus, capsys):
-    model_dir = save_tiny_hf(tmp_path / "opt", "opt")
+    model_dir = save_tiny_hf(tmp_path / "bart", "bart")  # an encoder-decoder model: not decoder-only
     out = tmp_path / "out"
     assert main(["reproduce", "forward-self-models", "--main", str(model_dir), "--out", str(out), "--corpus", str(corpus), *HF_FLAGS]) == 2
     err = capsys.readouterr().err
-    assert "not supported" in err and "gpt2" in err and "gpt_neox" in err and "Traceback" not in err
+    assert "encoder-decoder" in err and "decoder-only" in err and "gpt_neox" in err and "Traceback" not in err
     assert not out.exists()
 
 

@@ -48,7 +48,7 @@ def tiny_tokenizer():
 
 def save_tiny_hf(directory: Path, family: str = "llama", seed: int = 0) -> Path:
     """A tiny random causal LM of ``family`` (4 blocks, d 64) saved with its tokenizer in ``directory``."""
-    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, BartConfig, GPT2Config, GPTNeoXConfig, LlamaConfig
 
     tokenizer = tiny_tokenizer()
     vocab = len(tokenizer)
@@ -58,11 +58,13 @@ def save_tiny_hf(directory: Path, family: str = "llama", seed: int = 0) -> Path:
         "gpt2": lambda: GPT2Config(vocab_size=vocab, n_embd=64, n_layer=4, n_head=4, n_positions=64),
         "gpt_neox": lambda: GPTNeoXConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                                           num_attention_heads=4, rotary_pct=0.25, max_position_embeddings=64),
-        "opt": lambda: OPTConfig(vocab_size=vocab, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-                                 word_embed_proj_dim=64, max_position_embeddings=64),
+        # not decoder-only: refused (a subject is one stack of blocks over one residual stream)
+        "bart": lambda: BartConfig(vocab_size=vocab, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                                   decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=64),
     }
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(configs[family]())
+    auto = AutoModelForSeq2SeqLM if family == "bart" else AutoModelForCausalLM
+    model = auto.from_config(configs[family]())
     directory = Path(directory)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

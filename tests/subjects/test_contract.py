@@ -3,12 +3,13 @@
 Every subject must: give the residual stream at every index (-1 = embeddings .. last = before the final norm),
 stopping early; split into prefix / middle / suffix that reproduce the logits; skip and splice blocks through
 hooks (generation with a KV cache included) and always remove those hooks; split a block into per-head writes
-and MLP; expose per-head weights in one layout; refuse bad input with a UserError.
+and MLP; expose per-head weights in one layout; refuse bad input with a UserError. The subjects with no FAMILIES
+row (OPT, a custom PreTrainedModel) are found structurally: everything but block_parts and head_weights, which
+they refuse with one message.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
@@ -16,7 +17,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_subjects import ALL_KINDS, LAYERS, VOCAB, hf_config, hf_model, hf_subject, hook_count, make
+from tiny_subjects import (ALL_KINDS, LAYERS, STRUCTURAL_KINDS, VOCAB, TinyCustomConfig, TinyCustomForCausalLM, hf_config,
+                           hf_model, hf_subject, hook_count, make)
 
 from selfmodels.errors import UserError
 from selfmodels.subjects.base import EMBED
@@ -53,6 +55,15 @@ def ids():
 
 def is_hf(subject) -> bool:
     return isinstance(subject, HFSubject)
+
+
+def structural(subject) -> bool:
+    return is_hf(subject) and subject.structural
+
+
+def refuses_without_a_row(subject, call) -> None:
+    with pytest.raises(UserError, match=rf"needs a FAMILIES row for model_type '{subject.family}'.*must give: trunk, blocks"):
+        call()
 
 
 def logits_of(subject, ids: torch.Tensor) -> torch.Tensor:
@@ -100,7 +111,8 @@ def test_residuals_equal_the_models_hidden_states(subject, ids):
         torch.testing.assert_close(got[k], expected, rtol=0, atol=0, msg=f"index {k}")
     if is_hf(subject):  # the last index is the residual BEFORE the final norm, unlike hidden_states[-1]
         after_norm = subject.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[-1]
-        assert not torch.allclose(got[subject.n_layers - 1], after_norm)
+        last = got[subject.n_layers - 1]
+        assert last.shape != after_norm.shape or not torch.allclose(last, after_norm)  # OPT: projected to 32 after it
 
 
 @pytest.mark.parametrize("at", [[EMBED], [0], [EMBED, 0]])
@@ -150,6 +162,9 @@ def test_skipping_equals_running_without_those_blocks(subject, ids, source, targ
 
 # --- per-block parts ---------------------------------------------------------------------------------
 def test_block_parts_add_up(subject, ids):
+    if structural(subject):
+        refuses_without_a_row(subject, lambda: subject.block_parts(ids, 1))
+        return
     kernel = subject.model.config._attn_implementation if is_hf(subject) else None
     residuals = reference_residuals(subject, ids)
     B, T = ids.shape
@@ -187,8 +202,8 @@ def test_block_parts_add_up(subject, ids):
 def test_post_norm_heads_share_the_scale_of_their_sum(subject, ids):
     """With a post-attention RMSNorm p(x) = g * x / rms(x), each head writes g * x_h / rms(x) with x the summed
     output: the heads are proportional to their slices of the output projection, by one scale per token."""
-    if not is_hf(subject) or subject.spec.post_attn_norm is None:
-        assert not is_hf(subject) or "shared" not in subject.describe()["structure"]["heads"]
+    if not is_hf(subject) or structural(subject) or subject.spec.post_attn_norm is None:
+        assert not is_hf(subject) or "shared" not in subject.describe()["structure"].get("heads", "")
         return
     assert "shared" in subject.describe()["structure"]["heads"]
     k = 1
@@ -208,6 +223,9 @@ def test_post_norm_heads_share_the_scale_of_their_sum(subject, ids):
 
 
 def test_head_weight_shapes(subject):
+    if structural(subject):
+        refuses_without_a_row(subject, lambda: subject.head_weights(1))
+        return
     for k in range(subject.n_layers):
         heads = subject.head_weights(k)
         assert len(heads) == subject.n_heads
@@ -240,7 +258,7 @@ def _without_biases(subject, k: int) -> None:
                 p.zero_()
 
 
-@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("kind", [kind for kind in ALL_KINDS if kind not in STRUCTURAL_KINDS])
 def test_head_weights_reproduce_the_models_own_projections(kind, ids):
     """Recompute each head's query, key, value and output write from head_weights and the normalised input
     without gain, and compare with what the model itself computes. For HF models the states are taken where
@@ -365,7 +383,8 @@ def test_hooks_are_always_removed(subject, ids):
     subject.residuals(ids, [EMBED, 1])
     split = subject.split(0, 1)
     split.suffix(split.middle(split.prefix(ids)))
-    subject.block_parts(ids, 1)
+    if not structural(subject):
+        subject.block_parts(ids, 1)
     subject.logits_from(subject.residuals(ids, [0])[0], 0)
     with subject.skip(0, 1):
         logits_of(subject, ids)
@@ -387,13 +406,24 @@ def test_hooks_are_always_removed(subject, ids):
             logits_of(subject, ids)
     assert hook_count(subject.model) == before
 
-    mlp = subject.part(1, "mlp") if is_hf(subject) else subject.blocks[1].fc
-    handle = mlp.register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("mlp failed")))
-    try:
-        with pytest.raises(RuntimeError, match="mlp failed"):
-            subject.block_parts(ids, 1)
-    finally:
-        handle.remove()
+    if structural(subject):  # stand-ins replace every block for the logits: they are always put back
+        originals = list(subject.blocks)
+        handle = subject.model.get_output_embeddings().register_forward_hook(
+            lambda *a: (_ for _ in ()).throw(RuntimeError("head failed")))
+        try:
+            with pytest.raises(RuntimeError, match="head failed"):
+                subject.logits_from(subject.residuals(ids, [0])[0], 0)
+        finally:
+            handle.remove()
+        assert all(a is b for a, b in zip(subject.blocks, originals))
+    else:
+        mlp = subject.part(1, "mlp") if is_hf(subject) else subject.blocks[1].fc
+        handle = mlp.register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("mlp failed")))
+        try:
+            with pytest.raises(RuntimeError, match="mlp failed"):
+                subject.block_parts(ids, 1)
+        finally:
+            handle.remove()
     assert hook_count(subject.model) == before
     if is_hf(subject):
         assert subject.model.config._attn_implementation == kernel, "the attention kernel was not restored"
@@ -416,16 +446,48 @@ def test_out_of_range_indices_are_refused(subject, ids):
         subject.logits_from(torch.zeros(1, 3, subject.d_model), L)
 
 
-def test_unsupported_architecture_is_refused_listing_the_supported_families():
-    config = hf_config("opt")
+def test_a_causal_lm_without_a_row_is_found_structurally():
+    for kind in STRUCTURAL_KINDS:
+        config = hf_config(kind)
+        assert config.model_type not in FAMILIES
+        check_supported_config(config, f"tiny-{kind}")  # not refused from its config
+        subject = hf_subject(kind)
+        structure = subject.describe()["structure"]
+        assert subject.structural and structure["found"].startswith("structurally")
+        assert structure["blocks"] == {"opt": "model.decoder.layers", "custom": "layers"}[kind]
+        assert structure["final_norm"] == {"opt": "model.decoder.final_layer_norm", "custom": "norm"}[kind]
+        assert structure["lm_head"] == {"opt": "lm_head", "custom": "head"}[kind]
+
+
+class _UnlistedBlocks(TinyCustomForCausalLM):
+    """The custom model with its blocks as separate attributes: no nn.ModuleList of them to find."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        for k, block in enumerate(self.layers):
+            self.add_module(f"block{k}", block)
+        del self.layers
+
+
+def test_a_model_whose_blocks_cannot_be_found_is_refused_naming_what_a_row_gives():
     with pytest.raises(UserError) as refused:
-        check_supported_config(config, "tiny-opt")
+        HFSubject(_UnlistedBlocks(TinyCustomConfig()), name="tiny-unlisted")
     message = str(refused.value)
-    assert "'opt'" in message and all(family in message for family in FAMILIES)
-    with pytest.raises(UserError, match="gpt_neox"):
-        HFSubject(hf_model("opt"), name="tiny-opt")
+    assert "cannot be found" in message and "'tiny_custom'" in message and "nn.ModuleList of 3 modules" in message
+    assert "must give: trunk, blocks" in message and all(family in message for family in FAMILIES)
+
+
+def test_what_is_not_a_decoder_only_causal_lm_is_refused():
+    from transformers import BertConfig, BertForMaskedLM
+
     with pytest.raises(UserError, match="LM head"):
         HFSubject(hf_model("llama").model, name="bare trunk")
+    bert = BertForMaskedLM(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=32))
+    with pytest.raises(UserError, match="is not a causal LM"):
+        HFSubject(bert, name="tiny-bert")
+    with pytest.raises(UserError, match="a subject needs a Hugging Face causal LM"):
+        HFSubject(torch.nn.Linear(2, 2), name="a linear layer")
 
 
 def test_an_encoder_decoder_model_is_refused_as_not_decoder_only(tmp_path):
@@ -442,11 +504,13 @@ def test_an_encoder_decoder_model_is_refused_as_not_decoder_only(tmp_path):
         load_causal_lm(str(tmp_path))
 
 
-def test_loader_refuses_an_unsupported_directory_before_loading_weights(tmp_path):
+def test_loader_refuses_what_transformers_cannot_build_as_a_causal_lm_before_loading_weights(tmp_path):
+    from transformers import ViTConfig
+
     from selfmodels.subjects.hf_loading import load_causal_lm
 
-    hf_config("opt").save_pretrained(tmp_path)  # a config only: refusing must not need the weights
-    with pytest.raises(UserError, match="not supported"):
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="'vit'.* is not a causal LM"):  # a config only: refusing needs no weights
         load_causal_lm(str(tmp_path))
 
 
@@ -482,8 +546,9 @@ def test_final_logit_softcap_is_applied_as_the_model_does(ids):
         assert uncapped.abs().max() > 1.5 * subject.logit_softcap, "the cap bends nothing at this size"
 
 
-def test_token_ids_outside_the_embedding_are_refused(ids):
-    subject = hf_subject("llama")
+@pytest.mark.parametrize("kind", ["llama", *STRUCTURAL_KINDS])
+def test_token_ids_outside_the_embedding_are_refused(ids, kind):
+    subject = hf_subject(kind)
     for bad in (VOCAB, VOCAB + 5, -1):
         wrong = ids.clone()
         wrong[0, 3] = bad
@@ -491,8 +556,9 @@ def test_token_ids_outside_the_embedding_are_refused(ids):
             subject.residuals(wrong, [0])
         with pytest.raises(UserError, match="embedding has"):
             subject.split(0, 1).prefix(wrong)
-        with pytest.raises(UserError, match="embedding has"):
-            subject.block_parts(wrong, 1)
+        if not subject.structural:
+            with pytest.raises(UserError, match="embedding has"):
+                subject.block_parts(wrong, 1)
 
 
 # --- description and source ------------------------------------------------------------------------
@@ -507,7 +573,12 @@ def test_describe(subject):
     assert info["revision"] is None
     assert info["indices"] == {"-1": "blocks.0.hook_resid_pre",
                                **{str(k): f"blocks.{k}.hook_resid_post" for k in range(LAYERS)}}
-    if is_hf(subject):
+    if structural(subject):
+        assert info["family"] not in FAMILIES and info["vocab_size"] == VOCAB
+        assert (info["n_heads"], info["d_head"], info["n_kv_heads"], info["d_model"]) == (4, 16, 4, 64)
+        assert info["structure"]["found"].startswith("structurally") and info["structure"]["experts"] is None
+        json.dumps(info)
+    elif is_hf(subject):
         assert info["family"] in FAMILIES and info["vocab_size"] == VOCAB
         assert (info["n_heads"], info["d_head"], info["n_kv_heads"]) == (
             (4, 16, 4) if info["family"] in ("gpt2", "gpt_neox") else (4, 16, 2))
@@ -519,27 +590,18 @@ def test_describe(subject):
         json.dumps(info)  # it goes into results.json
 
 
-def test_source_is_hashed_once_and_can_be_given(monkeypatch):
+def test_source_is_digested_once_while_the_weights_stay_and_can_name_its_origin(monkeypatch):
     import selfmodels.subjects.hf as hf
 
     calls = []
-    real = hf.state_dict_sha256
-    monkeypatch.setattr(hf, "state_dict_sha256", lambda model: calls.append(1) or real(model))
+    real = hf.weights_digest
+    monkeypatch.setattr(hf, "weights_digest", lambda model: calls.append(1) or real(model))  # counts, changes nothing
     subject = hf_subject("llama")
     first = subject.source_info()["weights_sha256"]
     assert subject.source_info()["weights_sha256"] == first and len(calls) == 1
     assert hf_subject("llama", seed=1).source_info()["weights_sha256"] != first
-    given = {"id": "org/model", "revision": "abc123", "weights_sha256": "0" * 64, "gguf": "x.gguf"}
+    given = {"id": "org/model", "revision": "abc123", "gguf": "x.gguf"}
     info = HFSubject(subject.model, name="m", source=given).describe()
-    assert {key: info[key] for key in given} == given
-
-
-def test_weights_loaded_from_a_directory_are_hashed_from_their_files(tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    hf_model("gpt2").save_pretrained(tmp_path)
-    loaded = HFSubject(AutoModelForCausalLM.from_pretrained(str(tmp_path)), name="saved")
-    file_hash = hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest()
-    expected = hashlib.sha256(f"model.safetensors {file_hash}\n".encode()).hexdigest()
-    info = loaded.source_info()
-    assert info == {"id": str(tmp_path), "revision": None, "weights_sha256": expected}
+    assert {key: info[key] for key in given} == given and info["weights_sha256"] == first
+    with pytest.raises(ValueError, match="computed from the weights in memory"):
+        HFSubject(subject.model, name="m", source={"weights_sha256": "0" * 64})

@@ -1,8 +1,14 @@
-"""Tiny random subjects for the contract tests: our GPT and one model per Hugging Face family (no download)."""
+"""Tiny random subjects for the contract tests: our GPT, one model per Hugging Face family (no download), and two
+causal LMs with no FAMILIES row, found structurally: OPT and a custom ``PreTrainedModel`` defined here."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 VOCAB = 97
 D_MODEL = 64
@@ -93,17 +99,95 @@ def hf_config(kind: str):
                            shared_expert_intermediate_size=48, **special)
     if kind == "mixtral":
         return _llama_like(tf.MixtralConfig, num_local_experts=4, num_experts_per_tok=2, **special)
-    if kind == "opt":  # an architecture no family row describes
-        return tf.OPTConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
-                            max_position_embeddings=POSITIONS, word_embed_proj_dim=D_MODEL)
+    if kind == "opt":  # no family row: found structurally; embeddings of 32 projected in and out of the 64-wide trunk
+        return tf.OPTConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=LAYERS, ffn_dim=128, num_attention_heads=4,
+                            max_position_embeddings=POSITIONS, word_embed_proj_dim=32, **special)
+    if kind == "custom":
+        return TinyCustomConfig()
     raise KeyError(kind)
+
+
+class TinyCustomConfig(PretrainedConfig):
+    """A causal LM transformers has never heard of (no FAMILIES row)."""
+
+    model_type = "tiny_custom"
+
+    def __init__(self, vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=LAYERS, num_attention_heads=4,
+                 max_position_embeddings=POSITIONS, dropout=0.0, logit_cap=3.0, **kwargs):
+        self.vocab_size, self.hidden_size, self.num_hidden_layers = vocab_size, hidden_size, num_hidden_layers
+        self.num_attention_heads, self.max_position_embeddings = num_attention_heads, max_position_embeddings
+        self.dropout, self.logit_cap = dropout, logit_cap
+        super().__init__(**kwargs)
+
+
+class TinyCustomBlock(nn.Module):
+    """Pre-norm attention (KV-cached) and MLP; returns a tuple (hidden, None) as older transformers blocks do."""
+
+    def __init__(self, config: TinyCustomConfig, index: int):
+        super().__init__()
+        d, self.index, self.n_head = config.hidden_size, index, config.num_attention_heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.out = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states, position_ids=None, cache=None, **kwargs):
+        B, T, d = hidden_states.shape
+        q, k, v = self.qkv(self.ln1(hidden_states)).view(B, T, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)  # (B,H,T,dh)
+        if cache is not None:
+            k, v = cache.update(k, v, self.index)  # (B, H, T_past + T, dh)
+        keys = torch.arange(k.shape[2])
+        mask = keys[None, :] <= (keys[-T:])[:, None]  # (T, T_all): a query sees the keys up to its own position
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B, T, d)
+        h = hidden_states + self.drop(self.proj(z))
+        return h + self.drop(self.out(F.gelu(self.fc(self.ln2(h))))), None
+
+
+class TinyCustomForCausalLM(PreTrainedModel, GenerationMixin):
+    """Embeddings + learned positions, blocks, final LayerNorm, head, logits soft-capped c * tanh(x / c)."""
+
+    config_class = TinyCustomConfig
+
+    def __init__(self, config: TinyCustomConfig):
+        super().__init__(config)
+        d = config.hidden_size
+        self.embed, self.pos = nn.Embedding(config.vocab_size, d), nn.Embedding(config.max_position_embeddings, d)
+        self.layers = nn.ModuleList(TinyCustomBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def forward(self, input_ids=None, position_ids=None, cache=None, use_cache=None, attention_mask=None,
+                output_hidden_states=False, **kwargs):
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        past = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + input_ids.shape[1]).expand_as(input_ids)
+        h = self.embed(input_ids) + self.pos(position_ids)
+        hidden = [h]
+        for layer in self.layers:
+            h = layer(h, position_ids=position_ids, cache=cache)[0]
+            hidden.append(h)
+        h = self.norm(h)
+        hidden[-1] = h  # as transformers: the last hidden state is after the final norm
+        c = self.config.logit_cap
+        logits = c * torch.tanh(self.head(h) / c)
+        return CausalLMOutputWithPast(logits=logits, cache=cache if use_cache else None,
+                                      hidden_states=tuple(hidden) if output_hidden_states else None)
 
 
 def hf_model(kind: str, seed: int = 0):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config(kind))
+    config = hf_config(kind)
+    model = TinyCustomForCausalLM(config) if kind == "custom" else AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = model.generation_config.eos_token_id = None
     return perturb(model, seed).eval()
 
@@ -121,7 +205,8 @@ def make(kind: str, seed: int = 0):
 
 HF_KINDS = ["llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "gpt_neox-sequential", "qwen2-sliding",
             "gemma2", "gemma3_text", "gemma3", "phi3", "olmo2", "qwen3_moe", "qwen2_moe", "mixtral"]
-ALL_KINDS = ["gpt", *HF_KINDS]
+STRUCTURAL_KINDS = ["opt", "custom"]  # no FAMILIES row: found structurally
+ALL_KINDS = ["gpt", *HF_KINDS, *STRUCTURAL_KINDS]
 
 
 def hook_count(model: torch.nn.Module) -> int:

@@ -1,11 +1,12 @@
 """Forward models as artifacts people reuse: a directory with ``config.json`` and ``model.safetensors``.
 
 ``config.json`` holds the forward model's config, the subject it was trained on (family, id, revision and
-the SHA-256 of its source weights), the layer pair (source and target residual indices), the data it saw
-(corpus, training tokens) and the package version. The hash names the weights a subject was *loaded
-from* (a hub revision's files, our run's weight file), not tensors in memory, so a forward model trained
-on a bf16 copy of a subject on a GPU loads on the same subject in fp32 on a CPU; loading it beside a
-different subject is refused with a message naming both.
+``weights_sha256`` with ``weights_hash``, what that hash is), the layer pair (source and target residual
+indices), the data it saw (corpus, training tokens) and the package version. For a Hugging Face subject the hash
+is the digest of its weights in memory with floats rounded to bfloat16 (``tensors-bf16-sha256/1``, see
+:func:`selfmodels.subjects.base.weights_digest`), so a forward model trained on a bf16 copy of a subject on a
+GPU loads beside the same subject in fp32 on a CPU, while one trained on other weights (a model built from the
+same config, or changed after loading) is refused with a message naming both.
 
 ``ForwardModel.from_pretrained`` reads a local directory, or a Hugging Face hub repository id through
 ``huggingface_hub`` (optionally a ``subfolder`` of it, for repositories holding one model per layer pair).
@@ -32,7 +33,7 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path, *, subject: d
     directory = Path(directory)
     require(not directory.is_file(), f"{directory} is a file: give a directory to save the forward model in")
     save_tensors(directory / WEIGHTS_NAME, {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()})
-    keep = ("family", "name", "id", "revision", "weights_sha256", "n_layers", "d_model")
+    keep = ("family", "name", "id", "revision", "weights_sha256", "weights_hash", "n_layers", "d_model")
     write_json(directory / CONFIG_NAME, {
         "format": FORMAT, "selfmodels_version": __version__, "config": to_dict(model.cfg),
         "subject": {k: subject.get(k) for k in keep}, "source": source, "target": target, "data": data,
@@ -73,9 +74,14 @@ def check_subject(record: dict, subject: dict) -> None:
     """Refuse a forward model trained on another subject than ``subject`` (a ``describe()``), naming both."""
     mine = record["subject"]
     if mine.get("weights_sha256") != subject.get("weights_sha256"):
+        scheme = ""
+        if mine.get("weights_hash") != subject.get("weights_hash"):
+            scheme = (f" (its record hashes weights as {mine.get('weights_hash') or 'the files they were loaded from'}, "
+                      f"this subject as {subject.get('weights_hash') or 'its weight file'}: retrain, or load it without subject=)")
         raise UserError(
             f"this forward model was trained on {mine.get('id')} (weights {str(mine.get('weights_sha256'))[:12]}), not on "
-            f"{subject.get('id')} (weights {str(subject.get('weights_sha256'))[:12]}): load it beside the subject it was trained on")
+            f"{subject.get('id')} (weights {str(subject.get('weights_sha256'))[:12]}): load it beside the subject it was "
+            f"trained on{scheme}")
 
 
 def load_weights(model: torch.nn.Module, directory: Path) -> None:

@@ -90,6 +90,58 @@ def state_dict_sha256(model: nn.Module) -> str:
     return hashlib.sha256(safetensors_bytes(state)).hexdigest()
 
 
+# What ``weights_digest`` computes, recorded beside it (``describe()["weights_hash"]``).
+WEIGHTS_HASH = "tensors-bf16-sha256/1"
+
+
+def _tensor_line(name: str, tensor: torch.Tensor) -> str:
+    """``"<name> <dtype> <shape> <sha256 of the bytes>"`` for one tensor; floating tensors are rounded to bfloat16
+    first (round to nearest even) and labelled ``bf16``, so an fp32 and a bf16 copy of the same weights agree."""
+    if tensor.is_meta:
+        raise UserError(f"tensor {name} is on the meta device (offloaded or not loaded): a subject's identity is "
+                        "computed from its weights in memory, so load them first")
+    t = tensor.detach()
+    label = "bf16" if t.is_floating_point() else str(t.dtype).removeprefix("torch.")
+    if t.is_floating_point():
+        t = t.to(torch.bfloat16)
+    flat = t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"{name} {label} {tuple(t.shape)} {hashlib.sha256(memoryview(flat)).hexdigest()}\n"
+
+
+def weights_digest(model: nn.Module) -> str:
+    """The identity of the weights in memory, on any device and in fp32 or bf16:
+
+        D = SHA-256( Σ_t  "<name_t> <dtype_t> <shape_t> " + SHA-256(bytes(bf16(W_t))) + "\\n" )
+
+    over the state dict's tensors t sorted by name (tied tensors once, under their first name), where floating
+    tensors are rounded to bfloat16 (``bf16``, round to nearest even) and other tensors keep their dtype and bytes.
+    So an fp32 copy and the bf16 copy made from it share D, while any change that moves a weight across a bf16
+    rounding step (training, ``add_``, other random weights) gives another D. Tensors are hashed in parallel
+    threads (hashlib releases the GIL); a GPU tensor is rounded on the GPU and copied to the CPU one at a time
+    per thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    named, seen = [], set()
+    for key, value in model.state_dict(keep_vars=True).items():
+        pointer = (value.device, value.data_ptr(), value.shape, value.stride())
+        if pointer in seen and not value.is_meta:
+            continue
+        seen.add(pointer)
+        named.append((key, value))
+    named.sort(key=lambda item: item[0])
+    with ThreadPoolExecutor(max_workers=max(1, min(8, torch.get_num_threads()))) as pool:
+        lines = list(pool.map(lambda item: _tensor_line(*item), named))
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def weights_fingerprint(model: nn.Module) -> tuple:
+    """Where every weight lives and how often it was written in place (PyTorch's version counter): cheap, and
+    changed by ``load_state_dict``, optimizer steps, ``p.add_()`` under no_grad and ``.to()``. Writes through
+    ``p.data`` bypass the version counter and do not change it."""
+    return tuple((key, v.device, v.dtype, v.data_ptr(), tuple(v.shape), v._version)
+                 for key, v in model.state_dict(keep_vars=True).items())
+
+
 
 @dataclass
 class LayerSplit:

