@@ -15,6 +15,7 @@ from typing import Sequence
 
 from selfmodels import __version__, distributed
 from selfmodels.errors import UserError
+from selfmodels.options import CommandParser as _Parser  # one-line errors (exit 2); --help states preset values
 
 # The modules that contribute subcommands, in --help order.
 COMMAND_MODULES = (
@@ -23,13 +24,6 @@ COMMAND_MODULES = (
     "selfmodels.forward.commands",
     "selfmodels.lm_selfmodeling.commands",
 )
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse already exits with status 2 on bad arguments; keep its message to one line."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

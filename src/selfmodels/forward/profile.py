@@ -98,7 +98,7 @@ def preset(main: str, quick: bool) -> ProfileConfig:
 def pairs_of(cfg: ProfileConfig, n_layers: int) -> list[tuple[int, int]]:
     """The (source, target) pairs: every source from -1 that has a target ``gap`` blocks on, or ``--layers``."""
     sources = cfg.layers or list(range(-1, n_layers - cfg.gap))
-    require(sources, "--layers is empty: give at least one source index")
+    require(sources, f"--gap {cfg.gap} leaves no layer pair in a {n_layers}-block subject: use --gap {n_layers} at most")
     for s in sources:
         require(-1 <= s and s + cfg.gap < n_layers, f"--layers: source {s} with gap {cfg.gap} is out of range for a "
                                                      f"{n_layers}-block subject (sources -1 .. {n_layers - 1 - cfg.gap})")

@@ -1,8 +1,10 @@
 """Subcommands: ``selfmodels selfmodel-lm`` (one condition) and ``selfmodels reproduce self-modeling-transformers``.
 
 ``selfmodel-lm`` exposes every field of :class:`~selfmodels.lm_selfmodeling.run.LMRunConfig` as a flag (nested groups
-as ``--objective.*``, ``--lm.*``, ``--gpt.*``, ``--observer.*``, ``--llc.*``, ``--corpus.*``), with the shorthands
-``--method --strength --site --loss --flow --pair I J`` for the objective.
+as ``--lm.*``, ``--gpt.*``, ``--observer.*``, ``--llc.*``, ``--corpus.*``, ``--objective.*``); the objective's main
+fields are the flags ``--method --strength --site --loss --flow --pair I J``. Its presets are data
+(``preset_files/*.json``): ``full`` (the default: the forward paper's toy GPT, or a fine-tune of a pretrained
+subject; sized for a GPU) and ``quick`` (CPU).
 """
 
 from __future__ import annotations
@@ -10,85 +12,120 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
-from selfmodels.configs import add_arguments, from_args
-from selfmodels.curves import add_log_option, check_sinks
-from selfmodels.lm_selfmodeling import presets
-from selfmodels.lm_selfmodeling.grid import run_grid, write_outputs
-from selfmodels.lm_selfmodeling.objective import FLOWS, LOSSES, METHODS
-from selfmodels.lm_selfmodeling.run import LMRunConfig, run_one
-from selfmodels.runtime import resolve_device, set_threads
+from selfmodels.options import Command, Presets, check_subject, runner
+
+SHARED = {"out": None, "device": "auto", "threads": None, "quiet": False, "log": []}
+OBJECTIVE_FLAGS = ("method", "strength", "site", "loss", "flow", "source", "target")
 
 
-def _objective_from_shorthands(cfg: LMRunConfig, args: argparse.Namespace) -> LMRunConfig:
-    o = cfg.objective
-    changes = {k: getattr(args, k) for k in ("method", "strength", "site", "loss", "flow") if getattr(args, k) is not None}
-    if args.pair is not None:
-        changes["source"], changes["target"] = args.pair
-    return dataclasses.replace(cfg, objective=dataclasses.replace(o, **changes))
+def _pair(cfg, args: argparse.Namespace):
+    """``--pair I J``: the forward form's layer pair (objective.source, objective.target)."""
+    if getattr(args, "pair", None) is None:
+        return cfg
+    source, target = args.pair
+    return dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, source=source, target=target))
 
 
-def _selfmodel_lm(args: argparse.Namespace) -> int:
-    log = check_sinks(args.log)  # a missing extra stops here, before any work starts
-    cfg = from_args(LMRunConfig, args, base=presets.quick_run())
-    cfg = dataclasses.replace(cfg, main=args.main)
-    cfg = _objective_from_shorthands(cfg, args)
-    if args.corpus is not None:
-        cfg = dataclasses.replace(cfg, corpus=dataclasses.replace(cfg.corpus, corpus=args.corpus))
-    set_threads(args.threads)
-    record = run_one(cfg, args.out, device=resolve_device(args.device), progress=not args.quiet, log=log)
-    print(f"wrote {Path(args.out) / 'result.json'}: val loss {record['val_loss']:.4f} nats/token, "
+def _selfmodel_lm(r, args: argparse.Namespace) -> int:
+    from selfmodels.curves import check_sinks
+    from selfmodels.lm_selfmodeling.run import run_one
+    from selfmodels.runtime import resolve_device, set_threads
+
+    log = check_sinks(r.log)  # a missing extra stops here, before any work starts
+    if r.config.main != "gpt":
+        check_subject(r.config.main)
+    set_threads(r.threads)
+    record = run_one(r.config, r.out, device=resolve_device(r.device), progress=not r.quiet, log=log)
+    print(f"wrote {Path(r.out) / 'result.json'}: val loss {record['val_loss']:.4f} nats/token, "
           f"unembedding SD {record['unembedding_sd']:.4f}, observer recovery (near) {record['observer_near_recovery']:.3f}")
     return 0
 
 
-def _reproduce(args: argparse.Namespace) -> int:
-    log = check_sinks(args.log)
-    workers = args.workers if args.workers is not None else min(2, os.cpu_count() or 1)
-    device = str(resolve_device(args.device))
-    grids = presets.quick_grids(workers, device, args.llc) if args.quick else presets.full_grids(workers, device, args.llc)
+def _reproduce(r, args: argparse.Namespace) -> int:
+    from selfmodels import distributed
+    from selfmodels.artifacts import write_config
+    from selfmodels.curves import check_sinks
+    from selfmodels.lm_selfmodeling import presets
+    from selfmodels.lm_selfmodeling.grid import run_grid, write_outputs
+    from selfmodels.runtime import resolve_device
+
+    log = check_sinks(r.log)
+    workers = r.workers if r.workers is not None else min(2, os.cpu_count() or 1)
+    device = str(resolve_device(r.device))
+    llc = "yes" if r.llc == "paper" else "no"
+    if distributed.is_main():
+        Path(r.out).mkdir(parents=True, exist_ok=True)
+        write_config(r.out, r.record())  # a valid --config file that reruns this reproduction
+    grids = presets.quick_grids(workers, device, llc) if r.preset == "quick" else presets.full_grids(workers, device, llc)
     for name, grid in grids.items():
-        out = Path(args.out) if len(grids) == 1 else Path(args.out) / name
-        results = run_grid(dataclasses.replace(grid, log=log), out, progress=not args.quiet)
+        out = Path(r.out) if len(grids) == 1 else Path(r.out) / name
+        results = run_grid(dataclasses.replace(grid, log=log), out, progress=not r.quiet)
         write_outputs(results, out)
         print(f"wrote {out / 'results.json'} and {out / 'report.md'} ({len(results['runs'])} runs)")
     return 0
 
 
+def _llc_choice(text: str) -> str:
+    """``--llc``: paper or none (the old yes / no still work, with a notice)."""
+    old = {"yes": "paper", "no": "none"}
+    if text in old:
+        print(f"selfmodels: --llc {text} is now --llc {old[text]}", file=sys.stderr)
+        return old[text]
+    if text not in ("paper", "none"):
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from paper, none)")
+    return text
+
+
 def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "selfmodel-lm", help="train one language model with a self-modeling objective or a control; measure it",
+    from selfmodels.lm_selfmodeling.objective import FLOWS, LOSSES, METHODS
+    from selfmodels.lm_selfmodeling.presets import PRESETS
+    from selfmodels.lm_selfmodeling.run import LMRunConfig
+
+    command = Command("selfmodel-lm", LMRunConfig, PRESETS, options=dict(SHARED), subject="main", finish=_pair,
+                      derived={"gpt.vocab_size": "the tokenizer's: set --corpus.vocab-size",
+                               "gpt.block_size": "our GPT's context is --seq-len"})
+
+    def main_flags(group) -> None:
+        command.flag(group, "--subject", "main", "gpt (ours, from scratch) or a Hugging Face model to fine-tune",
+                     metavar="NAME")
+        command.flag(group, "--corpus", "corpus.corpus", "offline, kjv, wikipedia, fineweb-edu or a .txt path")
+        command.flag(group, "--method", "objective.method", f"the objective: one of {', '.join(METHODS)}")
+        command.flag(group, "--strength", "objective.strength", "w in CE + w * A (weight decay: its coefficient)", type=float)
+        command.flag(group, "--site", "objective.site", "the site the self-model predicts: head-input, resid:K or mlp:K")
+        command.flag(group, "--loss", "objective.loss", f"the discrepancy: one of {', '.join(LOSSES)}")
+        command.flag(group, "--flow", "objective.flow", f"forward form: where its loss sends gradient: one of {', '.join(FLOWS)}")
+        group.add_argument("--pair", type=int, nargs=2, default=None, metavar=("I", "J"),
+                           help="forward form: its layer pair (objective.source, objective.target)")
+
+    parser = command.parser(
+        commands, "selfmodel-lm", help="train one language model with a self-modeling objective or a control; measure it",
         description="Train one condition (our GPT from scratch, or fine-tune a pretrained subject) and measure "
         "validation loss, weight spread, residual norms, the self-model's fit, a fresh observer's predictability and "
-        "the LLC. Resumable; writes result.json to --out.")
-    parser.add_argument("--out", required=True, help="run directory (a finished run is read back)")
-    parser.add_argument("--main", default="gpt", help="gpt (ours, from scratch) or a Hugging Face model to fine-tune")
-    parser.add_argument("--corpus", default=None, help="offline (default), kjv, wikipedia, fineweb-edu or a .txt path")
-    parser.add_argument("--method", default=None, help=f"one of {', '.join(METHODS)}")
-    parser.add_argument("--strength", type=float, default=None, help="w in CE + w * A (weight decay: its coefficient)")
-    parser.add_argument("--site", default=None, help="head-input, resid:K or mlp:K")
-    parser.add_argument("--loss", default=None, help=f"one of {', '.join(LOSSES)}")
-    parser.add_argument("--flow", default=None, help=f"forward form's gradient flow: one of {', '.join(FLOWS)}")
-    parser.add_argument("--pair", type=int, nargs=2, default=None, metavar=("I", "J"), help="forward form's layer pair")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_log_option(parser)
-    add_arguments(parser, LMRunConfig)
-    parser.set_defaults(func=_selfmodel_lm)
+        "the LLC. Resumable; writes config.json and result.json to --out. The default preset, full, is the forward "
+        "paper's toy GPT (or a fine-tune of a pretrained subject), sized for a GPU; --preset quick is CPU-sized.",
+        main_flags=main_flags, exclude=tuple(f"objective.{name}" for name in OBJECTIVE_FLAGS))
+    command.rename(parser, "--main", "--subject", "main")
+    parser.set_defaults(func=runner(command, _selfmodel_lm))
 
-    rep = reproduce.add_parser(
-        "self-modeling-transformers", help="self-modeling language models: simpler, or easier to predict? (--quick: CPU)",
+    command = Command("reproduce self-modeling-transformers", presets=Presets(None, (), names_=("full", "quick")),
+                      options={"out": None, "workers": None, "llc": "paper", "device": "auto", "quiet": False, "log": []})
+
+    def reproduce_flags(group) -> None:
+        command._opt(group, "--workers", "workers", type=int, metavar="N",
+                     help="runs in parallel (none: 2, 1 on a 1-core machine)")
+        command._opt(group, "--llc", "llc", type=_llc_choice, metavar="{paper,none}",
+                     help="paper: estimate each run's LLC with the preset's SGLD settings; none: no LLC")
+
+    rep = command.parser(
+        reproduce, "self-modeling-transformers",
+        help="self-modeling language models: simpler, or easier to predict? (--preset quick: CPU)",
         description="The grid of docs/self-modeling-transformers.md: baseline, self-model at two strengths, the forward "
         "form, activation-l2 and random-target at the higher strength, weight decay at its own, 3 seeds; report.md with "
-        "CIs. --quick: a 4 x 4 x 64 GPT on the offline corpus (CPU). Without: the forward paper's 4 x 4 x 256 toy GPT and a "
-        "fine-tune of SmolLM2 (sized for one GPU).")
-    rep.add_argument("--out", required=True, help="output directory (finished runs are kept)")
-    rep.add_argument("--quick", action="store_true", help="CPU-sized version on the offline corpus")
-    rep.add_argument("--workers", type=int, default=None, help="runs in parallel (default: 2, 1 on a 1-core machine)")
-    rep.add_argument("--llc", choices=("yes", "no"), default="yes", help="estimate each run's LLC (default yes)")
-    rep.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    add_log_option(rep)
-    rep.add_argument("--quiet", action="store_true", help="no progress bars")
-    rep.set_defaults(func=_reproduce)
+        "CIs. Preset full (the default): the forward paper's 4 x 4 x 256 toy GPT and a fine-tune of SmolLM2 (sized for "
+        "one GPU). Preset quick: a 4 x 4 x 64 GPT on the offline corpus (CPU). The presets are the grids of "
+        "lm_selfmodeling/presets.py over the runs of selfmodel-lm's presets.",
+        extra=lambda p: reproduce_flags(p.add_argument_group("reproduction options")))
+    rep.set_defaults(func=runner(command, _reproduce))

@@ -1,8 +1,8 @@
 """Subcommands of the self-modeling area.
 
 - ``selfmodels regularize --out DIR [grid flags]``: a resumable grid (task x hidden x method x strength
-  x seed) with results.json, report.md and plots.
-- ``selfmodels reproduce self-modeling [--quick] --out DIR``: the paper's MNIST experiment; ``--quick``
+  x seed) with results.json, report.md and plots; ``OUT/config.json`` holds its resolved settings.
+- ``selfmodels reproduce self-modeling [--preset quick] --out DIR``: the paper's MNIST experiment; ``quick``
   is a CPU-sized version: the paper's regime (batch, epochs, steps) on offline Fashion-MNIST when it is on
   this machine, else the MNIST 5k subset (not the paper's regime), plus a regime arm of MNIST 5k at the
   paper's step count (see ``presets.PAPER_REGIME``, ``MNIST_5K_REGIME``, ``MNIST_5K_PAPER_STEPS``).
@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 
 from selfmodels import distributed
-from selfmodels.configs import add_arguments, from_args
-from selfmodels.curves import add_log_option, check_sinks
+from selfmodels.curves import check_sinks
 from selfmodels.errors import UserError
+from selfmodels.options import Command, Presets, runner
 from selfmodels.selfmodeling import presets
 from selfmodels.selfmodeling.grid import LLC_CHOICES, GridConfig, run_and_report
 
@@ -81,12 +81,21 @@ def regime_note(regime: presets.QuickRegime, reason: str) -> str:
     )
 
 
-def _regularize(args: argparse.Namespace) -> int:
-    log = check_sinks(args.log)  # a missing extra stops here, before any run starts
-    grid = from_args(GridConfig, args, base=GridConfig())
-    results = run_and_report(grid, args.out, progress=not args.quiet, log=log)
+def _write_config(r) -> None:
+    """``OUT/config.json``: the resolved settings of the command (a valid ``--config`` file that reruns it)."""
+    from selfmodels.artifacts import write_config
+
     if distributed.is_main():
-        print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'} ({len(results['runs'])} runs)")
+        Path(r.out).mkdir(parents=True, exist_ok=True)
+        write_config(r.out, r.record())
+
+
+def _regularize(r, args: argparse.Namespace) -> int:
+    log = check_sinks(r.log)  # a missing extra stops here, before any run starts
+    _write_config(r)
+    results = run_and_report(r.config, r.out, progress=not r.quiet, log=log)
+    if distributed.is_main():
+        print(f"wrote {Path(r.out) / 'results.json'} and {Path(r.out) / 'report.md'} ({len(results['runs'])} runs)")
     return 0
 
 
@@ -95,20 +104,20 @@ def _default_workers() -> int:
     return 1 if distributed.world()[1] > 1 else min(2, os.cpu_count() or 1)
 
 
-def _reproduce(args: argparse.Namespace) -> int:
-    log = check_sinks(args.log)  # a missing extra stops here, before any run starts
-    workers = args.workers if args.workers is not None else _default_workers()
-    if args.quick:
-        return _reproduce_quick(args, workers, log)
-    if args.regime != "auto":
-        raise UserError("--regime chooses among the quick reproduction's regimes: use it with --quick")
-    grid = GridConfig(task="mnist", workers=workers, llc=args.llc, weight_decay_strengths=list(presets.WEIGHT_DECAY_STRENGTHS))
+def _reproduce(r, args: argparse.Namespace) -> int:
+    log = check_sinks(r.log)  # a missing extra stops here, before any run starts
+    workers = r.workers if r.workers is not None else _default_workers()
+    if r.preset != "quick" and r.regime != "auto":
+        raise UserError("--regime chooses among the quick reproduction's regimes: use it with --preset quick")
+    _write_config(r)
+    if r.preset == "quick":
+        return _reproduce_quick(r, workers, log)
+    grid = GridConfig(task="mnist", workers=workers, llc=r.llc, weight_decay_strengths=list(presets.WEIGHT_DECAY_STRENGTHS),
+                      device=r.device)
     extra = {"mode": "full (the paper's MNIST grid)"}
-    if args.device:
-        grid = dataclasses.replace(grid, device=args.device)
-    results = run_and_report(grid, args.out, progress=not args.quiet, extra=extra, log=log)
+    results = run_and_report(grid, r.out, progress=not r.quiet, extra=extra, log=log)
     if distributed.is_main():
-        print(f"wrote {Path(args.out) / 'report.md'} ({len(results['runs'])} runs)")
+        print(f"wrote {Path(r.out) / 'report.md'} ({len(results['runs'])} runs)")
     return 0
 
 
@@ -138,52 +147,53 @@ def reproduce_quick(out: str | Path, regime: presets.QuickRegime, source: str, r
     return run_and_report(grid, out, progress=progress, extra=extra, log=log, data=data), arm_results
 
 
-def _reproduce_quick(args: argparse.Namespace, workers: int, log: tuple[str, ...]) -> int:
+def _reproduce_quick(r, workers: int, log: tuple[str, ...]) -> int:
     from selfmodels.data.images import find_fashion_mnist
 
-    regime, source, reason = select_regime(args.regime, find_fashion_mnist())
-    results, arm_results = reproduce_quick(args.out, regime, source, reason, workers=workers, llc=args.llc,
-                                           device=args.device, progress=not args.quiet, log=log)
+    regime, source, reason = select_regime(r.regime, find_fashion_mnist())
+    results, arm_results = reproduce_quick(r.out, regime, source, reason, workers=workers, llc=r.llc,
+                                           device=r.device, progress=not r.quiet, log=log)
     if distributed.is_main():
-        print(f"wrote {Path(args.out) / 'report.md'} ({len(results['runs'])} runs; regime {regime.name}: {reason}) "
-              f"and {Path(args.out) / ARM_DIR / 'report.md'} ({len(arm_results['runs'])} runs)")
+        print(f"wrote {Path(r.out) / 'report.md'} ({len(results['runs'])} runs; regime {regime.name}: {reason}) "
+              f"and {Path(r.out) / ARM_DIR / 'report.md'} ({len(arm_results['runs'])} runs)")
     return 0
 
 
 def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParsersAction) -> None:
     """Add ``regularize`` to ``selfmodels`` and ``self-modeling`` to ``selfmodels reproduce``."""
-    parser = commands.add_parser(
-        "regularize", help="train classifiers with self-modeling and its controls over a grid; report",
-        description="Train a grid (task x hidden x method x strength x seed), resumable; write results.json, "
-        "report.md and plots to --out. Unset options take the paper's settings for the task.",
-    )
-    parser.add_argument("--out", required=True, help="output directory (runs are resumed / skipped if present)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_arguments(parser, GridConfig)
-    add_log_option(parser)
-    parser.set_defaults(func=_regularize)
+    command = Command("regularize", GridConfig, options={"out": None, "quiet": False, "log": []})
 
-    rep = reproduce.add_parser(
-        "self-modeling", help="the self-modeling paper's MNIST experiment (--quick: CPU-sized, offline)",
-        description="Without --quick: the paper's full MNIST grid (H 64-512, AW 1-50, both controls, 10 seeds, "
-        "50 epochs; hub data when reachable). With --quick: H 64 and 128, self-model at w 1, 10, 50, 3 seeds, in the "
+    def data_flag(group) -> None:
+        command.flag(group, "--data", "source", "where the task's data comes from: auto (hub when reachable, else "
+                     "offline), hub or offline", choices=("auto", "hub", "offline"), metavar="{auto,hub,offline}")
+
+    parser = command.parser(
+        commands, "regularize", help="train classifiers with self-modeling and its controls over a grid; report",
+        description="Train a grid (task x hidden x method x strength x seed), resumable; write results.json, "
+        "report.md, plots and config.json to --out. Unset options take the paper's settings for the task.",
+        main_flags=data_flag, exclude=("source",))
+    command.rename(parser, "--source", "--data", "source", choices=("auto", "hub", "offline"))
+    parser.set_defaults(func=runner(command, _regularize))
+
+    command = Command("reproduce self-modeling", presets=Presets(None, (), names_=("full", "quick")),
+                      options={"out": None, "regime": "auto", "workers": None, "llc": "paper", "device": "auto",
+                               "quiet": False, "log": []})
+
+    def reproduce_flags(group) -> None:
+        command._opt(group, "--regime", "regime", choices=REGIME_CHOICES,
+                     help="with --preset quick: paper (Fashion-MNIST 60k, 5,900 steps), mnist-5k (the 800-step fallback) "
+                          "or auto (paper when Fashion-MNIST is on this machine)")
+        command._opt(group, "--workers", "workers", type=int, metavar="N",
+                     help="runs trained in parallel, one thread each (none: 2, or 1 on a 1-core machine or under torchrun)")
+        command._opt(group, "--llc", "llc", choices=LLC_CHOICES,
+                     help="paper: estimate each run's LLC with the paper's SGLD settings; none: no LLC")
+
+    rep = command.parser(
+        reproduce, "self-modeling", help="the self-modeling paper's MNIST experiment (--preset quick: CPU-sized, offline)",
+        description="Preset full (the default): the paper's full MNIST grid (H 64-512, AW 1-50, both controls, 10 seeds, "
+        "50 epochs; hub data when reachable). Preset quick: H 64 and 128, self-model at w 1, 10, 50, 3 seeds, in the "
         "paper's regime (batch 512, 5,900 steps) on offline Fashion-MNIST when present, else on the offline MNIST "
         "subset for 800 steps; plus MNIST 5k at 5,900 steps (H 64, baseline and w 10). The controls run at their own "
-        "strengths (see docs/self-modeling.md).",
-    )
-    rep.add_argument("--out", required=True, help="output directory")
-    rep.add_argument("--quick", action="store_true",
-                     help="CPU-sized version: the paper's regime on offline Fashion-MNIST when present, else the MNIST "
-                          "5k subset; plus MNIST 5k at the paper's step count")
-    rep.add_argument("--regime", choices=REGIME_CHOICES, default="auto",
-                     help="with --quick: paper (Fashion-MNIST 60k, 5,900 steps), mnist-5k (the 800-step fallback) or "
-                          "auto (paper when Fashion-MNIST is on this machine; default)")
-    rep.add_argument("--workers", type=int, default=None,
-                     help="runs trained in parallel, one thread each (default: 2, or 1 on a 1-core machine or "
-                          "under torchrun)")
-    rep.add_argument("--llc", choices=LLC_CHOICES, default="paper",
-                     help="estimate each run's LLC with the paper's SGLD settings, or none (default: paper)")
-    rep.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
-    rep.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_log_option(rep)
-    rep.set_defaults(func=_reproduce)
+        "strengths (see docs/self-modeling.md). The presets are the grids of selfmodeling/presets.py.",
+        extra=lambda p: reproduce_flags(p.add_argument_group("reproduction options")))
+    rep.set_defaults(func=runner(command, _reproduce))

@@ -28,8 +28,10 @@ from pathlib import Path
 from selfmodels import distributed
 from selfmodels.configs import add_arguments, from_args, from_dict
 from selfmodels.errors import UserError, require
+from selfmodels.options import Command, CommandParser, check_run_dir, runner
 
 CALIBRATE = "calibrate"
+OPTIONS = {"device": "auto", "threads": None, "quiet": False}
 
 
 def _base_config(run: dict):
@@ -56,35 +58,45 @@ def _paper_reference(run: dict) -> dict:
     return {"paper_llc": value, "paper_source": PAPER} if value is not None else {}
 
 
-def _load(run_dir: str, args: argparse.Namespace):
+def check_llc_run_dir(run_dir: str | Path) -> None:
+    """RUN_DIR is one finished run: not a file, not missing, not a grid's output directory (OUT/runs/<name>/)."""
+    what = "of one finished run (of `regularize` or `reproduce self-modeling`: OUT/runs/<name>/)"
+    check_run_dir(Path(run_dir), "RUN_DIR", what)
+    runs = Path(run_dir) / "runs"
+    if runs.is_dir() and not (Path(run_dir) / "result.json").is_file():
+        names = sorted(p.name for p in runs.iterdir() if p.is_dir())
+        shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+        raise UserError(f"RUN_DIR {run_dir} is a grid's output directory: llc wants one run, {runs}/<name>/"
+                        + (f"; runs here: {shown}" if names else "; it holds no runs yet"))
+
+
+def _load(run_dir: str, args: argparse.Namespace, r):
     from selfmodels.complexity.llc import LLCConfig
     from selfmodels.runtime import resolve_device, set_threads
     from selfmodels.selfmodeling.runs import load_trained_classifier
 
-    require(Path(run_dir).is_dir(), f"run directory {run_dir} does not exist: give a finished run's directory")
-    set_threads(args.threads)
+    check_llc_run_dir(run_dir)
+    set_threads(r.threads)
     with distributed.main_first():  # a download or conversion of the run's data happens once
         model, data, run = load_trained_classifier(run_dir)
     config = from_args(LLCConfig, args, base=_base_config(run))
     config.validate()
-    return model, data, run, config, resolve_device(args.device)
+    return model, data, run, config, resolve_device(r.device)
 
 
-def _estimate(args: argparse.Namespace) -> int:
+def _estimate(r, args: argparse.Namespace) -> int:
     from selfmodels.artifacts import write_json
     from selfmodels.complexity.llc import cross_entropy, estimate_llc
     from selfmodels.complexity.llc_plots import plot_trace
     from selfmodels.curves import Mirror, check_sinks
 
-    require(args.second is None, f"unexpected argument {args.second!r}: use `selfmodels llc RUN_DIR` or "
-            f"`selfmodels llc calibrate RUN_DIR`")
     for name in ("epsilons", "gammas", "nbetas", "out"):
-        require(getattr(args, name) is None, f"--{name} belongs to `selfmodels llc calibrate RUN_DIR`; "
+        require(getattr(args, name, None) is None, f"--{name} belongs to `selfmodels llc calibrate RUN_DIR`; "
                 f"for one estimate use --epsilon/--gamma/--nbeta")
-    run_dir = Path(args.target)
-    log = check_sinks(args.log)  # a missing extra stops here, before any work starts
-    model, data, run, config, device = _load(args.target, args)
-    result = estimate_llc(model, data.train, cross_entropy, config, device=device, progress=not args.quiet)
+    run_dir = Path(args.run_dir)
+    log = check_sinks(r.log)  # a missing extra stops here, before any work starts
+    model, data, run, config, device = _load(args.run_dir, args, r)
+    result = estimate_llc(model, data.train, cross_entropy, config, device=device, progress=not r.quiet)
     record = {
         **result.summary(),
         "llc_lambda_regular_d_over_2": result.diagnostics["lambda_d_over_2"],
@@ -107,20 +119,18 @@ def _estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrate(args: argparse.Namespace) -> int:
+def _calibrate(r, args: argparse.Namespace) -> int:
     from selfmodels.complexity.calibrate import calibrate, parse_values
     from selfmodels.complexity.llc import cross_entropy
 
-    require(args.second is not None, "usage: selfmodels llc calibrate RUN_DIR --epsilons ... --gammas ...")
-    require(not args.log, "--log belongs to `selfmodels llc RUN_DIR` (one estimate's traces), not to llc calibrate")
     epsilons, gammas = parse_values(args.epsilons, "epsilons"), parse_values(args.gammas, "gammas")
     require(epsilons and gammas, "llc calibrate needs --epsilons and --gammas (e.g. --epsilons 1e-5 1e-4 --gammas 10 100)")
     nbetas = parse_values(args.nbetas, "nbetas") if args.nbetas else [None]
-    model, data, run, config, device = _load(args.second, args)
-    out = Path(args.out) if args.out else Path(args.second) / "llc_calibration"
+    model, data, run, config, device = _load(args.run_dir, args, r)
+    out = Path(r.out) if r.out else Path(args.run_dir) / "llc_calibration"
     with _written_by_main(out) as where:
         cells = calibrate(model, data.train, cross_entropy, config, epsilons, gammas, nbetas, where, device=device,
-                          progress=not args.quiet and distributed.is_main())
+                          progress=not r.quiet and distributed.is_main())
     if distributed.is_main():
         print(f"{len(cells)} settings; wrote {out / 'calibration.md'} and {out / 'calibration.png'}")
     return 0
@@ -140,33 +150,49 @@ def _written_by_main(out: Path):
         yield where
 
 
-def _llc(args: argparse.Namespace) -> int:
-    return _calibrate(args) if args.target == CALIBRATE else _estimate(args)
+def _run_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path,
+                        help="one finished run's directory (OUT/runs/<name>/ of `regularize` or `reproduce self-modeling`)")
 
 
 def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParsersAction) -> None:
-    """Add ``llc`` (and its ``calibrate`` form) to ``selfmodels``."""
+    """Add ``llc`` and its subcommand ``llc calibrate`` to ``selfmodels``."""
     from selfmodels.complexity.llc import LLCConfig
-    from selfmodels.curves import add_log_option
 
-    parser = commands.add_parser(
-        "llc", help="estimate a trained run's local learning coefficient (or: llc calibrate RUN_DIR)",
-        description="selfmodels llc RUN_DIR: LLC of the run's classifier (CE on its training data), written to "
-                    "RUN_DIR/llc.json and RUN_DIR/llc_trace.png. selfmodels llc calibrate RUN_DIR --epsilons ... "
-                    "--gammas ... [--nbetas ...]: sweep SGLD settings, written to RUN_DIR/llc_calibration/. "
-                    "Flags not given default to the run's stored LLC settings, else the paper's for its task.",
-    )
-    parser.add_argument("target", metavar="RUN_DIR|calibrate", help="a finished run directory, or the word calibrate")
-    parser.add_argument("second", metavar="RUN_DIR", nargs="?", default=None, help="(calibrate) the run directory")
-    add_arguments(parser, LLCConfig)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_log_option(parser)
-    group = parser.add_argument_group("calibrate")
-    group.add_argument("--epsilons", nargs="+", help="(calibrate) step sizes to try")
-    group.add_argument("--gammas", nargs="+", help="(calibrate) localization strengths to try")
-    group.add_argument("--nbetas", nargs="+", help="(calibrate) inverse temperatures to try (default: the config's)")
-    group.add_argument("--out", default=None, help="(calibrate) output directory (default: RUN_DIR/llc_calibration)")
-    parser.set_defaults(func=_llc)
+    settings = ("SGLD settings not given default to the run's stored LLC settings, else the paper's for its task "
+                "(the defaults shown are the estimator's own).")
+    command = Command("llc", options={**OPTIONS, "log": []}, usage="RUN_DIR ")
 
+    def hidden_calibrate_flags(parser) -> None:  # given to one estimate, they are refused with a pointer
+        for name in ("--epsilons", "--gammas", "--nbetas", "--out"):
+            parser.add_argument(name, nargs="+" if name != "--out" else None, default=None, help=argparse.SUPPRESS)
+        add_arguments(parser, LLCConfig, groups=True)
+
+    parser = command.parser(
+        commands, "llc", help="estimate a trained run's local learning coefficient (subcommand: llc calibrate RUN_DIR)",
+        description="selfmodels llc RUN_DIR: the LLC of the run's classifier (CE on its training data), written to "
+                    "RUN_DIR/llc.json and RUN_DIR/llc_trace.png. Subcommand: selfmodels llc calibrate RUN_DIR --epsilons "
+                    "... --gammas ... [--nbetas ...]: the estimate over a grid of SGLD settings, written to "
+                    "RUN_DIR/llc_calibration/ (see selfmodels llc calibrate --help). " + settings,
+        positionals=_run_dir, extra=hidden_calibrate_flags)
+    parser.set_defaults(func=runner(command, _estimate))
+
+    holder = CommandParser(prog=parser.prog, add_help=False)
+    children = holder.add_subparsers(parser_class=CommandParser)
+    command = Command("llc calibrate", options={**OPTIONS, "out": None}, usage="RUN_DIR --epsilons ... --gammas ... ",
+                      out_required=False)
+    command._out_help = "output directory (default: RUN_DIR/llc_calibration)"
+
+    def grid_flags(group) -> None:
+        group.add_argument("--epsilons", nargs="+", help="step sizes to try")
+        group.add_argument("--gammas", nargs="+", help="localization strengths to try")
+        group.add_argument("--nbetas", nargs="+", help="inverse temperatures to try (default: the config's)")
+
+    calibrate = command.parser(
+        children, CALIBRATE, help="the LLC over a grid of SGLD settings",
+        description="selfmodels llc calibrate RUN_DIR: the same estimate as `selfmodels llc RUN_DIR` over a grid of SGLD "
+                    "settings (every epsilon x gamma x nbeta); writes a table, a grid plot and the records to "
+                    "RUN_DIR/llc_calibration/ (or --out) and resumes from them. " + settings,
+        positionals=_run_dir, main_flags=grid_flags, extra=lambda p: add_arguments(p, LLCConfig, groups=True))
+    calibrate.set_defaults(func=runner(command, _calibrate))
+    parser.children = {CALIBRATE: calibrate}
