@@ -70,8 +70,13 @@ def test_lm_self_modeling_trained_on_two_ranks_equals_one_rank_on_both_ranks_win
     assert run.returncode == 0, run.output
     subject, objective, tokens, val, cfg = harness.lm_problem()
     draws = WindowDraws(tokens, harness.STREAM_T, harness.LM_BATCH, [harness.lm_generator(r) for r in (0, 1)])
-    info = train_language_model(subject, objective, 1.0, cfg, tokens, val, harness.STREAM_T, tmp_path / "one",
-                                harness.LM_SEED, progress=False, draws=draws)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank runs (OMP_NUM_THREADS=1): the same kernels' summation order
+    try:
+        info = train_language_model(subject, objective, 1.0, cfg, tokens, val, harness.STREAM_T, tmp_path / "one",
+                                    harness.LM_SEED, progress=False, draws=draws)
+    finally:
+        torch.set_num_threads(threads)
     assert not torch.equal(*(next(WindowDraws(tokens, harness.STREAM_T, 2, [harness.lm_generator(r)]))[0] for r in (0, 1)))
     for rank in (0, 1):
         result = run.result(rank)
