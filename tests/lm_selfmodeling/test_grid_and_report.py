@@ -7,7 +7,7 @@ import pytest
 from selfmodels.lm_selfmodeling.grid import LMGrid, add_drift, quick_conditions, summarize_results
 from selfmodels.lm_selfmodeling.presets import quick_run
 from selfmodels.lm_selfmodeling.report import write_report
-from selfmodels.selfmodeling.statistics import welch_difference
+from selfmodels.stats import welch_difference
 
 
 def _record(method, strength, seed, val, sd, resid=(1.0, 2.0, 3.0), update=(1.0, 1.0), matched=None):

@@ -10,7 +10,8 @@ from torch import nn
 
 from selfmodels.complexity.weights import classification_weight_sd, identity_distance, relative_identity_distance
 from selfmodels.selfmodeling.grid import summarize
-from selfmodels.selfmodeling.statistics import direction, linear_trend, trends, welch_difference
+from selfmodels.selfmodeling.statistics import trends
+from selfmodels.stats import direction, linear_trend, welch_difference
 from selfmodels.selfmodeling.wrapper import SplitHead
 
 

@@ -33,8 +33,7 @@ from selfmodels.errors import UserError, require
 from selfmodels.lm_selfmodeling.objective import METHODS, check_objective
 from selfmodels.lm_selfmodeling.run import LMRunConfig, ObjectiveConfig, load_data, measure_snapshot, nearest_snapshot, run_one
 from selfmodels.runtime import set_threads
-from selfmodels.selfmodeling.statistics import welch_difference
-from selfmodels.stats import mean_ci95
+from selfmodels.stats import mean_ci95, welch_difference
 
 DRIFT_NORM_RATIO = 2.0
 DRIFT_UPDATE_RATIO = 0.2

@@ -20,6 +20,7 @@ import math
 
 from selfmodels.report.markdown import fmt, table
 from selfmodels.selfmodeling import reference
+from selfmodels.stats import direction
 
 PAPER_TASK = "mnist"  # the paper's only task with an MLP grid; Fashion-MNIST runs are compared with it
 MEASURES = {"weight_sd": ("weight SD", reference.WEIGHT_SD), "llc_mean": ("LLC", reference.RLCT),
@@ -46,9 +47,7 @@ def paper_change(measure: str, hidden: int, strength: float) -> dict | None:
 
 def our_direction(low: float | None, high: float | None) -> str:
     """``falls`` / ``rises`` when the 95% CI excludes 0, else ``no clear change``."""
-    if not (_finite(low) and _finite(high)):
-        return "not estimable"
-    return "falls" if high < 0 else "rises" if low > 0 else "no clear change"
+    return direction(low, high, unclear="no clear change")
 
 
 def _verdict(ours: str, paper: dict | None, collapsed: bool) -> str:

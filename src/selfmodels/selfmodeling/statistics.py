@@ -16,57 +16,13 @@ LLC when present), using the baseline runs as strength 0:
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from typing import Sequence
 
 import numpy as np
-from scipy import stats as st
+
+from selfmodels.stats import direction, linear_trend, welch_difference
 
 TREND_MEASURES = ("weight_sd", "test_accuracy", "llc_mean")
-
-
-def linear_trend(x: Sequence[float], y: Sequence[float]) -> dict:
-    """OLS slope of y on x with its 95% CI; NaN where fewer than 3 points or no spread in x."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    nan = float("nan")
-    if len(x) < 3 or np.ptp(x) == 0:
-        return {"slope": nan, "ci95_low": nan, "ci95_high": nan, "n": int(len(x))}
-    fit = st.linregress(x, y)
-    half = st.t.ppf(0.975, len(x) - 2) * fit.stderr
-    return {"slope": float(fit.slope), "ci95_low": float(fit.slope - half), "ci95_high": float(fit.slope + half), "n": int(len(x))}
-
-
-def welch_difference(a: Sequence[float], b: Sequence[float]) -> dict:
-    """``mean(a) - mean(b)`` with Welch's 95% CI (NaN bounds when either side has fewer than 2 values)."""
-    a = np.asarray([v for v in a if v is not None and math.isfinite(v)], float)
-    b = np.asarray([v for v in b if v is not None and math.isfinite(v)], float)
-    nan = float("nan")
-    if len(a) == 0 or len(b) == 0:
-        return {"difference": nan, "ci95_low": nan, "ci95_high": nan}
-    diff = float(a.mean() - b.mean())
-    if len(a) < 2 or len(b) < 2:
-        return {"difference": diff, "ci95_low": nan, "ci95_high": nan}
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return {"difference": diff, "ci95_low": diff, "ci95_high": diff}
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = float(st.t.ppf(0.975, df) * se)
-    return {"difference": diff, "ci95_low": diff - half, "ci95_high": diff + half}
-
-
-def direction(low: float, high: float) -> str:
-    """``falls`` / ``rises`` when the CI excludes zero, else ``no clear trend`` (``not estimable`` if NaN)."""
-    if math.isnan(low) and math.isnan(high):
-        return "not estimable"
-    if math.isfinite(high) and high < 0:
-        return "falls"
-    if math.isfinite(low) and low > 0:
-        return "rises"
-    return "no clear trend"
 
 
 def trends(records: list[dict]) -> list[dict]:
