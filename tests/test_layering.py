@@ -3,8 +3,9 @@
 One test per contract, each a separate ``lint-imports --contract ID`` run, so a broken contract names
 itself and its offending import chains without hiding the others:
 
-- ``layers``: cli > forward | selfmodeling > complexity > subjects > nets > data > report > checkpoint >
-  artifacts | configs | optim | runtime | stats > errors; a module imports only from layers below its own.
+- ``layers``: cli > lm_selfmodeling > forward | selfmodeling > complexity > subjects > nets > data > report > stages >
+  training > checkpoint > distributed > curves > artifacts | configs | optim | runtime | stats > errors; a module
+  imports only from layers below its own.
 - ``areas-independent``: forward and selfmodeling do not import each other.
 - ``forward-concrete-subjects``: forward reaches models only through the subject interface.
 - ``acyclic``: no import cycle among the siblings at any level of the package.

@@ -7,9 +7,9 @@
 - :mod:`~selfmodels.forward.metrics`, :mod:`~selfmodels.forward.substitution`, :mod:`~selfmodels.forward.categories`,
   :mod:`~selfmodels.forward.evaluate`: regression metrics, causal substitution, behavioural categories;
 - :mod:`~selfmodels.forward.analysis` and :mod:`~selfmodels.forward.analyze`: the paper's analyses and their driver;
-- :mod:`~selfmodels.forward.config`, :mod:`~selfmodels.forward.pipeline`, :mod:`~selfmodels.forward.stages`,
-  :mod:`~selfmodels.forward.report`, :mod:`~selfmodels.forward.reference`: the one pipeline for every subject, its
-  stages keyed by their inputs, its report and the paper's numbers.
+- :mod:`~selfmodels.forward.config`, :mod:`~selfmodels.forward.pipeline`, :mod:`~selfmodels.forward.report`,
+  :mod:`~selfmodels.forward.reference`: the one pipeline for every subject (its stages keyed by their inputs in
+  :mod:`selfmodels.stages`), its report and the paper's numbers.
 
 Nothing here knows which kind of subject it observes: it sees :class:`selfmodels.subjects.base.Subject` only.
 """

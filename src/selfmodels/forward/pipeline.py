@@ -16,7 +16,7 @@ corpus -> tokens -> subject -> activations -> fit -> evaluate -> analyze -> (swe
 7. ``results.json`` (schema in docs/forward-self-models.md), ``report.md`` with plots, the headline
    forward model saved with ``save_pretrained`` in ``forward_model/``.
 
-Every stage is kept under a key of all its inputs (:mod:`selfmodels.forward.stages`), so running the same
+Every stage is kept under a key of all its inputs (:mod:`selfmodels.stages`), so running the same
 command again reuses finished work and resumes unfinished work, and a changed setting recomputes exactly
 the stages it affects.
 """
@@ -47,7 +47,7 @@ from selfmodels.forward.evaluate import REGRESSION_KEYS, batches_of, evaluate
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
 from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION, paper_reference
 from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
-from selfmodels.forward.stages import StageStore
+from selfmodels.stages import StageStore
 from selfmodels.forward.stream import ActivationStream
 from selfmodels.forward.train import ForwardTask, ForwardTrainConfig, PairBatches, train_forward, train_many
 from selfmodels.runtime import resolve_device

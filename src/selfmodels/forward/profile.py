@@ -14,7 +14,7 @@ A pair where the forward model beats the ridge map by little is one an affine ma
 anticipate (novel). For one-block pairs the row also has the decomposition's alignment of the forward model's
 residual with the block's MLP and heads (``mlp_cos_residual``, ``heads_cos_residual_mean``, ``heads_norm_share``).
 
-Stages are kept under keys of their inputs (:mod:`selfmodels.forward.stages`), so a rerun reuses them.
+Stages are kept under keys of their inputs (:mod:`selfmodels.stages`), so a rerun reuses them.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from selfmodels.forward.train import train_many
 from selfmodels.forward.pipeline import check_out
 from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION
 from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
-from selfmodels.forward.stages import StageStore
+from selfmodels.stages import StageStore
 from selfmodels.forward.stream import ActivationStream
 from selfmodels.forward.substitution import substitution_eval_many
 from selfmodels.forward.train import ForwardTrainConfig

@@ -35,7 +35,8 @@ from selfmodels.nets.gpt import GPTConfig
 from selfmodels.runtime import cache_dir, seed_everything
 from selfmodels.subjects.base import Subject
 from selfmodels.subjects.lm_training import LMTrainConfig, train_language_model
-from selfmodels.subjects.registry import CorpusConfig, content_key
+from selfmodels.stages import content_key
+from selfmodels.subjects.registry import CorpusConfig
 
 RESULT_VERSION = 1
 

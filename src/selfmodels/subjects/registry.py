@@ -14,8 +14,6 @@ the same settings reuses them and an interrupted training resumes from its check
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,16 +27,12 @@ from selfmodels.curves import Mirror
 from selfmodels.errors import UserError, require
 from selfmodels.nets.gpt import GPTConfig
 from selfmodels.runtime import cache_dir
+from selfmodels.stages import content_key
 from selfmodels.subjects.base import Subject
 from selfmodels.subjects.lm_training import CoTrain, LMTrainConfig  # CoTrain: what open_subject accepts
 
 GPT_NAME = "gpt"
 DATA_FORMAT = 3  # 2: our BPE is fitted on the training part only; 3: no chunk cut after a run of whitespace
-
-
-def content_key(obj) -> str:
-    """A short stable hash of a JSON-ready object: the key a stored result is kept under."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass

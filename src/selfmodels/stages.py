@@ -1,4 +1,7 @@
-"""Pipeline stages kept under a key derived from all of their inputs, so nothing stale is ever read back.
+"""Finished work kept under a key derived from all of its inputs, so nothing stale is ever read back.
+
+Every area keeps its units of work this way (the forward pipeline's and the profile's stages, the runs of the
+classifier and language-model grids): "resume" and "stale" mean the same everywhere.
 
 A stage named ``name`` with inputs ``inputs`` (anything JSON-ready: settings, the subject's weight hash,
 the keys of the stages it reads) lives in ``OUT/stages/<name>-<key>/``, ``key`` being a hash of the
@@ -15,15 +18,21 @@ is computed by rank 0 while the other ranks wait, then read back by them; a stag
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Callable
 
 from selfmodels import distributed
 from selfmodels.artifacts import read_json, write_json
-from selfmodels.subjects.registry import content_key
 
 FORMAT = 1  # part of every key: a change in what a stage computes must not reuse old results
+
+
+def content_key(obj) -> str:
+    """A short stable hash of a JSON-ready object: the first 16 hex digits of sha256 of its sorted-key JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class StageStore:
