@@ -124,6 +124,32 @@ def lm_generator(rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(derived_seed("lm", LM_SEED, rank, 2))
 
 
+LM_GRID_WORDS = "the cat sat on a mat and the dog ran to the park while birds sang in old green trees near water".split()
+
+
+def lm_grid(corpus: Path):
+    """A tiny self-modeling-LM grid (baseline and activation-l2, 2 seeds: 4 runs, then matched snapshots) on a
+    corpus file written at ``corpus`` when missing. Both the scenario and its one-process reference build it."""
+    import random
+
+    from selfmodels.lm_selfmodeling.grid import LMGrid
+    from selfmodels.lm_selfmodeling.observer import ObserverConfig
+    from selfmodels.lm_selfmodeling.run import LMRunConfig, ObjectiveConfig
+    from selfmodels.nets.gpt import GPTConfig
+    from selfmodels.subjects.lm_training import LMTrainConfig
+    from selfmodels.subjects.registry import CorpusConfig
+
+    if not corpus.is_file():
+        rng = random.Random(0)
+        corpus.write_text("\n".join(" ".join(rng.choice(LM_GRID_WORDS) for _ in range(12)) + "." for _ in range(700)))
+    base = LMRunConfig(
+        seq_len=16, gpt=GPTConfig(n_layer=3, n_head=2, d_model=32), corpus=CorpusConfig(corpus=str(corpus), vocab_size=300),
+        lm=LMTrainConfig(steps=4, batch_size=4, lr=3e-3, eval_every=2),
+        observer=ObserverConfig(near=[0, 1], far=[-1, 0], steps=3, batch_size=4, d_head=8, train_windows=8, eval_windows=4),
+        eval_windows=4, estimate_llc=False)
+    return LMGrid(base, [ObjectiveConfig(), ObjectiveConfig(method="activation-l2", strength=1.0)], [0, 1])
+
+
 def llc_problem():
     """A small trained MLP in float64, its data and LLC settings (3 chains: 2 on rank 0, 1 on rank 1)."""
     from selfmodels.complexity.llc import LLCConfig, cross_entropy
@@ -222,6 +248,14 @@ def _grid(work: Path, rank: int, **_):
     return run_and_report(grid_config(), work / "grid", progress=False, data=tiny_data())
 
 
+def _lm_grid(work: Path, rank: int, argv=(), **_):
+    from selfmodels.lm_selfmodeling.grid import run_grid, write_outputs
+
+    results = run_grid(lm_grid(Path(argv[0])), work / "lm-grid", progress=False)
+    write_outputs(results, work / "lm-grid")
+    return results
+
+
 def _stuck(work: Path, rank: int, **_):
     if rank == 1:
         time.sleep(120)  # never reaches the first collective; rank 0 waits in DDP's set-up
@@ -241,7 +275,7 @@ def _cli(work: Path, rank: int, argv=(), **_):
     return 0
 
 
-SCENARIOS = {"forward": _forward, "stream": _stream, "lm": _lm, "llc": _llc, "grid": _grid, "stuck": _stuck, "cli": _cli,
+SCENARIOS = {"forward": _forward, "stream": _stream, "lm": _lm, "llc": _llc, "grid": _grid, "lm-grid": _lm_grid, "stuck": _stuck, "cli": _cli,
              "fail-llc": lambda work, rank, fail_rank, **kw: _llc(work, rank, fail=rank == fail_rank),
              "fail-forward": lambda work, rank, fail_rank, **kw: _forward(work, rank, fail_at=5 if rank == fail_rank else None)}
 

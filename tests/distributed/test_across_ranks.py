@@ -175,6 +175,33 @@ def test_grid_runs_split_across_two_ranks_equal_one_rank_and_rank_0_alone_writes
     assert all(path.startswith("grid/runs/") for path in written[1])
 
 
+def test_lm_grid_runs_split_across_two_ranks_equal_one_process_and_rank_0_alone_writes(torchrun, tmp_path, monkeypatch):
+    from selfmodels.lm_selfmodeling.grid import run_grid
+
+    corpus = tmp_path / "corpus.txt"
+    monkeypatch.setenv("SELFMODELS_CACHE", str(tmp_path / "cache"))  # torchrun's ranks inherit it
+    grid = harness.lm_grid(corpus)
+    run = torchrun("lm-grid", tmp_path / "dist", str(corpus), env={"SELFMODELS_CACHE": str(tmp_path / "cache")})
+    assert run.returncode == 0, run.output
+    reference = run_grid(grid, tmp_path / "one" / "lm-grid", progress=False)
+
+    def comparable(records):  # everything but wall-clock times
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in records]
+
+    for rank in (0, 1):
+        assert comparable(run.result(rank)["runs"]) == comparable(reference["runs"])
+        assert run.result(rank)["settings"]["processes"] == 2
+    # Run i was trained by rank i % 2 (the matched snapshots are shared out the same way, into the baselines'
+    # directories); the shared files were written by rank 0 alone.
+    names = [name for name, _ in grid.runs()]
+    written = [_files(run.writes(rank)) for rank in (0, 1)]
+    assert not written[0] & written[1]
+    for i, name in enumerate(names):
+        assert f"lm-grid/runs/{name}/result.json" in written[i % 2]
+    assert {"lm-grid/results.json", "lm-grid/report.md"} <= written[0]
+    assert all(p.startswith("lm-grid/runs/") for p in written[1])
+
+
 def _assert_close(a, b, path="") -> None:
     """Equal JSON values, numbers to a relative 1e-6 (the same float32 chains, grouped differently)."""
     if isinstance(a, float) and isinstance(b, float):

@@ -53,7 +53,8 @@ def _reproduce(r, args: argparse.Namespace) -> int:
     from selfmodels.runtime import resolve_device
 
     log = check_sinks(r.log)
-    workers = r.workers if r.workers is not None else min(2, os.cpu_count() or 1)
+    # Under torchrun the ranks share the runs out; on one machine, worker processes do.
+    workers = r.workers if r.workers is not None else 1 if distributed.world()[1] > 1 else min(2, os.cpu_count() or 1)
     device = str(resolve_device(r.device))
     llc = "yes" if r.llc == "paper" else "no"
     if distributed.is_main():
@@ -64,7 +65,8 @@ def _reproduce(r, args: argparse.Namespace) -> int:
         out = Path(r.out) if len(grids) == 1 else Path(r.out) / name
         results = run_grid(dataclasses.replace(grid, log=log), out, progress=not r.quiet)
         write_outputs(results, out)
-        print(f"wrote {out / 'results.json'} and {out / 'report.md'} ({len(results['runs'])} runs)")
+        if distributed.is_main():
+            print(f"wrote {out / 'results.json'} and {out / 'report.md'} ({len(results['runs'])} runs)")
     return 0
 
 

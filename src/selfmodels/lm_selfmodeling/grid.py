@@ -20,20 +20,20 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+import torch
 
+from selfmodels import distributed
 from selfmodels.configs import to_dict
 from selfmodels.errors import UserError, require
 from selfmodels.lm_selfmodeling.objective import METHODS, check_objective
 from selfmodels.lm_selfmodeling.run import LMRunConfig, ObjectiveConfig, load_data, measure_snapshot, nearest_snapshot, run_one
-from selfmodels.runtime import set_threads
 from selfmodels.stats import mean_ci95, welch_difference
+from selfmodels.workers import run_units
 
 DRIFT_NORM_RATIO = 2.0
 DRIFT_UPDATE_RATIO = 0.2
@@ -88,11 +88,7 @@ def quick_conditions(strengths=(1.0, 10.0), forward_strength: float = 1.0, weigh
 
 
 # ---- running ------------------------------------------------------------------------------------
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(threads: int) -> None:
-    set_threads(threads)
+_WORKER: dict[str, Any] = {}  # this process's data, loaded once per distinct data settings
 
 
 def _data(cfg: LMRunConfig):
@@ -119,33 +115,6 @@ def _snapshot(cfg: dict, run_dir: str, step: int, device: str) -> dict:
     return measure_snapshot(config, Path(run_dir), step, _data(config), torch.device(device))
 
 
-def _pool_map(grid: LMGrid, calls: list[tuple], progress: bool, desc: str) -> list:
-    """Each call (function, *args) run in ``grid.workers`` spawned processes (or here with 1 worker), in order."""
-    results = []
-    bar = tqdm(total=len(calls), desc=desc, disable=not progress, unit="run")
-    if grid.workers == 1:
-        set_threads(grid.threads)
-        for fn, *args in calls:
-            results.append(fn(*args))
-            bar.update()
-    else:
-        import multiprocessing
-
-        pool = ProcessPoolExecutor(grid.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(grid.threads,))
-        try:
-            futures = [pool.submit(fn, *args) for fn, *args in calls]
-            for future in futures:
-                results.append(future.result())
-                bar.update()
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)  # finished runs are on disk; the same command resumes
-            raise
-        pool.shutdown()
-    bar.close()
-    return results
-
-
 def run_grid(grid: LMGrid, out: str | Path, progress: bool = True) -> dict:
     """Train and measure every run, then the matched baseline snapshots; returns results.json's content."""
     out = Path(out)
@@ -158,9 +127,12 @@ def run_grid(grid: LMGrid, out: str | Path, progress: bool = True) -> dict:
             o = cfg.objective
             check_objective(o.method, o.strength, o.loss, o.flow)
     if grid.base.main == "gpt":  # fit the BPE and cut the token stream once, before the workers read the cache
-        _data(grid.base)
-    records = _pool_map(grid, [(_run, to_dict(cfg), str(out / "runs" / name), grid.device, tuple(grid.log)) for name, cfg in runs],
-                        progress, "runs")
+        with distributed.main_first():
+            _data(grid.base)
+    device = str(distributed.local_device(torch.device(grid.device)))
+    units = dict(workers=grid.workers, threads=grid.threads, progress=progress)  # runs and snapshots alike
+    records = run_units([(_run, to_dict(cfg), str(out / "runs" / name), device, tuple(grid.log)) for name, cfg in runs],
+                        desc="runs", **units)
     for record, (name, _) in zip(records, runs):
         record["run"] = name
     # Matched-loss baseline snapshots: one per (seed, step), measured once.
@@ -177,8 +149,8 @@ def run_grid(grid: LMGrid, out: str | Path, progress: bool = True) -> dict:
     # The last snapshot is the final baseline itself: its run record already holds its measurements.
     finals = {(r["seed"], base_dirs[r["seed"]][1].lm.steps): r for r in records if r["method"] == "baseline"}
     keys = sorted(k for k in wanted if k not in finals)
-    snaps = _pool_map(grid, [(_snapshot, to_dict(base_dirs[s][1]), str(base_dirs[s][0]), step, grid.device) for s, step in keys],
-                      progress, "matched baseline snapshots")
+    snaps = run_units([(_snapshot, to_dict(base_dirs[s][1]), str(base_dirs[s][0]), step, device) for s, step in keys],
+                      desc="matched baseline snapshots", **units)
     matched = {**{k: finals[k] for k in wanted if k in finals}, **dict(zip(keys, snaps))}
     for record in records:
         if record.get("matched_step") is not None:
@@ -261,7 +233,8 @@ def summarize_results(grid: LMGrid, records: list[dict]) -> dict:
     return {
         "experiment": "self-modeling-transformers", "note": grid.note,
         "settings": {"base": to_dict(grid.base), "conditions": [to_dict(c) for c in grid.conditions], "seeds": grid.seeds,
-                     "workers": grid.workers, "threads": grid.threads, "device": grid.device, "cpu_count": os.cpu_count(),
+                     "workers": grid.workers, "threads": grid.threads, "device": grid.device, "processes": distributed.world()[1],
+                     "cpu_count": os.cpu_count(),
                      "params": first.get("params"), "data": first.get("data"),
                      "drift_rule": {"resid_norm_ratio_above": DRIFT_NORM_RATIO, "update_norm_ratio_below": DRIFT_UPDATE_RATIO}},
         "definitions": DEFINITIONS,
@@ -290,12 +263,14 @@ DEFINITIONS = {
 
 
 def write_outputs(results: dict, out: str | Path) -> None:
-    """results.json, report.md and the plots."""
+    """results.json, report.md and the plots (under torchrun rank 0 writes them; every rank returns once they are)."""
     from selfmodels.artifacts import write_json
     from selfmodels.lm_selfmodeling.report import write_report
 
-    write_json(Path(out) / "results.json", results)
-    write_report(results, out)
+    if distributed.is_main():
+        write_json(Path(out) / "results.json", results)
+        write_report(results, out)
+    distributed.barrier()
 
 
 def check_grid(grid: LMGrid) -> None:

@@ -16,23 +16,21 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from tqdm.auto import tqdm
 
 from selfmodels import distributed
 from selfmodels.artifacts import write_json
 from selfmodels.configs import option, to_dict
 from selfmodels.errors import UserError
-from selfmodels.runtime import resolve_device, set_threads
+from selfmodels.runtime import resolve_device
 from selfmodels.selfmodeling import reference
 from selfmodels.selfmodeling.objectives import METHODS
 from selfmodels.selfmodeling.presets import preset
 from selfmodels.selfmodeling.runs import RunConfig, load_data, resolve_run, run_config_from_dict, run_config_to_dict, run_one
 from selfmodels.stats import mean_ci95
+from selfmodels.workers import run_units
 
 LLC_CHOICES = ("none", "paper")
 
@@ -133,33 +131,25 @@ def expand(grid: GridConfig) -> list[RunConfig]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(data, threads: int) -> None:
-    """Each worker process receives the data once (tensors travel through shared memory)."""
-    set_threads(threads)
+def _keep_data(data) -> None:
+    """Each process running runs receives the data once (into a worker: through shared memory)."""
     _WORKER["data"] = data
 
 
-def _run_in_worker(config: dict, run_dir: str, device: str, log: tuple[str, ...] = ()) -> dict:
-    return run_one(run_config_from_dict(config), _WORKER["data"], run_dir, device=device, progress=False, log=log)
+def _run_unit(config: dict, run_dir: str, device: str, progress: bool, log: tuple[str, ...] = ()) -> dict:
+    return run_one(run_config_from_dict(config), _WORKER["data"], run_dir, device=device, progress=progress, log=log)
 
 
 def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=None, log: tuple[str, ...] = ()) -> list[dict]:
     """Train every run of the grid that is not finished yet; returns all run records (on every rank).
 
-    ``data`` (a ClassificationData) skips loading, e.g. in tests with a synthetic dataset. Under
-    torchrun, this process trains its share of the runs (run i on rank i % world). ``log``: the sinks each run's
-    training curve is mirrored to (:mod:`selfmodels.curves`), in its run directory.
+    ``data`` (a ClassificationData) skips loading, e.g. in tests with a synthetic dataset. The runs go through
+    :func:`selfmodels.workers.run_units`: ``grid.workers`` processes, or under torchrun run i on rank i % world.
+    ``log``: the sinks each run's training curve is mirrored to (:mod:`selfmodels.curves`), in its run directory.
     """
     runs = expand(grid)
-    rank, ranks = distributed.world()
-    if ranks > 1 and grid.workers > 1:
-        raise UserError(f"--workers {grid.workers} trains runs in parallel processes on one machine; under torchrun "
-                        f"each of the {ranks} processes already trains its share of the runs: use --workers 1")
-    mine = distributed.shard(runs, rank, ranks, what="runs")
     out = Path(out)
-    set_threads(grid.threads)
     device = distributed.local_device(resolve_device(grid.device))
-    progress = progress and distributed.is_main()
     if data is None:
         with distributed.main_first():  # a download or conversion happens once
             data = load_data(runs[0].data)
@@ -169,34 +159,11 @@ def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=N
 
     for config in {c.model.hidden: c for c in runs}.values():
         resolve_modules(build_model(config, data), config.targets)
-    records: list[dict] = []
-    bar = tqdm(total=len(mine), desc="runs", disable=not progress, unit="run")
-    if grid.workers == 1 or device.type != "cpu":
-        for config in mine:
-            bar.set_postfix_str(config.name)
-            with distributed.solo():  # the run (and its LLC) is this process's alone
-                records.append(run_one(config, data, out / "runs" / config.name, device=device, progress=progress, log=log))
-            bar.update()
-    else:
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-        init = (data, grid.threads)
-        pool = ProcessPoolExecutor(grid.workers, mp_context=context, initializer=_init_worker, initargs=init)
-        try:
-            futures = [pool.submit(_run_in_worker, run_config_to_dict(c), str(out / "runs" / c.name), str(device), log) for c in mine]
-            for future in futures:
-                records.append(future.result())
-                bar.update()
-        except BaseException:
-            # Interrupted or failed: drop the queued runs instead of waiting for them (finished runs
-            # and the last checkpoints are on disk; the same command resumes).
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown()
-    bar.close()
-    shares = distributed.all_gather_object(records)  # [records of rank r]: run i is rank i % world's (i // world)-th
-    return [shares[i % ranks][i // ranks] for i in range(len(runs))]
+    workers = grid.workers if device.type == "cpu" else 1  # one accelerator: its runs one after the other
+    inner = progress and workers == 1 and distributed.is_main()  # a run's own bar, when runs are not interleaved
+    calls = [(_run_unit, run_config_to_dict(c), str(out / "runs" / c.name), str(device), inner, log) for c in runs]
+    return run_units(calls, workers=workers, threads=grid.threads, initializer=_keep_data, initargs=(data,),
+                     progress=progress, desc="runs")
 
 
 # ---- summarising --------------------------------------------------------------------------------
