@@ -133,3 +133,30 @@ def test_open_model_refuses_what_is_not_a_causal_lm_and_a_tokenizer_that_does_no
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(words, unk_token="w0")))
     with pytest.raises(UserError, match=rf"has {VOCAB + 20} tokens but model .* embeds only {VOCAB}"):
         open_model(hf_model("llama"), tokenizer)
+
+
+# --- device_map ----------------------------------------------------------------------------------------
+def test_a_model_offloaded_by_a_device_map_is_observed_spliced_and_identified_as_in_memory(ids, tmp_path):
+    """accelerate's CPU and disk offload (the CPU stand-in for a split across devices): residuals, the split, the
+    splice and the identity equal those of the same weights held in memory (accelerate is a core dependency)."""
+    from transformers import AutoModelForCausalLM
+
+    model = hf_model("llama")
+    model.save_pretrained(tmp_path / "llama")
+    layout = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+              "model.layers.2": "disk", "model.norm": "cpu", "lm_head": "cpu"}
+    offloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "llama", device_map=layout, offload_folder=tmp_path / "off")
+    assert any(p.is_meta for p in offloaded.parameters())  # blocks 1 and 2 live on disk
+    held, reference = open_model(offloaded), open_model(model)
+    assert held.device == torch.device("cpu")
+    assert held.describe()["weights_sha256"] == reference.describe()["weights_sha256"]
+    with torch.no_grad():
+        for k, value in reference.residuals(ids, [EMBED, 0, 2]).items():
+            torch.testing.assert_close(held.residuals(ids, [k])[k], value, rtol=1e-5, atol=1e-6)
+        a, b = held.split(0, 2), reference.split(0, 2)
+        torch.testing.assert_close(a.suffix(a.middle(a.prefix(ids))), b.suffix(b.middle(b.prefix(ids))), rtol=1e-5, atol=1e-5)
+        predictor = lambda h: 0.5 * h  # noqa: E731
+        with held.splice(predictor, 0, 2):
+            spliced = offloaded(input_ids=ids).logits
+        with reference.splice(predictor, 0, 2):
+            torch.testing.assert_close(spliced, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)

@@ -12,4 +12,18 @@
   :mod:`selfmodels.stages`), its report and the paper's numbers.
 
 Nothing here knows which kind of subject it observes: it sees :class:`selfmodels.subjects.base.Subject` only.
+
+In a notebook, :func:`fit` and :func:`fit_profile` (:mod:`~selfmodels.forward.library`) do what ``forward train`` and
+``forward profile`` do, on a name or a model object. They are imported on first use, so importing this package stays
+cheap.
 """
+
+_LIBRARY = ("fit", "fit_profile", "ForwardFit", "ProfileFit")
+
+
+def __getattr__(name: str):
+    if name in _LIBRARY:
+        from selfmodels.forward import library
+
+        return getattr(library, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -51,6 +51,7 @@ from selfmodels.stages import StageStore
 from selfmodels.forward.stream import ActivationStream
 from selfmodels.forward.train import ForwardTask, ForwardTrainConfig, PairBatches, train_forward, train_many
 from selfmodels.runtime import resolve_device
+from selfmodels.subjects.base import Subject
 from selfmodels.subjects.registry import CoTrain, OpenedSubject, open_subject
 from selfmodels.training import Schedule
 from selfmodels.training.rng import derived_seed
@@ -104,8 +105,9 @@ def _seconds_per_step(model: torch.nn.Module, pairs, train: ForwardTrainConfig, 
 class _Run:
     """The state one pipeline run carries between its stages."""
 
-    def __init__(self, cfg: RunConfig, out: Path, device: torch.device, progress: bool, mirror: Mirror | None = None):
-        self.cfg, self.out, self.device, self.progress = cfg, out, device, progress
+    def __init__(self, cfg: RunConfig, out: Path, device: torch.device, progress: bool, mirror: Mirror | None = None,
+                 held: Subject | None = None):
+        self.cfg, self.out, self.device, self.progress, self.held = cfg, out, device, progress, held
         self.mirror = mirror or Mirror(out)  # --log: the curves trained here go to it as they are written
         self.store = StageStore(out)
         self.activations: ActivationCache | None = None
@@ -127,7 +129,7 @@ class _Run:
                               lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, grad_clip=cfg.train.grad_clip)
         with distributed.main_first():  # rank 0 fills the subject's cache (our GPT trained, a conversion); the others read it
             self.opened: OpenedSubject = open_subject(cfg.subject, cfg.corpus, self.device, cfg.seed, cotrain, self.progress,
-                                                          mirror=self.mirror)
+                                                          mirror=self.mirror, held=self.held)
         self.subject = self.opened.subject
         check_pairs(cfg, self.subject.n_layers, self.subject.name)
         self.described = self.subject.describe()
@@ -304,10 +306,12 @@ class _Run:
 
 
 def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = True,
-        before_report: Callable[[Path, torch.device], None] | None = None, log: tuple[str, ...] = ()) -> dict:
+        before_report: Callable[[Path, torch.device], None] | None = None, log: tuple[str, ...] = (),
+        subject: Subject | None = None) -> dict:
     """The whole pipeline into ``out``; returns the results (also written to ``out/results.json``). ``before_report(out,
     device)`` runs once the results are written (``reproduce`` writes the explorer page there; the report links to it).
-    ``log`` names the sinks the training curves are mirrored to (:mod:`selfmodels.curves`); never an input to a stage."""
+    ``log`` names the sinks the training curves are mirrored to (:mod:`selfmodels.curves`); never an input to a stage.
+    ``subject``: a subject the caller holds (the library's objects), observed in place of opening ``cfg.subject.main``."""
     from selfmodels.forward.report import write_report
 
     cfg.validate()
@@ -315,7 +319,7 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
     began = time.perf_counter()
     main = distributed.is_main()  # under torchrun rank 0 alone writes what the ranks share
     r = _Run(cfg, out, distributed.local_device(resolve_device(device_name)), progress and main,
-             Mirror(out, log if main else (), config=to_dict(cfg)))
+             Mirror(out, log if main else (), config=to_dict(cfg)), held=subject)
     r.open()
     subject, s, t = r.subject, cfg.source, cfg.target
     out.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from selfmodels.errors import UserError
@@ -78,18 +77,6 @@ def parse_index(value: str | int) -> int:
         raise UserError(f"layer index {value!r} is not an integer or 'embed'") from None
 
 
-def state_dict_sha256(model: nn.Module) -> str:
-    """SHA-256 of a model's state dict as safetensors bytes (tied tensors stored once, under their first name)."""
-    state, seen = {}, set()
-    for key, value in model.state_dict().items():
-        pointer = (value.device, value.data_ptr(), value.shape, value.stride())
-        if pointer in seen:
-            continue
-        seen.add(pointer)
-        state[key] = value.detach().cpu().contiguous()
-    return hashlib.sha256(safetensors_bytes(state)).hexdigest()
-
-
 # What ``weights_digest`` computes, recorded beside it (``describe()["weights_hash"]``).
 WEIGHTS_HASH = "tensors-bf16-sha256/1"
 
@@ -98,8 +85,9 @@ def _tensor_line(name: str, tensor: torch.Tensor) -> str:
     """``"<name> <dtype> <shape> <sha256 of the bytes>"`` for one tensor; floating tensors are rounded to bfloat16
     first (round to nearest even) and labelled ``bf16``, so an fp32 and a bf16 copy of the same weights agree."""
     if tensor.is_meta:
-        raise UserError(f"tensor {name} is on the meta device (offloaded or not loaded): a subject's identity is "
-                        "computed from its weights in memory, so load them first")
+        raise UserError(f"tensor {name} is on the meta device with nothing to load it from (a model built on the meta "
+                        "device, or a device_map whose weights were never loaded): a subject observes and identifies its "
+                        "weights, so load them (from_pretrained, or load_state_dict(..., assign=True)) first")
     t = tensor.detach()
     label = "bf16" if t.is_floating_point() else str(t.dtype).removeprefix("torch.")
     if t.is_floating_point():
@@ -115,14 +103,19 @@ def weights_digest(model: nn.Module) -> str:
 
     over the state dict's tensors t sorted by name (tied tensors once, under their first name), where floating
     tensors are rounded to bfloat16 (``bf16``, round to nearest even) and other tensors keep their dtype and bytes.
+    A tensor offloaded by accelerate (``device_map`` with CPU / disk offload: on the meta device, its values in the
+    module's ``_hf_hook.weights_map``) is read from there, one at a time, so an offloaded copy shares D too.
     So an fp32 copy and the bf16 copy made from it share D, while any change that moves a weight across a bf16
     rounding step (training, ``add_``, other random weights) gives another D. Tensors are hashed in parallel
     threads (hashlib releases the GIL); a GPU tensor is rounded on the GPU and copied to the CPU one at a time
     per thread."""
     from concurrent.futures import ThreadPoolExecutor
 
-    named, seen = [], set()
+    named, seen, offloaded = [], set(), _offloaded(model)
     for key, value in model.state_dict(keep_vars=True).items():
+        if value.is_meta and key in offloaded:
+            named.append((key, offloaded[key]))  # a callable: the tensor is read when it is hashed
+            continue
         pointer = (value.device, value.data_ptr(), value.shape, value.stride())
         if pointer in seen and not value.is_meta:
             continue
@@ -130,8 +123,22 @@ def weights_digest(model: nn.Module) -> str:
         named.append((key, value))
     named.sort(key=lambda item: item[0])
     with ThreadPoolExecutor(max_workers=max(1, min(8, torch.get_num_threads()))) as pool:
-        lines = list(pool.map(lambda item: _tensor_line(*item), named))
+        lines = list(pool.map(lambda item: _tensor_line(item[0], item[1]() if callable(item[1]) else item[1]), named))
     return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def _offloaded(model: nn.Module) -> dict[str, Callable[[], torch.Tensor]]:
+    """State-dict key -> a loader of its values, for every tensor accelerate offloaded (its module's ``_hf_hook``
+    holds a ``weights_map`` keyed by the tensor's local name). Empty without accelerate's hooks."""
+    loaders = {}
+    for path, module in model.named_modules():
+        weights = getattr(getattr(module, "_hf_hook", None), "weights_map", None)
+        if weights is None:
+            continue
+        for local, value in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if value is not None and value.is_meta:
+                loaders[f"{path}.{local}" if path else local] = lambda weights=weights, local=local: weights[local]
+    return loaders
 
 
 def weights_fingerprint(model: nn.Module) -> tuple:
@@ -407,7 +414,7 @@ class Subject:
                 full = predictor(history["source"])  # (B, T_all, d)
             finally:
                 busy["predicting"] = False
-            return with_hidden(output, full[:, -h.shape[1]:].to(h.dtype))
+            return with_hidden(output, full[:, -h.shape[1]:].to(device=h.device, dtype=h.dtype))
 
         def register() -> list:
             if source == EMBED:

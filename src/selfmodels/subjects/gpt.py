@@ -13,24 +13,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfmodels.artifacts import sha256_file
 from selfmodels.nets.gpt import GPT
-from selfmodels.subjects.base import EMBED, Subject, state_dict_sha256
+from selfmodels.subjects.base import EMBED, WEIGHTS_HASH, Subject, weights_digest, weights_fingerprint
 from selfmodels.subjects.weights import fused_qkv_heads, head_writes
 
 
 class GPTSubject(Subject):
-    """A :class:`~selfmodels.nets.gpt.GPT` as a subject; ``weights`` is the safetensors file it was loaded from
-    (its SHA-256 identifies the subject; without a file the state dict's safetensors bytes are hashed)."""
+    """A :class:`~selfmodels.nets.gpt.GPT` as a subject; ``weights`` is the safetensors file it was loaded from (its
+    directory is the subject's ``id``), ``tokenizer`` the one its token ids come from (our BPE; optional). As for every
+    subject, ``weights_sha256`` is the digest of the weights in memory
+    (:func:`~selfmodels.subjects.base.weights_digest`), never the file's hash."""
 
     family = "gpt"
 
-    def __init__(self, gpt: GPT, weights: Path | None = None, name: str = "gpt"):
+    def __init__(self, gpt: GPT, weights: Path | None = None, name: str = "gpt", tokenizer=None):
         self.model, self.gpt, self.weights, self.name = gpt, gpt, None if weights is None else Path(weights), name
+        self.tokenizer = tokenizer
         c = gpt.cfg
         self.n_layers, self.d_model, self.n_heads, self.n_kv_heads = c.n_layer, c.d_model, c.n_head, c.n_head
         self.d_head, self.vocab_size, self.context = c.d_model // c.n_head, c.vocab_size, c.block_size
-        self._source: dict | None = None
+        self._identity: tuple | None = None  # (weights_fingerprint, weights_digest)
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -43,12 +45,13 @@ class GPTSubject(Subject):
         return self.gpt.head(h)
 
     def source_info(self) -> dict:
-        if self._source is None:  # hashed once: the subject's weights are frozen while it is observed
-            if self.weights is not None:
-                self._source = {"id": str(self.weights.parent), "revision": None, "weights_sha256": sha256_file(self.weights)}
-            else:
-                self._source = {"id": "gpt (in memory)", "revision": None, "weights_sha256": state_dict_sha256(self.gpt)}
-        return dict(self._source)
+        """``id`` (the weight file's directory, else ``<name> (in memory)``), ``revision`` None, ``weights_sha256``:
+        the digest of the weights in memory, kept while no weight moves or is written in place."""
+        fingerprint = weights_fingerprint(self.gpt)
+        if self._identity is None or self._identity[0] != fingerprint:
+            self._identity = (fingerprint, weights_digest(self.gpt))
+        origin = str(self.weights.parent) if self.weights is not None else f"{self.name} (in memory)"
+        return {"id": origin, "revision": None, "weights_sha256": self._identity[1], "weights_hash": WEIGHTS_HASH}
 
     def head_weights(self, k: int) -> list[dict[str, torch.Tensor]]:
         self.check_index(k)

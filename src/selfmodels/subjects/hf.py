@@ -332,6 +332,16 @@ class HFSubject(Subject):
         self.logit_softcap: float | None = float(cap) if cap else None
 
     @property
+    def device(self) -> torch.device:
+        """Where token ids go: the input embedding's device, or with a ``device_map`` the device accelerate runs the
+        embedding on (its weights may be offloaded to the CPU or disk, on the meta device)."""
+        embedding = self.model.get_input_embeddings()
+        execution = getattr(getattr(embedding, "_hf_hook", None), "execution_device", None)
+        if execution is not None:
+            return torch.device(f"cuda:{execution}" if isinstance(execution, int) else execution)
+        return embedding.weight.device
+
+    @property
     def structural(self) -> bool:
         """Whether the subject was found structurally (no FAMILIES row)."""
         return self.spec is None

@@ -137,24 +137,51 @@ def _check_structure(config, name: str) -> None:
 
 def open_model(model: torch.nn.Module, tokenizer=None, name: str | None = None) -> HFSubject:
     """A Hugging Face causal LM the caller already holds, as a subject: any dtype, any device, eval or train mode
-    (observation runs in eval mode). ``tokenizer`` (optional) is refused if it can emit ids the model does not
-    embed. ``name`` defaults to the config's ``_name_or_path``, else the class name. Its ``weights_sha256`` is the
-    digest of its weights in memory, so a model built from a config or changed after loading never carries the
-    hash of the files it came from."""
+    (observation runs in eval mode), also one loaded with a ``device_map`` (accelerate's hooks move each block's
+    inputs and load offloaded weights; token ids go to the embedding's execution device). ``tokenizer`` (optional)
+    is refused if it can emit ids the model does not embed. ``name`` defaults to the config's ``_name_or_path``,
+    else the class name. Its ``weights_sha256`` is the digest of its weights in memory (offloaded ones read from
+    accelerate's weights map), so a model built from a config or changed after loading never carries the hash of
+    the files it came from. Weights on the meta device with nothing to load them from are refused."""
     config = getattr(model, "config", None)
     name = name or (getattr(config, "_name_or_path", "") or type(model).__name__)
     subject = HFSubject(model, name, tokenizer=tokenizer)  # refuses what is not a decoder-only causal LM
+    check_loaded(model, name)
     if tokenizer is not None:
         check_tokenizer_matches(tokenizer, model, getattr(tokenizer, "name_or_path", "") or "the tokenizer", name)
     return subject
 
 
+def check_loaded(model: torch.nn.Module, name: str) -> None:
+    """Refuse weights on the meta device that no accelerate offload hook serves: a device_map layout (or a model built
+    on the meta device) whose blocks could be neither run nor spliced nor identified."""
+    from selfmodels.subjects.base import _offloaded
+
+    served = _offloaded(model)
+    missing = [key for key, value in model.state_dict(keep_vars=True).items() if value.is_meta and key not in served]
+    if missing:
+        layout = getattr(model, "hf_device_map", None)
+        raise UserError(f"{name}: {len(missing)} weights (first {missing[0]}) are on the meta device with no offload hook to "
+                        f"load them{f' (device_map {layout})' if layout else ''}: such a layout cannot be run or spliced; "
+                        "load the weights (from_pretrained with a device_map that places every module on a device, 'cpu' "
+                        "or 'disk' with an offload_folder)")
+
+
+def tokenizer_size(tokenizer) -> int:
+    """How many ids a tokenizer can emit: ``len()`` of a transformers tokenizer (added tokens included), else
+    ``get_vocab_size()`` of a ``tokenizers.Tokenizer`` (our BPE)."""
+    if hasattr(tokenizer, "get_vocab_size"):
+        return tokenizer.get_vocab_size(with_added_tokens=True)
+    return len(tokenizer)
+
+
 def check_tokenizer_matches(tokenizer, model: torch.nn.Module, tokenizer_name: str, model_name: str) -> None:
     """Refuse a tokenizer that can emit ids the model has no embedding for (a tokenizer/model mismatch)."""
     vocab = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > vocab:
+    size = tokenizer_size(tokenizer)
+    if size > vocab:
         raise UserError(
-            f"tokenizer {tokenizer_name!r} has {len(tokenizer)} tokens but model {model_name!r} embeds only {vocab}: "
+            f"tokenizer {tokenizer_name!r} has {size} tokens but model {model_name!r} embeds only {vocab}: "
             "use the model's own tokenizer"
         )
 
