@@ -5,6 +5,9 @@ The command parses arguments and calls the same functions a notebook would.
 Each area registers its own subcommands from its command modules (``register(subparsers,
 reproduce)``; listed in :data:`COMMAND_MODULES`), so this file only assembles them. A
 :class:`~selfmodels.errors.UserError` anywhere becomes one message on stderr and exit status 2.
+
+Building the parser imports no torch (the command modules import only settings, which are torch-free; the
+work is imported when a command runs), so ``--help`` and bad flags answer at once (tests/test_cli.py checks it).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from selfmodels import __version__, distributed
+from selfmodels import __version__
 from selfmodels.errors import UserError
 from selfmodels.options import CommandParser as _Parser  # one-line errors (exit 2); --help states preset values
 
@@ -45,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the process exit status (0 ok, 2 bad input, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    from selfmodels import distributed  # torch: imported once a command runs, never for --help
+
     try:
         status = distributed.run_main(args.func, args)  # under torchrun: one process group, failures reach every rank
     except UserError as exc:

@@ -24,7 +24,6 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from selfmodels.artifacts import append_jsonl
 from selfmodels.errors import UserError
 
 SINKS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # --log choice -> the module its extra installs
@@ -152,6 +151,8 @@ class Mirror:
 def append_curve(path: str | os.PathLike, record: dict, mirror: Mirror | None = None, *, curve: str | None = None,
                  step: str = "step", labels: Sequence[str] = LABELS) -> None:
     """Append ``record`` to the ``metrics.jsonl`` at ``path``, then hand the same record to ``mirror`` (if any)."""
+    from selfmodels.artifacts import append_jsonl  # imports torch: not at import time (``--help`` reads LOG_CHOICES)
+
     append_jsonl(path, record)
     if mirror is not None:
         mirror.log(record, curve, step, labels)

@@ -46,10 +46,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from selfmodels.complexity.config import PATHS, SAMPLERS  # the choices, beside the settings that name them
 from selfmodels.complexity.stacked_mlp import StackedMLP, Unsupported
 
-PATHS = ("stacked", "vmap", "sequential")
-SAMPLERS = ("sgld", "rmsprop_sgld")
 LossFn = Callable[..., torch.Tensor]  # loss_fn(model_output, *targets) -> scalar mean loss
 
 

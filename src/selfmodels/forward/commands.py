@@ -103,7 +103,7 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
                            main_flags=sweep_flags)
     sweep.set_defaults(func=runner(command, _sweep))
 
-    from selfmodels.forward.profile import ProfileConfig
+    from selfmodels.forward.config import ProfileConfig
 
     command = Command("forward profile", ProfileConfig, Presets("selfmodels.forward", (("profile-", None),)),
                       options=dict(SHARED), subject="subject.main", experiment="forward-profile", derived=DERIVED,

@@ -11,16 +11,66 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from selfmodels.configs import from_dict, option, to_dict
 from selfmodels.errors import require
-from selfmodels.forward.model import ForwardModelConfig
-from selfmodels.forward.train import ForwardTrainConfig
-from selfmodels.subjects.registry import CorpusConfig, SubjectConfig
+from selfmodels.subjects.config import CorpusConfig, SubjectConfig
+
+if TYPE_CHECKING:
+    from selfmodels.training import Schedule
 
 T = TypeVar("T")
 TRAINING = ("cotrain", "cache", "stream")
+
+
+@dataclass
+class ForwardModelConfig:
+    """Shape of a forward model. Defaults are the paper's 1% model (1 layer, 1 head of 64, MLP 2x)."""
+
+    d_model: int = option(256, "width of the subject's residual stream (input and output width; set from the subject)", cli=False)
+    n_layer: int = option(1, "transformer blocks in the forward model")
+    n_head: int = option(1, "attention heads per block")
+    d_head: int = option(64, "width of each attention head")
+    mlp_mult: int = option(2, "GELU MLP hidden width as a multiple of d_model")
+    mlp: str = option("gelu", "MLP type", choices=("gelu", "swiglu"))
+    swiglu_hidden: int | None = option(None, "SwiGLU hidden width (default: mlp_mult * d_model)")
+    causal: bool = option(True, "causal attention (position t sees positions <= t only)")
+
+    def validate(self) -> None:
+        for name in ("d_model", "n_layer", "n_head", "d_head", "mlp_mult"):
+            require(getattr(self, name) >= 1, f"forward model {name} must be at least 1, got {getattr(self, name)}")
+        require(self.mlp in ("gelu", "swiglu"), f"forward model mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        require(self.swiglu_hidden is None or self.swiglu_hidden >= 1, "forward model swiglu_hidden must be at least 1")
+
+    @property
+    def mlp_hidden(self) -> int:
+        if self.mlp == "swiglu" and self.swiglu_hidden is not None:
+            return self.swiglu_hidden
+        return self.mlp_mult * self.d_model
+
+
+@dataclass
+class ForwardTrainConfig:
+    """Optimisation of the forward model (paper: AdamW lr 1e-3, wd 0.01, clip 1.0, 10K steps, batch 64)."""
+
+    steps: int = option(10_000, "forward-model optimizer steps")
+    batch_size: int = option(64, "sequences per step")
+    lr: float = option(1e-3, "forward-model learning rate (the paper needed 1e-4 at d=2048)")
+    weight_decay: float = option(0.01, "AdamW weight decay (matrices only)")
+    grad_clip: float = option(1.0, "gradient-norm clip")
+    log_every: int = option(25, "steps between lines of metrics.jsonl")
+    checkpoint_every: int = option(500, "steps between checkpoints")
+
+    def validate(self) -> None:
+        require(self.steps >= 1, f"forward --steps must be at least 1, got {self.steps}")
+        require(self.batch_size >= 1, f"forward --batch-size must be at least 1, got {self.batch_size}")
+        require(self.lr > 0, f"forward --lr must be positive, got {self.lr}")
+
+    def schedule(self) -> Schedule:
+        from selfmodels.training import Schedule
+
+        return Schedule(self.steps, log_every=self.log_every, checkpoint_every=self.checkpoint_every)
 
 
 @dataclass
@@ -95,6 +145,39 @@ class RunConfig:
 
 # The paper's capacity configurations: name -> (n_layer, n_head, d_head, mlp_mult), GELU MLPs.
 CAPACITY = {"1%": (1, 1, 64, 2), "3%": (2, 2, 64, 2), "10%": (3, 4, 128, 4), "22%": (4, 4, 256, 4)}
+
+
+@dataclass
+class ProfileConfig:
+    """Settings of a whole-model profile. Layer indices: -1 = embeddings, k = residual after block k."""
+
+    subject: SubjectConfig = field(default_factory=lambda: SubjectConfig(main="smollm2"))
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    gap: int = option(1, "blocks each forward model stands in for: pairs (k, k + gap)")
+    layers: list[int] = option([], "source indices to profile (empty: every source from -1 to the last that fits the gap)")
+    model: ForwardModelConfig = field(default_factory=ForwardModelConfig)
+    train: ForwardTrainConfig = field(default_factory=ForwardTrainConfig)
+    seq_len: int = option(128, "tokens per sequence")
+    buffer_sequences: int = option(64, "shuffle buffer of whole sequences (memory: buffer x indices x seq_len x d x 4 bytes)")
+    pass_sequences: int = option(8, "sequences per subject forward pass filling the buffer")
+    ridge: float = option(1e-3, "ridge map regulariser, relative to the source covariance's mean eigenvalue")
+    ridge_sequences: int = option(64, "training windows the ridge maps are fitted on")
+    eval_sequences: int = option(16, "held-out windows every pair is evaluated on (the same for all pairs)")
+    eval_batch: int = option(4, "sequences per evaluation batch")
+    decomposition_sequences: int = option(4, "held-out windows for the one-block pairs' decomposition (0: none)")
+    seed: int = option(0, "random seed (weights, data order)")
+
+    def validate(self) -> None:
+        self.subject.validate()
+        self.corpus.validate()
+        self.model.validate()
+        self.train.validate()
+        require(self.gap >= 1, f"--gap must be at least 1, got {self.gap}")
+        for name in ("seq_len", "buffer_sequences", "pass_sequences", "ridge_sequences", "eval_sequences", "eval_batch"):
+            require(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        require(self.buffer_sequences >= self.train.batch_size,
+                f"--buffer-sequences {self.buffer_sequences} is smaller than a batch (--train.batch-size {self.train.batch_size})")
+        require(self.ridge > 0, f"--ridge must be positive, got {self.ridge}")
 
 
 def preset_name(main: str, quick: bool) -> str:

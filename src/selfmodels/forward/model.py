@@ -15,41 +15,15 @@ the identity map; it then learns only the layer's update (faster training, and a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfmodels.configs import from_dict, option
+from selfmodels.configs import from_dict
 from selfmodels.errors import require
 from selfmodels.forward import pretrained
-
-
-@dataclass
-class ForwardModelConfig:
-    """Shape of a forward model. Defaults are the paper's 1% model (1 layer, 1 head of 64, MLP 2x)."""
-
-    d_model: int = option(256, "width of the subject's residual stream (input and output width; set from the subject)", cli=False)
-    n_layer: int = option(1, "transformer blocks in the forward model")
-    n_head: int = option(1, "attention heads per block")
-    d_head: int = option(64, "width of each attention head")
-    mlp_mult: int = option(2, "GELU MLP hidden width as a multiple of d_model")
-    mlp: str = option("gelu", "MLP type", choices=("gelu", "swiglu"))
-    swiglu_hidden: int | None = option(None, "SwiGLU hidden width (default: mlp_mult * d_model)")
-    causal: bool = option(True, "causal attention (position t sees positions <= t only)")
-
-    def validate(self) -> None:
-        for name in ("d_model", "n_layer", "n_head", "d_head", "mlp_mult"):
-            require(getattr(self, name) >= 1, f"forward model {name} must be at least 1, got {getattr(self, name)}")
-        require(self.mlp in ("gelu", "swiglu"), f"forward model mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
-        require(self.swiglu_hidden is None or self.swiglu_hidden >= 1, "forward model swiglu_hidden must be at least 1")
-
-    @property
-    def mlp_hidden(self) -> int:
-        if self.mlp == "swiglu" and self.swiglu_hidden is not None:
-            return self.swiglu_hidden
-        return self.mlp_mult * self.d_model
+from selfmodels.forward.config import ForwardModelConfig  # defined there, torch-free
 
 
 class _Attention(nn.Module):

@@ -21,21 +21,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from selfmodels import distributed
 from selfmodels.artifacts import load_tensors, read_jsonl, save_tensors, write_config, write_json, write_text
-from selfmodels.configs import option, to_dict
+from selfmodels.configs import to_dict
 from selfmodels.curves import Mirror
 from selfmodels.data.windows import consecutive_windows, spread_windows
 from selfmodels.errors import require
 from selfmodels.forward.analysis.decomposition import decomposition_report
 from selfmodels.forward.evaluate import REGRESSION_KEYS, as_predictor, batches_of, regression
-from selfmodels.forward.config import load_preset
-from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+from selfmodels.forward.config import ProfileConfig, load_preset  # ProfileConfig: defined there, torch-free
+from selfmodels.forward.model import ForwardModel
 from selfmodels.forward.train import train_many
 from selfmodels.forward.pipeline import check_out
 from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION
@@ -43,12 +43,10 @@ from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
 from selfmodels.stages import StageStore
 from selfmodels.forward.stream import ActivationStream
 from selfmodels.forward.substitution import substitution_eval_many
-from selfmodels.forward.train import ForwardTrainConfig
 from selfmodels.report.figures import save_figure, subplots
 from selfmodels.report.markdown import fmt, table
 from selfmodels.runtime import resolve_device
-from selfmodels.subjects.base import Subject
-from selfmodels.subjects.registry import CorpusConfig, OpenedSubject, SubjectConfig, open_subject
+from selfmodels.subjects.registry import OpenedSubject, open_subject
 
 PROFILE_DEFINITIONS = {
     **DEFINITIONS,
@@ -56,39 +54,6 @@ PROFILE_DEFINITIONS = {
     "mlp_cos_residual / heads_cos_residual_mean": "one-block pairs: mean cos between the forward model's residual "
                                                   "(target - prediction) and the block's MLP output / each head's write",
 }
-
-
-@dataclass
-class ProfileConfig:
-    """Settings of a whole-model profile. Layer indices: -1 = embeddings, k = residual after block k."""
-
-    subject: SubjectConfig = field(default_factory=lambda: SubjectConfig(main="smollm2"))
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    gap: int = option(1, "blocks each forward model stands in for: pairs (k, k + gap)")
-    layers: list[int] = option([], "source indices to profile (empty: every source from -1 to the last that fits the gap)")
-    model: ForwardModelConfig = field(default_factory=ForwardModelConfig)
-    train: ForwardTrainConfig = field(default_factory=ForwardTrainConfig)
-    seq_len: int = option(128, "tokens per sequence")
-    buffer_sequences: int = option(64, "shuffle buffer of whole sequences (memory: buffer x indices x seq_len x d x 4 bytes)")
-    pass_sequences: int = option(8, "sequences per subject forward pass filling the buffer")
-    ridge: float = option(1e-3, "ridge map regulariser, relative to the source covariance's mean eigenvalue")
-    ridge_sequences: int = option(64, "training windows the ridge maps are fitted on")
-    eval_sequences: int = option(16, "held-out windows every pair is evaluated on (the same for all pairs)")
-    eval_batch: int = option(4, "sequences per evaluation batch")
-    decomposition_sequences: int = option(4, "held-out windows for the one-block pairs' decomposition (0: none)")
-    seed: int = option(0, "random seed (weights, data order)")
-
-    def validate(self) -> None:
-        self.subject.validate()
-        self.corpus.validate()
-        self.model.validate()
-        self.train.validate()
-        require(self.gap >= 1, f"--gap must be at least 1, got {self.gap}")
-        for name in ("seq_len", "buffer_sequences", "pass_sequences", "ridge_sequences", "eval_sequences", "eval_batch"):
-            require(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        require(self.buffer_sequences >= self.train.batch_size,
-                f"--buffer-sequences {self.buffer_sequences} is smaller than a batch (--train.batch-size {self.train.batch_size})")
-        require(self.ridge > 0, f"--ridge must be positive, got {self.ridge}")
 
 
 def preset(main: str, quick: bool) -> ProfileConfig:
@@ -124,18 +89,16 @@ class _Profile:
         return self.opened.subject
 
 
-def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool = True, log: tuple[str, ...] = (),
-        subject: Subject | None = None) -> dict:
+def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool = True, log: tuple[str, ...] = ()) -> dict:
     """The profile into ``out``: ``results.json`` (one row per pair), ``report.md`` with one plot per metric. ``log``
-    names the sinks the training curves are mirrored to (:mod:`selfmodels.curves`); never an input to a stage.
-    ``subject``: a subject the caller holds (the library's objects), profiled in place of opening ``cfg.subject.main``."""
+    names the sinks the training curves are mirrored to (:mod:`selfmodels.curves`); never an input to a stage."""
     cfg.validate()
     out = check_out(out)
     began = time.perf_counter()
     rank, ranks = distributed.world()
     device = distributed.local_device(resolve_device(device_name))
     mirror = Mirror(out, log if rank == 0 else (), config=to_dict(cfg))  # rank 0 writes the curves
-    p = _open(cfg, out, device, progress and rank == 0, mirror, subject)
+    p = _open(cfg, out, device, progress and rank == 0, mirror)
     models = {}
     for s, t in p.pairs:
         torch.manual_seed(cfg.seed)  # every pair's model starts from the same weights
@@ -151,13 +114,12 @@ def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool
     return results
 
 
-def _open(cfg: ProfileConfig, out: Path, device: torch.device, progress: bool, mirror: Mirror,
-          held: Subject | None = None) -> _Profile:
+def _open(cfg: ProfileConfig, out: Path, device: torch.device, progress: bool, mirror: Mirror) -> _Profile:
     """The subject (its cache filled by rank 0 first), the pairs, the config file and the stage store."""
-    if cfg.subject.trained_here and held is None:
+    if cfg.subject.trained_here:
         pairs_of(cfg, cfg.subject.gpt.n_layer)  # checked before our GPT is trained
     with distributed.main_first():  # rank 0 fills the subject's cache (our GPT trained, a conversion); the others read it
-        opened = open_subject(cfg.subject, cfg.corpus, device, cfg.seed, None, progress, mirror=mirror, held=held)
+        opened = open_subject(cfg.subject, cfg.corpus, device, cfg.seed, None, progress, mirror=mirror)
     subject = opened.subject
     pairs = pairs_of(cfg, subject.n_layers)
     described = subject.describe()

@@ -17,7 +17,6 @@ averaged over the ranks).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -26,36 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfmodels import distributed
-from selfmodels.configs import option
 from selfmodels.curves import Mirror
 from selfmodels.errors import require
+from selfmodels.forward.config import ForwardTrainConfig  # defined there, torch-free
 from selfmodels.forward.stream import ActivationStream
 from selfmodels.optim import make_adamw
-from selfmodels.training import Optimized, Schedule, Step, Task, train
+from selfmodels.training import Optimized, Step, Task, train
 from selfmodels.training.rng import generator_state, set_generator_state
 
 Pairs = Iterator[tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class ForwardTrainConfig:
-    """Optimisation of the forward model (paper: AdamW lr 1e-3, wd 0.01, clip 1.0, 10K steps, batch 64)."""
-
-    steps: int = option(10_000, "forward-model optimizer steps")
-    batch_size: int = option(64, "sequences per step")
-    lr: float = option(1e-3, "forward-model learning rate (the paper needed 1e-4 at d=2048)")
-    weight_decay: float = option(0.01, "AdamW weight decay (matrices only)")
-    grad_clip: float = option(1.0, "gradient-norm clip")
-    log_every: int = option(25, "steps between lines of metrics.jsonl")
-    checkpoint_every: int = option(500, "steps between checkpoints")
-
-    def validate(self) -> None:
-        require(self.steps >= 1, f"forward --steps must be at least 1, got {self.steps}")
-        require(self.batch_size >= 1, f"forward --batch-size must be at least 1, got {self.batch_size}")
-        require(self.lr > 0, f"forward --lr must be positive, got {self.lr}")
-
-    def schedule(self) -> Schedule:
-        return Schedule(self.steps, log_every=self.log_every, checkpoint_every=self.checkpoint_every)
 
 
 class PairBatches:

@@ -82,9 +82,7 @@ def _llc_choice(text: str) -> str:
 
 
 def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParsersAction) -> None:
-    from selfmodels.lm_selfmodeling.objective import FLOWS, LOSSES, METHODS
-    from selfmodels.lm_selfmodeling.presets import PRESETS
-    from selfmodels.lm_selfmodeling.run import LMRunConfig
+    from selfmodels.lm_selfmodeling.config import FLOWS, LOSSES, METHODS, PRESETS, LMRunConfig  # torch-free
 
     command = Command("selfmodel-lm", LMRunConfig, PRESETS, options=dict(SHARED), subject="main", finish=_pair,
                       derived={"gpt.vocab_size": "the tokenizer's: set --corpus.vocab-size",

@@ -25,21 +25,14 @@ free: the target's mean square is detached, else shrinking or growing the target
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from selfmodels.errors import UserError, require
+from selfmodels.lm_selfmodeling.config import FLOWS, LOSSES, METHODS, PREDICTING, check_objective  # defined there, torch-free
 from selfmodels.lm_selfmodeling.sites import capture, logits_of
 from selfmodels.subjects.base import Subject
-
-METHODS = ("baseline", "self-model", "forward", "activation-l2", "random-target", "weight-decay")
-LOSSES = ("mse", "scaled-mse", "cosine")
-FLOWS = ("source", "target", "both", "none")
-PREDICTING = ("self-model", "random-target")  # methods with extra LM-head outputs
-
 
 def discrepancy(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     """D(P, T) of the module docstring, a scalar in float32."""
@@ -51,16 +44,6 @@ def discrepancy(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Te
     if loss == "cosine":
         return (1 - F.cosine_similarity(pred, target, dim=-1, eps=1e-8)).mean()
     raise UserError(f"unknown self-model loss {loss!r}; choose from {', '.join(LOSSES)}")
-
-
-def check_objective(method: str, strength: float, loss: str, flow: str) -> None:
-    """One clear message for a method, strength, loss or gradient-flow option that is not allowed."""
-    require(method in METHODS, f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    require(isinstance(strength, (int, float)) and math.isfinite(strength) and strength >= 0,
-            f"strengths must be finite and non-negative, got {strength}")
-    require(loss in LOSSES, f"unknown self-model loss {loss!r}; choose from {', '.join(LOSSES)}")
-    require(flow in FLOWS, f"gradient flow {flow!r} is not one of {', '.join(FLOWS)} (where the forward form's "
-                           "loss may send its gradient into the main model)")
 
 
 class AuxiliaryObjective(nn.Module):

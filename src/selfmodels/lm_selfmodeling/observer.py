@@ -11,53 +11,17 @@ blocks do too little for recovery to mean anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
-from selfmodels.configs import option
-from selfmodels.errors import UserError, require
 from selfmodels.forward.evaluate import batches_of, evaluate
 from selfmodels.forward.model import ForwardModel, ForwardModelConfig
 from selfmodels.forward.train import ForwardTrainConfig, train_forward
+from selfmodels.lm_selfmodeling.config import ObserverConfig, check_disjoint  # defined there, torch-free
 from selfmodels.subjects.base import Subject
 
 MIN_KL_SKIPPED = 0.3  # nats
-
-
-@dataclass
-class ObserverConfig:
-    """The fresh observer: pairs, size and budget (the same for every run of a comparison)."""
-
-    near: list[int] = option([0, 1], "the observer's layer pair near the trained site (source target)")
-    far: list[int] = option([-1, 0], "a second observer pair, far from the trained site")
-    steps: int = option(300, "observer training steps")
-    batch_size: int = option(16, "observer sequences per step")
-    lr: float = option(1e-3, "observer learning rate")
-    n_head: int = option(1, "observer attention heads")
-    d_head: int = option(32, "observer head width")
-    mlp_mult: int = option(2, "observer GELU MLP width multiple")
-    train_windows: int = option(512, "held-out windows the observer trains on (from the first half of the validation stream)")
-    eval_windows: int = option(64, "held-out windows the observer is evaluated on (from the second half)")
-
-    def pairs(self) -> dict[str, tuple[int, int]]:
-        return {"near": tuple(self.near), "far": tuple(self.far)}
-
-    def validate(self) -> None:
-        for name, pair in (("near", self.near), ("far", self.far)):
-            require(len(pair) == 2, f"observer --{name} takes two indices (source target), got {pair}")
-        for name in ("steps", "batch_size", "n_head", "d_head", "mlp_mult", "train_windows", "eval_windows"):
-            require(getattr(self, name) >= 1, f"observer {name} must be at least 1, got {getattr(self, name)}")
-
-
-def check_disjoint(pair: tuple[int, int], trained: set[int], what: str) -> None:
-    """The observer's pair covers indices source..target; none may be one the objective trained."""
-    covered = set(range(pair[0], pair[1] + 1))
-    shared = covered & trained
-    if shared:
-        raise UserError(f"observer pair {pair[0]} -> {pair[1]} ({what}) shares indices {sorted(shared)} with the trained "
-                        f"site or forward pair (indices {sorted(trained)}): choose an observer pair away from them")
 
 
 def _batches(subject: Subject, windows: torch.Tensor, source: int, target: int, batch_size: int,

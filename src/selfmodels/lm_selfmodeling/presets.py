@@ -9,10 +9,7 @@ import dataclasses
 
 from selfmodels.lm_selfmodeling.grid import LMGrid, quick_conditions
 from selfmodels.lm_selfmodeling.run import LMRunConfig
-from selfmodels.options import Presets
-
-PRESETS = Presets("selfmodels.lm_selfmodeling", (("gpt-", "gpt"), ("pretrained-", "pretrained"), ("", None)),
-                  folder="preset_files")
+from selfmodels.lm_selfmodeling.config import PRESETS  # defined there, torch-free
 
 SEEDS = [0, 1, 2]
 QUICK_NOTE = ("Quick CPU run: a 4 x 4 x 64 GPT (512-token BPE, context 64) trained 1,000 steps of 16 sequences on the "

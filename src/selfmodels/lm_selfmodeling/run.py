@@ -1,9 +1,16 @@
 """One condition: train an LM with the objective, then measure it (``selfmodels selfmodel-lm``).
 
-A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoint.safetensors`` (resume), ``main.safetensors``
-(and ``aux.safetensors``), for the baseline ``snapshots/`` along training, and ``result.json`` written last with the
-key of its config: a finished run with the same key is read back, never recomputed; an interrupted one resumes from
-its checkpoint. Every measurement is made by :func:`measure_model`, which also serves the baseline's snapshots.
+A run is two units of work, each kept under the key of its inputs (as every stage is, :mod:`selfmodels.stages`):
+
+- **training**: ``metrics.jsonl``, ``checkpoint.safetensors`` (resume), ``main.safetensors`` (and ``aux.safetensors``),
+  for the baseline ``snapshots/`` along training, then ``training.json`` with :func:`training_key` (every setting but
+  the measurement-only ones, :data:`MEASUREMENT_ONLY`);
+- **measurement**: ``result.json``, written last with the key of the whole config.
+
+A finished run with the same key is read back, never recomputed; a run whose measurement settings changed (the
+observer, the LLC) is measured again on its trained weights, without training; a directory trained with other
+settings is refused (nothing is overwritten); an interrupted training resumes from its checkpoint. Every measurement
+is made by :func:`measure_model`, which also serves the baseline's snapshots.
 
 Data: our GPT reads the corpus through our byte-level BPE (fitted on the training part) and is trained from scratch;
 any other ``main`` is a pretrained Hugging Face subject read with its own tokenizer and fine-tuned. The token stream's
@@ -15,103 +22,26 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from selfmodels import distributed
 from selfmodels.artifacts import load_tensors, read_json, save_tensors, write_config, write_json
-from selfmodels.configs import option, to_dict
+from selfmodels.configs import to_dict
 from selfmodels.curves import Mirror
-from selfmodels.complexity.llc import LLCConfig
 from selfmodels.data.windows import consecutive_windows, spread_windows
 from selfmodels.errors import UserError, require
-from selfmodels.lm_selfmodeling.objective import METHODS, PREDICTING, AuxiliaryObjective, check_objective
-from selfmodels.lm_selfmodeling.observer import ObserverConfig, check_disjoint, observe
-from selfmodels.lm_selfmodeling.sites import parse_site, site_indices, site_width
+from selfmodels.lm_selfmodeling.config import RESULT_VERSION, LMRunConfig, ObjectiveConfig  # defined there, torch-free
+from selfmodels.lm_selfmodeling.objective import PREDICTING, AuxiliaryObjective
+from selfmodels.lm_selfmodeling.observer import observe
+from selfmodels.lm_selfmodeling.sites import site_width
 from selfmodels.lm_selfmodeling import measure
-from selfmodels.nets.gpt import GPTConfig
 from selfmodels.runtime import cache_dir, seed_everything
 from selfmodels.subjects.base import Subject
 from selfmodels.subjects.lm_training import LMTrainConfig, train_language_model
 from selfmodels.stages import content_key
-from selfmodels.subjects.registry import CorpusConfig
-
-RESULT_VERSION = 1
-
-
-@dataclass
-class ObjectiveConfig:
-    """Which objective trains the LM (see :mod:`selfmodels.lm_selfmodeling.objective`)."""
-
-    method: str = option("baseline", "baseline, self-model, forward, activation-l2, random-target or weight-decay",
-                         choices=METHODS)
-    strength: float = option(0.0, "w in CE + w * A (weight-decay: AdamW's decay coefficient instead of the baseline's)")
-    site: str = option("head-input", "site the self-model predicts / activation-l2 regularises: head-input, resid:K, mlp:K")
-    loss: str = option("mse", "discrepancy: mse, scaled-mse (mse / mean target²) or cosine (1 - cos)")
-    detach_target: bool = option(True, "stop-gradient on the self-model's target, as in the paper")
-    source: int = option(2, "forward form: source residual index i")
-    target: int = option(3, "forward form: target residual index j")
-    flow: str = option("both", "forward form: where its loss sends gradient into the main model: source, target, both, none")
-    forward_lr: float = option(1e-3, "forward form: the co-trained forward model's learning rate")
-    forward_d_head: int = option(32, "forward form: the co-trained forward model's head width (1 head, MLP 2x)")
-
-    def validate(self, n_layers: int) -> None:
-        """Everything that can be wrong with the objective, as one message (exit 2)."""
-        check_objective(self.method, self.strength, self.loss, self.flow)
-        parse_site(self.site, n_layers)
-        if self.method == "forward":
-            require(-1 <= self.source < self.target < n_layers,
-                    f"forward-form pair {self.source} -> {self.target} is out of range for {n_layers} blocks: use "
-                    f"-1 <= source < target <= {n_layers - 1}")
-
-    def trained_indices(self, n_layers: int) -> set[int]:
-        """Residual indices the objective acts on (a fresh observer's pair must avoid them)."""
-        if self.method in PREDICTING or self.method == "activation-l2":
-            return site_indices(self.site, n_layers)
-        if self.method == "forward":
-            return set(range(self.source, self.target + 1))
-        return set()
-
-    @property
-    def label(self) -> str:
-        return "baseline" if self.method == "baseline" else f"{self.method}-{self.strength:g}"
-
-
-@dataclass
-class LMRunConfig:
-    """One self-modeling LM run."""
-
-    main: str = option("gpt", "gpt (ours, trained from scratch) or a pretrained Hugging Face model to fine-tune", cli=False)
-    seq_len: int = option(64, "tokens per window (our GPT's context)")
-    gpt: GPTConfig = field(default_factory=lambda: GPTConfig(n_layer=4, n_head=4, d_model=64))
-    lm: LMTrainConfig = field(default_factory=lambda: LMTrainConfig(steps=1000, batch_size=16, lr=1e-3, eval_every=100))
-    corpus: CorpusConfig = field(default_factory=lambda: CorpusConfig(vocab_size=512))
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    observer: ObserverConfig = field(default_factory=ObserverConfig)
-    eval_windows: int = option(64, "held-out windows for the validation loss, norms and the self-model's fit")
-    llc: LLCConfig = field(default_factory=lambda: LLCConfig(chains=2, draws=200, batch_size=16, epsilon=1e-4, gamma=100.0))
-    estimate_llc: bool = option(True, "estimate the LM's LLC (SGLD on per-token LM loss)")
-    llc_windows: int = option(512, "training windows the LLC's minibatches come from")
-    snapshots: bool = option(False, "save the main model along training (the baseline's matched-loss checkpoints)")
-    seed: int = option(0, "seed of the initialisation, data order, observer")
-
-    def validate(self, n_layers: int) -> None:
-        self.objective.validate(n_layers)
-        self.observer.validate()
-        self.lm.validate()
-        require(self.seq_len >= 2, f"--seq-len must be at least 2, got {self.seq_len}")
-        require(self.eval_windows >= 1, f"--eval-windows must be at least 1, got {self.eval_windows}")
-        trained = self.objective.trained_indices(n_layers)
-        for name, pair in self.observer.pairs().items():
-            require(-1 <= pair[0] < pair[1] < n_layers,
-                    f"observer pair {pair[0]} -> {pair[1]} ({name}) is out of range for {n_layers} blocks")
-            check_disjoint(pair, trained, name)
-
-    def key(self) -> str:
-        return content_key({"config": to_dict(self), "version": RESULT_VERSION})
-
 
 @dataclass
 class LMData:
@@ -224,20 +154,66 @@ def estimate_lm_llc(subject: Subject, data: LMData, cfg: LMRunConfig, mirror: Mi
     return result.summary()
 
 
+MEASUREMENT_ONLY = ("observer", "llc", "estimate_llc", "llc_windows")  # settings that never change the trained weights
+TRAINING = "training.json"
+
+
+def training_key(cfg: LMRunConfig) -> str:
+    """The key of a run's training: its config without the measurement-only settings."""
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in MEASUREMENT_ONLY}
+    return content_key({"training": settings, "version": RESULT_VERSION})
+
+
+def _finished(out: Path, cfg: LMRunConfig) -> dict | None:
+    """The run's record when ``out`` holds it with these settings; None when it must be (re)measured or trained.
+    A directory trained with other settings is refused."""
+    done, trained = out / "result.json", out / TRAINING
+    if done.is_file() and read_json(done).get("key") == cfg.key():
+        return read_json(done)
+    if trained.is_file():
+        if read_json(trained).get("key") != training_key(cfg):
+            raise UserError(f"{out} holds a run trained with other settings (training key {read_json(trained).get('key')} "
+                            f"!= {training_key(cfg)}): use another --out or delete it")
+    elif done.is_file():  # a finished run of an older layout without its training key: its settings are unknown
+        raise UserError(f"{out} holds a finished run with other settings (key {read_json(done).get('key')} != {cfg.key()}): "
+                        "use another --out or delete it")
+    return None
+
+
+def _train(cfg: LMRunConfig, out: Path, subject: Subject, objective: AuxiliaryObjective, data: LMData, progress: bool,
+           mirror: Mirror) -> dict:
+    """The training unit: trains (or resumes) and saves the weights, or loads them when ``training.json`` says they
+    are these settings' (only the measurements changed); returns the training record."""
+    main_only = distributed.main_only  # under torchrun every rank trains (data-parallel); rank 0 writes
+    trained = out / TRAINING
+    if trained.is_file():  # _finished has checked its key
+        subject.model.load_state_dict(load_tensors(out / "main.safetensors"))
+        if list(objective.parameters()):
+            objective.load_state_dict(load_tensors(out / "aux.safetensors"))
+        subject.model.eval().requires_grad_(False)
+        objective.eval()
+        return read_json(trained)["training"]
+    training = train_language_model(subject, objective, cfg.objective.strength, lm_train_config(cfg), data.train,
+                                    (data.eval_x[: cfg.eval_windows], data.eval_y[: cfg.eval_windows]), cfg.seq_len,
+                                    out, cfg.seed, snapshots=cfg.snapshots, progress=progress, mirror=mirror)
+    main_only(save_tensors)(out / "main.safetensors", subject.model.state_dict())
+    if list(objective.parameters()):
+        main_only(save_tensors)(out / "aux.safetensors", objective.state_dict())
+    main_only(write_json)(trained, {"key": training_key(cfg), "training": training})
+    return training
+
+
 def run_one(cfg: LMRunConfig, out: str | Path, data: LMData | None = None, device: torch.device | str = "cpu",
             progress: bool = True, log: tuple[str, ...] = ()) -> dict:
-    """Train and measure one condition in ``out``; returns the run's record (read back when already finished).
+    """Train and measure one condition in ``out``; returns the run's record (read back when already finished; only
+    measured again when only measurement settings changed, see the module).
     ``log``: sinks the training curve and LLC traces are mirrored to (:mod:`selfmodels.curves`); not an input."""
     out = Path(out)
     device = torch.device(device)
+    record = _finished(out, cfg)
+    if record is not None:
+        return record
     key = cfg.key()
-    done = out / "result.json"
-    if done.is_file():
-        record = read_json(done)
-        if record.get("key") == key:
-            return record
-        raise UserError(f"{out} holds a finished run with other settings (key {record.get('key')} != {key}): "
-                        "use another --out or delete it")
     began = time.perf_counter()
     with distributed.main_first():  # rank 0 fills the corpus and model caches; the others read them
         subject, data = build_subject(cfg, data, device, progress)
@@ -247,12 +223,7 @@ def run_one(cfg: LMRunConfig, out: str | Path, data: LMData | None = None, devic
     main_only(write_config)(out, {**to_dict(cfg), "key": key})
     sinks = log if distributed.is_main() else ()
     with Mirror(out, sinks, name=f"{cfg.objective.label}-seed{cfg.seed}", config=to_dict(cfg)) as mirror:
-        training = train_language_model(subject, objective, cfg.objective.strength, lm_train_config(cfg), data.train,
-                                        (data.eval_x[: cfg.eval_windows], data.eval_y[: cfg.eval_windows]), cfg.seq_len,
-                                        out, cfg.seed, snapshots=cfg.snapshots, progress=progress, mirror=mirror)
-        main_only(save_tensors)(out / "main.safetensors", subject.model.state_dict())
-        if list(objective.parameters()):
-            main_only(save_tensors)(out / "aux.safetensors", objective.state_dict())
+        training = _train(cfg, out, subject, objective, data, progress, mirror)
         o = cfg.objective
         record = {
             "key": key, "condition": o.label, "method": o.method, "strength": o.strength, "seed": cfg.seed,
@@ -263,9 +234,9 @@ def run_one(cfg: LMRunConfig, out: str | Path, data: LMData | None = None, devic
             **measure_model(subject, objective, data, cfg, cfg.estimate_llc, mirror),
         }
     record["seconds"] = time.perf_counter() - began
-    main_only(write_json)(done, record)
+    main_only(write_json)(out / "result.json", record)
     distributed.barrier()
-    return read_json(done)  # the JSON form (NaN as null), the same a resumed call returns
+    return read_json(out / "result.json")  # the JSON form (NaN as null), the same a resumed call returns
 
 
 def measure_snapshot(cfg: LMRunConfig, run_dir: Path, step: int, data: LMData, device: torch.device) -> dict:

@@ -22,39 +22,11 @@ import torch
 from torch import nn
 
 from selfmodels.errors import UserError
+from selfmodels.lm_selfmodeling.config import HEAD_INPUT, parse_site, site_indices, valid_sites  # defined there, torch-free
 from selfmodels.subjects.base import EMBED, Subject, hidden_of, hooks
 from selfmodels.subjects.lm_training import logits_of  # noqa: F401 - the full pass, with the sites' hooks in place
 
-HEAD_INPUT = "head-input"
 _MLP_OUT_NAMES = ("fc_proj", "down_proj", "c_proj", "dense_4h_to_h")  # ours, Llama-like, GPT-2, GPT-NeoX
-
-
-def valid_sites(n_layers: int) -> list[str]:
-    """Every site name a subject with ``n_layers`` blocks has."""
-    return [HEAD_INPUT] + [f"resid:{k}" for k in range(EMBED, n_layers)] + [f"mlp:{k}" for k in range(n_layers)]
-
-
-def parse_site(name: str, n_layers: int) -> tuple[str, int | None]:
-    """``(kind, index)`` of a site name; an unknown name raises a :class:`UserError` listing the valid ones."""
-    text = str(name).strip().lower()
-    if text in valid_sites(n_layers):
-        if text == HEAD_INPUT:
-            return HEAD_INPUT, None
-        kind, index = text.split(":")
-        return kind, int(index)
-    raise UserError(f"unknown site {name!r} for a model with {n_layers} blocks; valid sites: {HEAD_INPUT}, "
-                    f"resid:-1 .. resid:{n_layers - 1}, mlp:0 .. mlp:{n_layers - 1}")
-
-
-def site_indices(name: str, n_layers: int) -> set[int]:
-    """Residual indices a site touches: the head's input is the last residual (normed); ``resid:K`` is K;
-    ``mlp:K`` lies inside block K, between residuals K-1 and K."""
-    kind, index = parse_site(name, n_layers)
-    if kind == HEAD_INPUT:
-        return {n_layers - 1}
-    if kind == "resid":
-        return {index}
-    return {index - 1, index}
 
 
 def head_module(subject: Subject) -> nn.Module:

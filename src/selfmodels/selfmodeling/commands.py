@@ -17,12 +17,11 @@ import dataclasses
 import os
 from pathlib import Path
 
-from selfmodels import distributed
 from selfmodels.curves import check_sinks
 from selfmodels.errors import UserError
 from selfmodels.options import Command, Presets, runner
 from selfmodels.selfmodeling import presets
-from selfmodels.selfmodeling.grid import LLC_CHOICES, GridConfig, run_and_report
+from selfmodels.selfmodeling.config import LLC_CHOICES, GridConfig
 
 
 REGIME_CHOICES = ("auto", "paper", "mnist-5k")
@@ -83,6 +82,7 @@ def regime_note(regime: presets.QuickRegime, reason: str) -> str:
 
 def _write_config(r) -> None:
     """``OUT/config.json``: the resolved settings of the command (a valid ``--config`` file that reruns it)."""
+    from selfmodels import distributed
     from selfmodels.artifacts import write_config
 
     if distributed.is_main():
@@ -91,6 +91,9 @@ def _write_config(r) -> None:
 
 
 def _regularize(r, args: argparse.Namespace) -> int:
+    from selfmodels import distributed
+    from selfmodels.selfmodeling.grid import run_and_report
+
     log = check_sinks(r.log)  # a missing extra stops here, before any run starts
     _write_config(r)
     results = run_and_report(r.config, r.out, progress=not r.quiet, log=log)
@@ -101,10 +104,15 @@ def _regularize(r, args: argparse.Namespace) -> int:
 
 def _default_workers() -> int:
     """2 runs in parallel on a machine with 2 cores or more; 1 under torchrun (a process per rank already)."""
+    from selfmodels import distributed
+
     return 1 if distributed.world()[1] > 1 else min(2, os.cpu_count() or 1)
 
 
 def _reproduce(r, args: argparse.Namespace) -> int:
+    from selfmodels import distributed
+    from selfmodels.selfmodeling.grid import run_and_report
+
     log = check_sinks(r.log)  # a missing extra stops here, before any run starts
     workers = r.workers if r.workers is not None else _default_workers()
     if r.preset != "quick" and r.regime != "auto":
@@ -129,6 +137,8 @@ def reproduce_quick(out: str | Path, regime: presets.QuickRegime, source: str, r
     ``out``, whose report sets both beside the paper's effects. Returns (main results, arm results).
 
     ``data`` / ``arm_data`` (ClassificationData) skip loading, e.g. tiny data in tests."""
+    from selfmodels.selfmodeling.grid import run_and_report
+
     device_field = {"device": device} if device else {}
     arm_grid = dataclasses.replace(quick_grid(arm, workers, llc), **device_field)
     arm_note = (f"Regime arm: the offline MNIST 5k subset trained for the paper's step count (batch 512, {arm.epochs} "
@@ -148,6 +158,7 @@ def reproduce_quick(out: str | Path, regime: presets.QuickRegime, source: str, r
 
 
 def _reproduce_quick(r, workers: int, log: tuple[str, ...]) -> int:
+    from selfmodels import distributed
     from selfmodels.data.images import find_fashion_mnist
 
     regime, source, reason = select_regime(r.regime, find_fashion_mnist())

@@ -25,7 +25,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from selfmodels import distributed
 from selfmodels.configs import add_arguments, from_args, from_dict
 from selfmodels.errors import UserError, require
 from selfmodels.options import Command, CommandParser, check_run_dir, runner
@@ -71,6 +70,7 @@ def check_llc_run_dir(run_dir: str | Path) -> None:
 
 
 def _load(run_dir: str, args: argparse.Namespace, r):
+    from selfmodels import distributed
     from selfmodels.complexity.llc import LLCConfig
     from selfmodels.runtime import resolve_device, set_threads
     from selfmodels.selfmodeling.runs import load_trained_classifier
@@ -85,6 +85,7 @@ def _load(run_dir: str, args: argparse.Namespace, r):
 
 
 def _estimate(r, args: argparse.Namespace) -> int:
+    from selfmodels import distributed
     from selfmodels.artifacts import write_json
     from selfmodels.complexity.llc import cross_entropy, estimate_llc
     from selfmodels.complexity.llc_plots import plot_trace
@@ -120,6 +121,7 @@ def _estimate(r, args: argparse.Namespace) -> int:
 
 
 def _calibrate(r, args: argparse.Namespace) -> int:
+    from selfmodels import distributed
     from selfmodels.complexity.calibrate import calibrate, parse_values
     from selfmodels.complexity.llc import cross_entropy
 
@@ -141,6 +143,8 @@ def _written_by_main(out: Path):
     """``out`` on rank 0; on other ranks a scratch copy of it, deleted afterwards. A calibration writes its
     files as it goes and resumes from them: every rank resumes from the same cells (the same estimates,
     whose chains are split across the ranks), and only rank 0's files are kept."""
+    from selfmodels import distributed
+
     main = distributed.is_main()
     with tempfile.TemporaryDirectory(prefix="selfmodels-calibration-") as scratch:
         where = out if main else Path(scratch) / "out"
@@ -157,7 +161,7 @@ def _run_dir(parser: argparse.ArgumentParser) -> None:
 
 def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParsersAction) -> None:
     """Add ``llc`` and its subcommand ``llc calibrate`` to ``selfmodels``."""
-    from selfmodels.complexity.llc import LLCConfig
+    from selfmodels.complexity.config import LLCConfig
 
     settings = ("SGLD settings not given default to the run's stored LLC settings, else the paper's for its task "
                 "(the defaults shown are the estimator's own).")

@@ -24,10 +24,9 @@ from torch import nn
 
 from selfmodels.complexity.weights import classification_weight_sd, identity_distance
 from selfmodels.errors import UserError
+from selfmodels.selfmodeling.config import METHODS  # the names, beside the grid settings that use them
 from selfmodels.selfmodeling.targets import capture_outputs, flatten_targets, resolve_modules
 from selfmodels.selfmodeling.wrapper import SelfModelOutput, SelfModeling
-
-METHODS = ("baseline", "self-model", "activation-l2", "weight-decay")
 
 
 @dataclass

@@ -7,9 +7,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from selfmodels.configs import option
 from selfmodels.errors import UserError
-from selfmodels.nets.classifiers import DEFAULT_TARGETS
-from selfmodels.selfmodeling.train import OptimConfig
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class OptimConfig:
+    """How a classifier is optimised (the paper's per-task values live in ``presets``)."""
+
+    optimizer: str = option("sgd", "optimizer", choices=OPTIMIZERS)
+    lr: float = option(0.005, "learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    nesterov: bool = option(True, "SGD with Nesterov momentum")
+    batch_size: int = option(512, "minibatch size")
+    epochs: int = option(50, "training epochs")
+    augment: bool = option(False, "random affine (15 deg, 10% shift) + horizontal flip on images")
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if not (self.lr > 0):
+            raise UserError(f"learning rate must be positive, got {self.lr}")
+        if not (0 <= self.momentum < 1):
+            raise UserError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise UserError(f"batch size and epochs must be positive, got {self.batch_size} and {self.epochs}")
 
 
 @dataclass(frozen=True)
@@ -24,6 +48,8 @@ class TaskPreset:
 
     @property
     def targets(self) -> tuple[str, ...]:
+        from selfmodels.nets.classifiers import DEFAULT_TARGETS  # torch: only when a grid is expanded
+
         return DEFAULT_TARGETS[self.arch]
 
 

@@ -16,7 +16,6 @@ regulariser R, see :mod:`~selfmodels.selfmodeling.objectives`), ``val_accuracy``
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,38 +24,13 @@ from torch.utils.data import TensorDataset
 
 from selfmodels import training
 from selfmodels.artifacts import read_jsonl
-from selfmodels.configs import option
 from selfmodels.curves import Mirror
-from selfmodels.errors import UserError
 from selfmodels.selfmodeling.augment import random_affine_flip
 from selfmodels.selfmodeling.objectives import Objective
+from selfmodels.selfmodeling.presets import OptimConfig  # defined there, torch-free
 from selfmodels.training import Optimized, Schedule, Step, Task
 
-OPTIMIZERS = ("sgd", "adam")
 CHECKPOINT, METRICS = training.CHECKPOINT, training.METRICS
-
-
-@dataclass
-class OptimConfig:
-    """How a classifier is optimised (the paper's per-task values live in ``presets``)."""
-
-    optimizer: str = option("sgd", "optimizer", choices=OPTIMIZERS)
-    lr: float = option(0.005, "learning rate")
-    momentum: float = option(0.9, "SGD momentum")
-    nesterov: bool = option(True, "SGD with Nesterov momentum")
-    batch_size: int = option(512, "minibatch size")
-    epochs: int = option(50, "training epochs")
-    augment: bool = option(False, "random affine (15 deg, 10% shift) + horizontal flip on images")
-
-    def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if not (self.lr > 0):
-            raise UserError(f"learning rate must be positive, got {self.lr}")
-        if not (0 <= self.momentum < 1):
-            raise UserError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise UserError(f"batch size and epochs must be positive, got {self.batch_size} and {self.epochs}")
 
 
 def make_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:

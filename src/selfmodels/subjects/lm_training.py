@@ -20,7 +20,6 @@ the window generators) and, with ``snapshots``, the main model's weights as ``sn
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -30,38 +29,14 @@ from torch import nn
 
 from selfmodels import distributed
 from selfmodels.artifacts import append_jsonl, keep_jsonl, save_tensors
-from selfmodels.configs import option
 from selfmodels.curves import Mirror
 from selfmodels.data.windows import consecutive_windows, random_windows
 from selfmodels.errors import require
 from selfmodels.optim import make_adamw
 from selfmodels.subjects.base import Subject
-from selfmodels.training import Optimized, Schedule, Step, Task, train
+from selfmodels.subjects.config import LMTrainConfig  # defined there, torch-free
+from selfmodels.training import Optimized, Step, Task, train
 from selfmodels.training.rng import derived_seed, generator_state, set_generator_state
-
-LOG_EVERY = 10  # steps between lines of metrics.jsonl
-
-
-@dataclass
-class LMTrainConfig:
-    """Optimisation of the main model (paper: AdamW lr 3e-4, wd 0.01, clip 1.0, batch 64 x 128, 10K steps)."""
-
-    steps: int = option(10_000, "optimizer steps for the main model")
-    batch_size: int = option(64, "sequences per step")
-    lr: float = option(3e-4, "main model learning rate")
-    weight_decay: float = option(0.01, "AdamW weight decay (matrices only)")
-    grad_clip: float = option(1.0, "gradient-norm clip")
-    eval_every: int = option(500, "steps between validation-loss evaluations (and checkpoints)")
-    eval_batches: int = option(8, "validation batches per evaluation")
-
-    def validate(self) -> None:
-        require(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
-        require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
-        require(self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}")
-
-    def schedule(self) -> Schedule:
-        return Schedule(self.steps, log_every=LOG_EVERY, eval_every=self.eval_every, checkpoint_every=self.eval_every)
-
 
 def logits_of(subject: Subject, ids: torch.Tensor) -> torch.Tensor:
     """The subject's full forward pass: logits (B, T, V) (gradients flow when enabled)."""

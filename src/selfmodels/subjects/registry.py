@@ -22,55 +22,16 @@ import torch
 
 from selfmodels import distributed
 from selfmodels.artifacts import atomic_path, load_tensors, read_json, sha256_file, write_json
-from selfmodels.configs import option, to_dict
+from selfmodels.configs import to_dict
 from selfmodels.curves import Mirror
 from selfmodels.errors import UserError, require
-from selfmodels.nets.gpt import GPTConfig
 from selfmodels.runtime import cache_dir
 from selfmodels.stages import content_key
 from selfmodels.subjects.base import Subject
-from selfmodels.subjects.lm_training import CoTrain, LMTrainConfig  # CoTrain: what open_subject accepts
+from selfmodels.subjects.config import CorpusConfig, SubjectConfig  # defined there, torch-free
+from selfmodels.subjects.lm_training import CoTrain  # what open_subject accepts
 
-GPT_NAME = "gpt"
 DATA_FORMAT = 3  # 2: our BPE is fitted on the training part only; 3: no chunk cut after a run of whitespace
-
-
-@dataclass
-class CorpusConfig:
-    """The text a subject reads and how it becomes tokens."""
-
-    corpus: str = option("offline", "corpus: offline (KJV + Wikipedia sample, no internet), kjv, wikipedia, fineweb-edu (online) "
-                                    "or a .txt path (on the command line: --corpus)", cli=False)
-    max_chars: int | None = option(None, "keep only the first N characters of the corpus")
-    vocab_size: int = option(4096, "vocabulary of the byte-level BPE fitted on the corpus (our GPT only)")
-    val_fraction: float = option(0.1, "the last fraction of the token stream held out for validation")
-    bos: bool = option(False, "start every window with the tokenizer's BOS token (the paper: no BOS)")
-
-    def validate(self) -> None:
-        require(self.corpus.strip() != "", "--corpus is empty: give offline, kjv, wikipedia, fineweb-edu or a .txt path")
-        require(0.0 < self.val_fraction < 1.0, f"--val-fraction must be strictly between 0 and 1, got {self.val_fraction}")
-
-
-@dataclass
-class SubjectConfig:
-    """Which model the forward models observe, and (for our GPT) how it is trained."""
-
-    main: str = option(GPT_NAME, "subject: gpt (ours, trained here), smollm2 (offline SmolLM2-135M) or a Hugging Face model id / "
-                                 "directory (on the command line: --main)", cli=False)
-    gpt: GPTConfig = field(default_factory=GPTConfig)
-    lm: LMTrainConfig = field(default_factory=LMTrainConfig)
-    dtype: str = option("auto", "subject weights: auto (float32 on CPU, bfloat16 on CUDA), float32 or bfloat16",
-                        choices=("auto", "float32", "bfloat16"))
-
-    @property
-    def trained_here(self) -> bool:
-        return self.main == GPT_NAME
-
-    def validate(self) -> None:
-        require(self.main.strip() != "", "--main is empty: give gpt, smollm2 or a Hugging Face model id")
-        if self.trained_here:
-            self.gpt.validate()
-            self.lm.validate()
 
 
 @dataclass
@@ -98,19 +59,11 @@ def model_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def open_subject(cfg: SubjectConfig, corpus: CorpusConfig, device: torch.device, seed: int,
-                 cotrain: CoTrain | None = None, progress: bool = True, mirror: Mirror | None = None,
-                 held: Subject | None = None) -> OpenedSubject:
+                 cotrain: CoTrain | None = None, progress: bool = True, mirror: Mirror | None = None) -> OpenedSubject:
     """The subject named by ``cfg.main`` and its train / validation token streams. ``mirror`` receives our GPT's
-    training curve when it is trained here (not when it is reused from the cache). ``held``: a subject the caller
-    already holds (:func:`selfmodels.open_subject`), observed as it is (its device, dtype and weights; ``cfg.main``
-    only names it), read with its own ``tokenizer``."""
+    training curve when it is trained here (not when it is reused from the cache)."""
     cfg.validate()
     corpus.validate()
-    if held is not None:
-        require(cotrain is None, f"co-training a forward model needs a subject trained here; {held.name!r} is held as it is")
-        require(getattr(held, "tokenizer", None) is not None,
-                f"subject {held.name!r} has no tokenizer: open it with selfmodels.open_subject(model, tokenizer)")
-        return _pretrained(cfg, corpus, device, progress, held)
     if cfg.trained_here:
         return _our_gpt(cfg, corpus, device, seed, cotrain, progress, mirror)
     if cotrain is not None:
@@ -119,13 +72,12 @@ def open_subject(cfg: SubjectConfig, corpus: CorpusConfig, device: torch.device,
     return _pretrained(cfg, corpus, device, progress)
 
 
-def _pretrained(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device, progress: bool,
-                held: Subject | None = None) -> OpenedSubject:
+def _pretrained(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device, progress: bool) -> OpenedSubject:
     from selfmodels.data.bpe import encode_corpus, split_stream
     from selfmodels.data.corpora import load_corpus
-    from selfmodels.subjects.hf_loading import load_causal_lm, tokenizer_size
+    from selfmodels.subjects.hf_loading import load_causal_lm
 
-    subject = held if held is not None else load_causal_lm(cfg.main, device, model_dtype(cfg.dtype, device))
+    subject = load_causal_lm(cfg.main, device, model_dtype(cfg.dtype, device))
     bos_id = subject.tokenizer.bos_token_id if corpus_cfg.bos else None
     require(not corpus_cfg.bos or bos_id is not None, f"the tokenizer of {cfg.main} has no BOS token: run without --bos")
     corpus = load_corpus(corpus_cfg.corpus, max_chars=corpus_cfg.max_chars)
@@ -133,7 +85,7 @@ def _pretrained(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.devi
     train, val = split_stream(tokens, corpus_cfg.val_fraction)
     info = subject.source_info()
     data = {"corpus": corpus.name, "source": corpus.source, "chars": len(corpus.text), "tokens": int(tokens.numel()),
-            "tokenizer": f"{cfg.main} tokenizer ({tokenizer_size(subject.tokenizer)} tokens; weights {info['weights_sha256'][:12]})"}
+            "tokenizer": f"{cfg.main} tokenizer ({len(subject.tokenizer)} tokens; weights {info['weights_sha256'][:12]})"}
     return OpenedSubject(subject, subject.tokenizer, train, val, data, None, bos_id=bos_id)
 
 
@@ -213,5 +165,5 @@ def _our_gpt(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device,
     training["tokens_seen"] = cfg.lm.steps * cfg.lm.batch_size * block
     files = {name: work / name for name in ("main.safetensors", "forward.safetensors", "metrics.jsonl") if (work / name).is_file()}
     files["tokenizer.json"] = data_dir / "tokenizer.json"
-    subject = GPTSubject(gpt, weights=work / "main.safetensors", tokenizer=tokenizer)
+    subject = GPTSubject(gpt, weights=work / "main.safetensors")
     return OpenedSubject(subject, tokenizer, train, val, info, training, files)
