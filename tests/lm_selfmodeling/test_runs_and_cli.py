@@ -51,6 +51,28 @@ def test_one_run_end_to_end_and_resumed(tiny_cfg, tmp_path):
         run_one(other, tmp_path / "run", progress=False)
 
 
+def test_a_changed_measurement_setting_measures_again_without_training_and_a_changed_training_setting_is_refused(
+        tiny_cfg, tmp_path):
+    cfg = dataclasses.replace(tiny_cfg, estimate_llc=False)
+    first = run_one(cfg, tmp_path / "run", progress=False)
+    weights = tmp_path / "run" / "main.safetensors"
+    trained = (weights.stat().st_mtime_ns, (tmp_path / "run" / "metrics.jsonl").read_text())
+
+    longer_observer = dataclasses.replace(cfg, observer=dataclasses.replace(cfg.observer, steps=5))
+    second = run_one(longer_observer, tmp_path / "run", progress=False)
+    assert (weights.stat().st_mtime_ns, (tmp_path / "run" / "metrics.jsonl").read_text()) == trained  # not retrained
+    assert second["key"] != first["key"] and second["training"] == first["training"]
+    assert second["val_loss"] == first["val_loss"]  # the same weights, measured again
+    assert second["observer_near_cosine"] != first["observer_near_cosine"]  # what depends on the change did change
+
+    # Back to the first settings: measured again on the same weights, the same numbers as the first time.
+    assert {k: v for k, v in run_one(cfg, tmp_path / "run", progress=False).items() if k != "seconds"} == \
+        {k: v for k, v in first.items() if k != "seconds"}
+    with pytest.raises(UserError, match="trained with other settings"):
+        run_one(dataclasses.replace(cfg, lm=dataclasses.replace(cfg.lm, steps=6)), tmp_path / "run", progress=False)
+    assert weights.stat().st_mtime_ns == trained[0]  # nothing overwritten
+
+
 def test_baseline_snapshots_and_matched_measurement(tiny_cfg, tmp_path):
     cfg = dataclasses.replace(tiny_cfg, objective=ObjectiveConfig(), snapshots=True, estimate_llc=False)
     run_one(cfg, tmp_path / "base", progress=False)
