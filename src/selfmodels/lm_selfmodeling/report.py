@@ -125,13 +125,12 @@ def _sentence(results: dict, condition: str, measure: str, name: str) -> str:
 
 
 def write_report(results: dict, out: str | Path) -> None:
+    """``out/report.md`` and its plots: the question, the setup, the answers, the tables, the definitions."""
     out = Path(out)
     plots = [measure_vs_strength(results["summary"], out), residual_norms(results["summary"], out)]
     traces = llc_traces(results["runs"], out)
     if traces:
         plots.append(traces)
-    s = results["settings"]
-    base = s["base"]
     lines = ["# Self-modeling transformers\n",
              "Do language models that model themselves become simpler (LLC, weight spread) and easier for a fresh "
              "forward model to predict, at equal validation loss? Every difference below is mean(condition) - "
@@ -140,75 +139,90 @@ def write_report(results: dict, out: str | Path) -> None:
              "at equal skill.\n"]
     if results.get("note"):
         lines.append(results["note"] + "\n")
-    g = base["gpt"]
-    lines.append(f"Setup: {'our GPT ' + str(g['n_layer']) + ' x ' + str(g['n_head']) + ' x ' + str(g['d_model']) if base['main'] == 'gpt' else base['main']}"
-                 f" ({s.get('params')} parameters), context {base['seq_len']}, vocabulary {base['corpus']['vocab_size']} "
-                 f"(byte-level BPE on the {base['corpus']['corpus']} corpus), {base['lm']['steps']} steps x "
-                 f"{base['lm']['batch_size']} sequences, AdamW lr {base['lm']['lr']} (decay {base['lm']['weight_decay']}); "
-                 f"seeds {s['seeds']}; {s['workers']} worker(s) on {s['cpu_count']} CPU(s). Observer: 1-block forward "
-                 f"model ({base['observer']['n_head']} x {base['observer']['d_head']}), {base['observer']['steps']} steps x "
-                 f"{base['observer']['batch_size']} held-out windows; near pair {base['observer']['near']}, far pair "
-                 f"{base['observer']['far']}. LLC: {base['llc']['chains']} chains x {base['llc']['draws']} draws, "
-                 f"epsilon {base['llc']['epsilon']}, gamma {base['llc']['gamma']}, sampler {base['llc'].get('sampler', 'sgld')}, "
-                 f"nβ = n / ln n with n the predicted tokens of a minibatch.\n")
-    lines.append("## Answers\n")
-    conditions = [r for r in results["summary"] if r["method"] != "baseline"]
-    lines.append("At a glance: each cell is the verdict of the difference from the baseline snapshot at the nearest "
-                 "validation loss (lower / higher when its 95% Welch CI excludes 0), with the difference; the third "
-                 "column says whether those matched losses differ (CI excludes 0: no claim at equal loss; a wide CI that "
-                 "includes 0 is not evidence of equal loss either: read its width).\n")
-    glance = []
-    for r in conditions:
-        c = r["condition"]
-        row = [c, _diff_text((_row(results, c, "unembedding_sd") or {}).get("val_loss_difference_vs_final", {}), 3)]
-        any_row = _row(results, c, "unembedding_sd") or {}
-        loss_m = any_row.get("val_loss_difference_vs_matched", {})
-        loss_verdict = _verdict(loss_m)
-        row.append({"no clear difference": "CI includes 0", "not estimable": "not estimable"}.get(loss_verdict, "differ")
-                   + f" ({_diff_text(loss_m, 3)})")
-        for m in ("llc_mean", "unembedding_sd", "block_weight_sd_mean", "observer_near_delta_r2", "observer_near_recovery"):
-            d = _row(results, c, m)
-            row.append("-" if d is None else f"{_verdict(d['vs_matched_baseline'])} ({_diff_text(d['vs_matched_baseline'], 3)})")
-        row.append(f"{r['drift_runs']}/{r['n']}")
-        glance.append(row)
-    lines.append(table(["condition", "val-loss diff vs final baseline", "matched losses", "LLC", "unembedding SD",
-                        "block weight SD", "observer R² (near)", "observer recovery (near)", "drift"], glance))
-    lines.append("")
-    for r in conditions:
-        c = r["condition"]
-        drift = f" **{r['drift_runs']} of {r['n']} runs drifted** (residual norm > 2x or a block update < 0.2x the baseline's)." if r["drift_runs"] else ""
-        lines.append(f"**{c}**.{drift}\n")
-        for measure, name in (("llc_mean", "LLC"), ("unembedding_sd", "Unembedding SD"),
-                              ("block_weight_sd_mean", "Block weight SD"),
-                              ("observer_near_delta_r2", "Fresh observer's update R² (near pair)"),
-                              ("observer_near_recovery", "Fresh observer's recovery (near pair)"),
-                              ("observer_far_recovery", "Fresh observer's recovery (far pair)")):
-            lines.append(f"- {_sentence(results, c, measure, name)}")
-        lines.append("")
-    counts = [(r["condition"], r["observer_near_counts"], r["observer_far_counts"]) for r in results["summary"]]
-    bad = [c for c, near, far in counts if not (near and far)]
-    lines.append("Observer pairs count only when skipping their blocks costs at least 0.3 nats of KL: "
-                 + ("every condition's pairs clear it." if not bad else f"**not cleared** in {', '.join(bad)} "
-                    "(see kl_skipped below; recovery there means little).") + "\n")
-    lines.append("## Per condition (mean ± 95% CI over seeds)\n")
-    cols = ["val_loss", "bits_per_byte", "accuracy", "unembedding_sd", "block_weight_sd_mean", "llc_mean",
-            "observer_near_delta_r2", "observer_near_recovery", "observer_near_kl_skipped", "observer_far_recovery",
-            "observer_far_kl_skipped", "fit_mse", "fit_cosine"]
-    rows = [[r["condition"], r["n"], *[fmt_ci(r.get(f"{m}_mean"), r.get(f"{m}_ci95"), 4) for m in cols], str(r["drift_runs"])]
-            for r in results["summary"]]
-    lines.append(table(["condition", "n", *cols, "drift runs"], rows))
-    lines.append("\nCosine beside the skip cosine (near / far pair):\n")
-    rows = [[r["condition"], *[fmt_ci(r.get(f"observer_{p}_{m}_mean"), r.get(f"observer_{p}_{m}_ci95"), 4)
-                               for p in ("near", "far") for m in ("cosine", "skip_cosine")]] for r in results["summary"]]
-    lines.append(table(["condition", "near cosine", "near skip cosine", "far cosine", "far skip cosine"], rows))
-    lines.append("\n## Differences from the baseline (Welch 95% CI)\n")
-    rows = [[d["condition"], d["measure"], _diff_text(d["vs_final_baseline"]), _diff_text(d["val_loss_difference_vs_final"]),
-             _diff_text(d["vs_matched_baseline"]), _diff_text(d["val_loss_difference_vs_matched"]),
-             ", ".join(str(x) for x in d["matched_steps"])] for d in results["differences"]]
-    lines.append(table(["condition", "measure", "vs final baseline", "val-loss diff", "vs matched-loss baseline",
-                        "val-loss diff (matched)", "matched steps"], rows))
+    lines.append(_setup(results["settings"]))
+    lines += _answers(results)
+    lines += _tables(results)
     lines.append("\n## Plots\n")
     lines += [f"![{p}]({p})" for p in plots]
     lines.append("\n## Definitions\n")
     lines += [f"- `{k}`: {v}" for k, v in results["definitions"].items()]
     write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _setup(s: dict) -> str:
+    base, g, o, llc = s["base"], s["base"]["gpt"], s["base"]["observer"], s["base"]["llc"]
+    model = f"our GPT {g['n_layer']} x {g['n_head']} x {g['d_model']}" if base["main"] == "gpt" else base["main"]
+    return (f"Setup: {model} ({s.get('params')} parameters), context {base['seq_len']}, vocabulary "
+            f"{base['corpus']['vocab_size']} (byte-level BPE on the {base['corpus']['corpus']} corpus), {base['lm']['steps']} "
+            f"steps x {base['lm']['batch_size']} sequences, AdamW lr {base['lm']['lr']} (decay {base['lm']['weight_decay']}); "
+            f"seeds {s['seeds']}; {s['workers']} worker(s) on {s['cpu_count']} CPU(s). Observer: 1-block forward model "
+            f"({o['n_head']} x {o['d_head']}), {o['steps']} steps x {o['batch_size']} held-out windows; near pair {o['near']}, "
+            f"far pair {o['far']}. LLC: {llc['chains']} chains x {llc['draws']} draws, epsilon {llc['epsilon']}, gamma "
+            f"{llc['gamma']}, sampler {llc.get('sampler', 'sgld')}, nβ = n / ln n with n the predicted tokens of a minibatch.\n")
+
+
+GLANCE = ("llc_mean", "unembedding_sd", "block_weight_sd_mean", "observer_near_delta_r2", "observer_near_recovery")
+SENTENCES = (("llc_mean", "LLC"), ("unembedding_sd", "Unembedding SD"), ("block_weight_sd_mean", "Block weight SD"),
+             ("observer_near_delta_r2", "Fresh observer's update R² (near pair)"),
+             ("observer_near_recovery", "Fresh observer's recovery (near pair)"),
+             ("observer_far_recovery", "Fresh observer's recovery (far pair)"))
+
+
+def _glance_row(results: dict, summary: dict) -> list:
+    c = summary["condition"]
+    any_row = _row(results, c, "unembedding_sd") or {}
+    loss_m = any_row.get("val_loss_difference_vs_matched", {})
+    matched = {"no clear difference": "CI includes 0", "not estimable": "not estimable"}.get(_verdict(loss_m), "differ")
+    row = [c, _diff_text(any_row.get("val_loss_difference_vs_final", {}), 3), f"{matched} ({_diff_text(loss_m, 3)})"]
+    for m in GLANCE:
+        d = _row(results, c, m)
+        row.append("-" if d is None else f"{_verdict(d['vs_matched_baseline'])} ({_diff_text(d['vs_matched_baseline'], 3)})")
+    return row + [f"{summary['drift_runs']}/{summary['n']}"]
+
+
+def _answers(results: dict) -> list[str]:
+    """The at-a-glance table, a paragraph per condition and whether the observer pairs count."""
+    conditions = [r for r in results["summary"] if r["method"] != "baseline"]
+    lines = ["## Answers\n",
+             "At a glance: each cell is the verdict of the difference from the baseline snapshot at the nearest "
+             "validation loss (lower / higher when its 95% Welch CI excludes 0), with the difference; the third "
+             "column says whether those matched losses differ (CI excludes 0: no claim at equal loss; a wide CI that "
+             "includes 0 is not evidence of equal loss either: read its width).\n",
+             table(["condition", "val-loss diff vs final baseline", "matched losses", "LLC", "unembedding SD",
+                    "block weight SD", "observer R² (near)", "observer recovery (near)", "drift"],
+                   [_glance_row(results, r) for r in conditions]), ""]
+    for r in conditions:
+        drift = (f" **{r['drift_runs']} of {r['n']} runs drifted** (residual norm > 2x or a block update < 0.2x the "
+                 "baseline's).") if r["drift_runs"] else ""
+        lines.append(f"**{r['condition']}**.{drift}\n")
+        lines += [f"- {_sentence(results, r['condition'], measure, name)}" for measure, name in SENTENCES]
+        lines.append("")
+    bad = [r["condition"] for r in results["summary"] if not (r["observer_near_counts"] and r["observer_far_counts"])]
+    lines.append("Observer pairs count only when skipping their blocks costs at least 0.3 nats of KL: "
+                 + ("every condition's pairs clear it." if not bad else f"**not cleared** in {', '.join(bad)} "
+                    "(see kl_skipped below; recovery there means little).") + "\n")
+    return lines
+
+
+PER_CONDITION = ("val_loss", "bits_per_byte", "accuracy", "unembedding_sd", "block_weight_sd_mean", "llc_mean",
+                 "observer_near_delta_r2", "observer_near_recovery", "observer_near_kl_skipped", "observer_far_recovery",
+                 "observer_far_kl_skipped", "fit_mse", "fit_cosine")
+
+
+def _tables(results: dict) -> list[str]:
+    """Per condition (mean ± CI), the cosines beside their skip cosines, every difference from the baseline."""
+    summary = results["summary"]
+    per_condition = [[r["condition"], r["n"], *[fmt_ci(r.get(f"{m}_mean"), r.get(f"{m}_ci95"), 4) for m in PER_CONDITION],
+                      str(r["drift_runs"])] for r in summary]
+    cosines = [[r["condition"], *[fmt_ci(r.get(f"observer_{p}_{m}_mean"), r.get(f"observer_{p}_{m}_ci95"), 4)
+                                  for p in ("near", "far") for m in ("cosine", "skip_cosine")]] for r in summary]
+    differences = [[d["condition"], d["measure"], _diff_text(d["vs_final_baseline"]), _diff_text(d["val_loss_difference_vs_final"]),
+                    _diff_text(d["vs_matched_baseline"]), _diff_text(d["val_loss_difference_vs_matched"]),
+                    ", ".join(str(x) for x in d["matched_steps"])] for d in results["differences"]]
+    return ["## Per condition (mean ± 95% CI over seeds)\n",
+            table(["condition", "n", *PER_CONDITION, "drift runs"], per_condition),
+            "\nCosine beside the skip cosine (near / far pair):\n",
+            table(["condition", "near cosine", "near skip cosine", "far cosine", "far skip cosine"], cosines),
+            "\n## Differences from the baseline (Welch 95% CI)\n",
+            table(["condition", "measure", "vs final baseline", "val-loss diff", "vs matched-loss baseline",
+                   "val-loss diff (matched)", "matched steps"], differences)]
