@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -33,16 +37,180 @@ def _error(argv, capsys) -> str:
     return err
 
 
+def _commands() -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """Every runnable command's parser, found by walking the parser (subcommands and ``llc calibrate``)."""
+    found = {}
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, (*path, name))
+        for name, sub in getattr(parser, "children", {}).items():
+            walk(sub, (*path, name))
+        if getattr(parser, "command", None) is not None:
+            found[path] = parser
+
+    walk(build_parser(), ())
+    return found
+
+
+COMMANDS = _commands()
+SHARED = ("--out", "--seed", "--device", "--threads", "--quiet", "--log", "--config", "--preset")
+
+
+def test_the_lists_here_name_every_command():
+    assert sorted(COMMANDS) == sorted(map(tuple, ALL))
+
+
+HELP_WITHOUT_TORCH = """
+import json, sys
+from selfmodels.cli import main
+seen = {}
+for argv in json.loads(sys.argv[1]):
+    try:
+        main([*argv, "--help"])
+    except SystemExit as exc:
+        assert exc.code == 0, (argv, exc.code)
+    seen[" ".join(argv)] = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))[:3]
+print(json.dumps(seen))
+"""
+
+
+def test_help_imports_no_torch():
+    """Every --help (the top level, each area, each command, and a preset's values) answers without importing torch:
+    the settings and the command registration are torch-free; the work is imported when a command runs. One fresh
+    interpreter runs them in turn, so a command that imports torch is named (benchmarks/cli_help.py times it)."""
+    commands = [[], ["forward"], ["reproduce"], *ALL, ["forward", "train", "--preset", "quick"],
+                ["selfmodel-lm", "--quick"], ["forward", "profile", "--subject", "gpt"]]
+    done = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH, json.dumps(commands)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert list(seen) == [" ".join(c) for c in commands]
+    assert {c: m for c, m in seen.items() if m} == {}, "these --help runs imported torch (first command listed first)"
+
+
+def _visible(parser) -> dict[str, argparse.Action]:
+    return {flag: a for a in parser._actions for flag in a.option_strings if a.help != argparse.SUPPRESS}
+
+
 @pytest.mark.parametrize("command", ALL, ids=" ".join)
-def test_shared_options_have_one_name_and_default(command, capsys):
-    text = _help(command, capsys)
-    assert "main options" in text.split("common options")[0] or "positional" in text
-    if "--device" in text and command != ["regularize"]:  # regularize: its grid's own device field (auto too)
-        assert "auto (CUDA when present, else CPU)" in text and "(default: auto)" in text
-    if "--threads N" in text and command != ["regularize"]:
-        assert "torch's choice" in text
-    assert "--no-progress" not in text  # the old name still works, hidden
-    assert "--main" not in text
+def test_shared_options_have_one_name_default_and_meaning(command):
+    """--out --seed --device --threads --quiet --log --config --preset mean the same in every command that has them."""
+    from selfmodels.curves import LOG_CHOICES
+
+    parser = COMMANDS[tuple(command)]
+    flags = _visible(parser)
+    help_text = " ".join(parser.format_help().split())
+    titles = {a: g.title for g in parser._action_groups for a in g._group_actions}
+    settings = parser.command.cls is not None or parser.command.presets is not None
+    assert ("--config" in flags) == settings and ("--print-config" in flags) == settings
+    for flag in SHARED:
+        if flag not in flags:
+            continue
+        action = flags[flag]
+        assert titles[action] == ("main options" if flag in ("--out", "--preset") else "common options"), flag
+        assert [f for f, a in flags.items() if a.dest == action.dest and f != "--quick"] == [flag], f"{flag}: one name"
+        shown = " ".join(action.help.split())
+        if flag == "--device":
+            assert action.base_help == "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
+            assert shown.endswith("(default: auto)")
+        elif flag == "--threads":
+            assert action.type is int
+            if command == ["regularize"]:  # a grid trains runs in parallel processes: one thread each unless told
+                assert shown.startswith("torch CPU threads of each process") and shown.endswith("(default: 1)")
+            else:
+                assert action.base_help == "torch CPU threads (none: torch's choice)" and shown.endswith("(default: none)")
+        elif flag == "--quiet":
+            assert action.nargs == 0 and action.base_help == "no progress bars" and shown.endswith("(default: False)")
+        elif flag == "--log":
+            assert tuple(action.choices) == LOG_CHOICES and shown.endswith("(default: [])")
+        elif flag == "--seed":  # llc's: the estimator's (its default, 42, is the paper's)
+            assert action.type is int and action.help.startswith("random seed")
+        elif flag == "--config":
+            assert action.help.startswith("settings from a JSON, TOML or YAML file")
+        elif flag == "--preset":
+            assert "full" in action.choices and shown.endswith("(default: full)")
+        elif flag == "--out":
+            assert action.type is not None and action.metavar in ("DIR", "FILE")
+            assert "output directory" in action.help or command == ["forward", "explore"]  # explore: the page it writes
+    assert "--no-progress" not in help_text and "--main" not in help_text  # the old names still work, hidden
+
+
+def _run_print_config(parser, argv, capsys) -> dict | None:
+    """The record --print-config prints for ``argv``, or None when the command refuses it (exit 2)."""
+    from selfmodels.errors import UserError
+
+    try:
+        args = parser.parse_args([*argv, "--print-config"])
+        assert args.func(args) == 0
+    except (SystemExit, UserError):
+        capsys.readouterr()
+        return None
+    return json.loads(capsys.readouterr().out)
+
+
+ONE_VALUE = {"--model.architecture"}  # a registry with one entry so far (transformer)
+
+
+def _candidates(action, default) -> list[list[str]]:
+    """Values for ``action`` unlike ``default``, in the order to try (the first one the command accepts is used)."""
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return [[f"--no-{action.option_strings[0][2:]}" if default else action.option_strings[0]]]
+    flag = action.option_strings[0]
+    if action.nargs == 0:  # store_true / store_const (--quick)
+        return [[flag]]
+    if action.choices:
+        others = [str(c) for c in action.choices if c != default and [c] != default]
+        return [[flag, c] for c in others]
+    if action.nargs == 2:  # --pair I J
+        return [[flag, "0", "1"], [flag, "1", "2"]]
+    if flag == "--sweeps.capacity":
+        return [[flag, "1%"]]
+    if action.nargs in ("*", "+"):
+        items = [x + 1 for x in default] if default and all(isinstance(x, (int, float)) for x in default) else []
+        return [[flag, *map(str, items)]] * bool(items) + [[flag, v] for v in ("1", "2", "0.5", "64")]
+    strings = {"--subject": ["smollm2", "gpt"], "--corpus": ["kjv"], "--device": ["cpu"], "--task": ["imdb"],
+               "--source": ["embed", "2"], "--target": ["2", "3"], "--method": ["forward"], "--site": ["resid:1"],
+               "--loss": ["cosine"], "--flow": ["source"], "--llc": ["none"]}
+    if flag in strings:
+        return [[flag, v] for v in strings[flag] if v != default]
+    if isinstance(default, bool):
+        return [[flag, str(not default)]]
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        values = [default + 1, default - 1, default * 2, default / 2, 2, 1, 0]
+        return [[flag, str(v if action.type is float else int(v))] for v in values if v != default]
+    return [[flag, v] for v in ("2", "1", "0.5", "x")]
+
+
+@pytest.mark.parametrize("command", [c for c in ALL if "--print-config" in _visible(COMMANDS[tuple(c)])], ids=" ".join)
+def test_every_documented_flag_changes_the_resolved_config(command, capsys):
+    """For each flag --help lists, a value other than the default changes what --print-config prints: no flag is
+    accepted and then ignored or overwritten."""
+    from selfmodels.configs import lookup
+
+    parser = COMMANDS[tuple(command)]
+    base_argv = ["--out", "o"] if "--out" in _visible(parser) else []
+    base = _run_print_config(parser, base_argv, capsys)
+    unchanged = []
+    for flag, action in _visible(parser).items():
+        if flag in ("-h", "--help", "--config", "--print-config", "--out") or flag != action.option_strings[0]:
+            continue
+        field = getattr(action, "field", None)
+        where = (lambda r: r[field[1:]]) if field and field.startswith("@") else \
+                (lambda r: lookup(r["config"], field)) if field else (lambda r: r)
+        default = where(base)
+        if flag in ONE_VALUE:  # no other valid value exists yet: an unknown one is refused, never ignored
+            assert _run_print_config(parser, [*base_argv, flag, "no-such-value"], capsys) is None, flag
+            continue
+        for extra in _candidates(action, default):
+            got = _run_print_config(parser, [*base_argv, *extra], capsys)
+            if got is not None and got != base and (field is None or where(got) != default):
+                break
+        else:
+            unchanged.append(flag)
+    assert not unchanged, f"flags that change nothing in the resolved config of {' '.join(command)}: {unchanged}"
 
 
 @pytest.mark.parametrize("command", PRESET_COMMANDS, ids=" ".join)
@@ -82,6 +250,11 @@ def test_print_config_round_trips_through_config(command, tmp_path, capsys):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(first))
     assert _config([*command, "--config", str(path)], capsys) == first
+    # as a run writes it (regularize and the reproductions write exactly this record): version and commit added
+    from selfmodels.artifacts import write_config
+
+    write_config(tmp_path / "run", first)
+    assert _config([*command, "--config", str(tmp_path / "run")], capsys) == first
 
 
 def test_a_runs_config_json_shape_is_a_config_file(tmp_path, capsys):

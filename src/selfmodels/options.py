@@ -27,6 +27,8 @@ from selfmodels.errors import UserError
 # Keys a run's config.json records beside its settings: accepted in a config file, not settings.
 RECORD_KEYS = ("selfmodels_version", "git_commit", "key")
 PRECEDENCE = "Settings resolve as: the preset < --config FILE < the flags given."
+DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"  # --device, in every command that has it
+THREADS_HELP = "torch CPU threads (none: torch's choice)"
 GPT = "gpt"
 
 
@@ -246,13 +248,18 @@ class Command:
                                 help="settings from a JSON, TOML or YAML file (a run's config.json reruns it); flags override it")
             common.add_argument("--print-config", action="store_true",
                                 help="print the resolved settings as JSON (a valid --config file) and run nothing")
-        if self.cls is not None and "seed" in {f.name for f in dataclasses.fields(self.cls)}:
+        fields = {f.name: f for f in dataclasses.fields(self.cls)} if self.cls is not None else {}
+        if "seed" in fields:
             action = common.add_argument("--seed", dest="seed", type=int, default=argparse.SUPPRESS, help="", metavar="N")
             action.field, action.base_help = "seed", "random seed"
-        if "device" in self.options:
-            self._opt(common, "--device", "device", metavar="DEVICE", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-        if "threads" in self.options:
-            self._opt(common, "--threads", "threads", type=int, metavar="N", help="torch CPU threads (none: torch's choice)")
+        for name, flag_type, help_text in (("device", str, DEVICE_HELP), ("threads", int, THREADS_HELP)):
+            if name in self.options:
+                self._opt(common, f"--{name}", name, type=flag_type, metavar=name.upper() if name == "device" else "N",
+                          help=help_text)
+            elif name in fields:  # a settings field of the same meaning (regularize: the grid's device and threads)
+                action = common.add_argument(f"--{name}", dest=name, type=flag_type, default=argparse.SUPPRESS, help="",
+                                             metavar=name.upper() if name == "device" else "N")
+                action.field, action.base_help = name, fields[name].metadata.get("help", help_text)
         if "quiet" in self.options:
             self._opt(common, "--quiet", "quiet", action="store_true", help="no progress bars")
             common.add_argument("--no-progress", dest="quiet", action="store_true", default=argparse.SUPPRESS,
@@ -265,7 +272,8 @@ class Command:
         if extra:
             extra(parser)
         if self.cls is not None:
-            add_arguments(parser, self.cls, exclude=set(exclude) | set(self.derived) | {"seed"}, groups=True)
+            add_arguments(parser, self.cls, exclude=set(exclude) | set(self.derived) | {"seed", "device", "threads"},
+                          groups=True)
         self.show(parser, [])
         return parser
 

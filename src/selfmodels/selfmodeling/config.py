@@ -35,8 +35,8 @@ class GridConfig:
     llc: str = option("none", "estimate each run's LLC: none, or paper (the paper's SGLD settings)", choices=LLC_CHOICES)
     llc_draws: int | None = option(None, "LLC draws per chain; None = the paper's")
     llc_chains: int | None = option(None, "number of LLC chains; None = the paper's 4")
-    device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    threads: int = option(1, "torch threads per worker process")
+    device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    threads: int = option(1, "torch CPU threads of each process training runs (1: runs go in parallel, --workers)")
     workers: int = option(1, "runs trained in parallel (processes); 2 suits a 2-core machine")
 
     def validate(self) -> None:

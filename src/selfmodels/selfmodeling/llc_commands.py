@@ -154,6 +154,17 @@ def _written_by_main(out: Path):
         yield where
 
 
+def _llc_settings(parser: argparse.ArgumentParser) -> None:
+    """The estimator's settings as flags; its seed is the command's --seed, among the common options."""
+    from selfmodels.complexity.config import LLCConfig
+
+    common = next(g for g in parser._action_groups if g.title == "common options")
+    default = LLCConfig().seed
+    common.add_argument("--seed", dest="seed", type=int, default=argparse.SUPPRESS, metavar="N",
+                        help=f"random seed: the SGLD data order; chain c's noise uses seed + c (default: {default})")
+    add_arguments(parser, LLCConfig, exclude={"seed"}, groups=True)
+
+
 def _run_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path,
                         help="one finished run's directory (OUT/runs/<name>/ of `regularize` or `reproduce self-modeling`)")
@@ -161,8 +172,6 @@ def _run_dir(parser: argparse.ArgumentParser) -> None:
 
 def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParsersAction) -> None:
     """Add ``llc`` and its subcommand ``llc calibrate`` to ``selfmodels``."""
-    from selfmodels.complexity.config import LLCConfig
-
     settings = ("SGLD settings not given default to the run's stored LLC settings, else the paper's for its task "
                 "(the defaults shown are the estimator's own).")
     command = Command("llc", options={**OPTIONS, "log": []}, usage="RUN_DIR ")
@@ -170,7 +179,7 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     def hidden_calibrate_flags(parser) -> None:  # given to one estimate, they are refused with a pointer
         for name in ("--epsilons", "--gammas", "--nbetas", "--out"):
             parser.add_argument(name, nargs="+" if name != "--out" else None, default=None, help=argparse.SUPPRESS)
-        add_arguments(parser, LLCConfig, groups=True)
+        _llc_settings(parser)
 
     parser = command.parser(
         commands, "llc", help="estimate a trained run's local learning coefficient (subcommand: llc calibrate RUN_DIR)",
@@ -197,6 +206,6 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
         description="selfmodels llc calibrate RUN_DIR: the same estimate as `selfmodels llc RUN_DIR` over a grid of SGLD "
                     "settings (every epsilon x gamma x nbeta); writes a table, a grid plot and the records to "
                     "RUN_DIR/llc_calibration/ (or --out) and resumes from them. " + settings,
-        positionals=_run_dir, main_flags=grid_flags, extra=lambda p: add_arguments(p, LLCConfig, groups=True))
+        positionals=_run_dir, main_flags=grid_flags, extra=_llc_settings)
     calibrate.set_defaults(func=runner(command, _calibrate))
     parser.children = {CALIBRATE: calibrate}
