@@ -24,6 +24,13 @@ class PerPositionMLP(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
+    @classmethod
+    def from_config(cls, cfg) -> "PerPositionMLP":
+        """The baseline of a :class:`~selfmodels.forward.config.ForwardModelConfig`: its ``d_model`` and ``mlp_mult``."""
+        model = cls(cfg.d_model, cfg.mlp_mult)
+        model.cfg = cfg
+        return model
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         require(x.shape[-1] == self.d_model, f"baseline MLP expects width {self.d_model}, got {x.shape[-1]}")
         return x + self.proj(F.gelu(self.fc(x)))  # (B, T, d)

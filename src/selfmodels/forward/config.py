@@ -36,8 +36,13 @@ class ForwardModelConfig:
     mlp: str = option("gelu", "MLP type", choices=("gelu", "swiglu"))
     swiglu_hidden: int | None = option(None, "SwiGLU hidden width (default: mlp_mult * d_model)")
     causal: bool = option(True, "causal attention (position t sees positions <= t only)")
+    architecture: str = option("transformer", "forward-model architecture, from the registry "
+                               "(selfmodels.forward.architectures; built in: transformer)")
 
     def validate(self) -> None:
+        from selfmodels.forward.architectures import architecture
+
+        architecture(self.architecture)  # unknown -> UserError listing the registered ones
         for name in ("d_model", "n_layer", "n_head", "d_head", "mlp_mult"):
             require(getattr(self, name) >= 1, f"forward model {name} must be at least 1, got {getattr(self, name)}")
         require(self.mlp in ("gelu", "swiglu"), f"forward model mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")

@@ -38,7 +38,9 @@ from selfmodels.forward.analysis.attention import attention_entropy
 from selfmodels.forward.categories import CATEGORIES, TokenCategories
 from selfmodels.forward.evaluate import as_predictor, batches_of
 from selfmodels.forward.metrics import kl_per_token
-from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+from selfmodels.forward.architectures import build_forward_model
+from selfmodels.forward.config import ForwardModelConfig
+from selfmodels.forward.pretrained import load_forward_model
 from selfmodels.subjects.base import Subject
 
 MODES = ("normal", "substituted", "skipped")
@@ -54,7 +56,7 @@ class ExploredPair:
     name: str  # "source->target"
     source: int
     target: int
-    model: ForwardModel
+    model: torch.nn.Module
     summary: dict  # the run's numbers for this pair (results.json)
 
 
@@ -116,7 +118,7 @@ def _open_pair(run_dir: Path, record: dict, results: dict, device: torch.device,
     cfg = from_dict(RunConfig, record["config"])
     opened = _Run(cfg, run_dir, device, progress)  # the pipeline's own door: subject, held-out windows, categories
     opened.open()
-    model = ForwardModel.from_pretrained(run_dir / "forward_model", subject=opened.subject, device=device)
+    model = load_forward_model(run_dir / "forward_model", subject=opened.subject, device=device)
     source, target = model.pair
     summary = {k: results.get(k) for k in ("cosine", "skip_cosine", "delta_cosine", "delta_r2", "mse")}
     summary.update({k: results["substitution"].get(k) for k in ("kl_substituted", "kl_skipped", "recovery")})
@@ -146,7 +148,7 @@ def _open_profile(run_dir: Path, record: dict, results: dict, device: torch.devi
     pairs = []
     for row in results["rows"]:
         name = f"{row['source']}->{row['target']}"
-        model = ForwardModel(model_cfg)
+        model = build_forward_model(model_cfg)
         model.load_state_dict({k.split("/", 1)[1]: v for k, v in weights.items() if k.startswith(name + "/")})
         pairs.append(ExploredPair(name, row["source"], row["target"], model.to(device).eval(), row))
     x, y = consecutive_windows(opened.val, cfg.seq_len, cfg.eval_sequences, opened.bos_id, "validation")
@@ -227,7 +229,7 @@ def worst_positions(data: dict[str, np.ndarray], count: int) -> list[tuple[int, 
 
 
 @torch.no_grad()
-def attention_rows(subject: Subject, model: ForwardModel, x: torch.Tensor, source: int,
+def attention_rows(subject: Subject, model: torch.nn.Module, x: torch.Tensor, source: int,
                    wanted: dict[int, list[int]]) -> dict[tuple[int, int], dict[str, np.ndarray]]:
     """For each sequence b in ``wanted`` and each of its positions t: the attention rows (over keys 0..t) of the
     layer's heads (block source+1) and of the forward model's first block, ``{"layer": (H, t+1), "forward": (Hf, t+1)}``."""

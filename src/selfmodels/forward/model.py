@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfmodels.configs import from_dict
 from selfmodels.errors import require
 from selfmodels.forward import pretrained
 from selfmodels.forward.config import ForwardModelConfig  # defined there, torch-free
@@ -146,10 +145,4 @@ class ForwardModel(nn.Module):
         """Load a saved forward model (eval mode) from a directory or a Hugging Face hub repository (``subfolder``:
         one model of a repository holding several). With ``subject`` (a Subject or its ``describe()``), refuse a
         model trained on other weights. The loaded model's ``pair`` is its ``(source, target)``, ``record`` its config."""
-        record, directory = pretrained.load_record(name_or_dir, subfolder, revision)
-        if subject is not None:
-            pretrained.check_subject(record, subject.describe() if hasattr(subject, "describe") else subject)
-        model = cls(from_dict(ForwardModelConfig, record["config"]))
-        pretrained.load_weights(model, directory)
-        model.pair, model.record = (record["source"], record["target"]), record
-        return model.to(device).eval()
+        return pretrained.load_forward_model(name_or_dir, subfolder, subject=subject, device=device, revision=revision)

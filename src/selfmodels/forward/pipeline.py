@@ -39,12 +39,13 @@ from selfmodels.configs import to_dict
 from selfmodels.curves import Mirror
 from selfmodels.data.windows import consecutive_windows, spread_windows
 from selfmodels.errors import UserError, require
-from selfmodels.forward.baseline import PerPositionMLP
 from selfmodels.forward.cache import ActivationCache, CacheSpec, write_cache
 from selfmodels.forward.categories import TokenCategories
 from selfmodels.forward.config import CAPACITY, RunConfig
 from selfmodels.forward.evaluate import REGRESSION_KEYS, batches_of, evaluate
-from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+from selfmodels.forward.architectures import build_forward_model, reads_attention
+from selfmodels.forward.config import ForwardModelConfig
+from selfmodels.forward.pretrained import save_pretrained
 from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION, paper_reference
 from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
 from selfmodels.stages import StageStore
@@ -124,7 +125,7 @@ class _Run:
         cotrain = None
         if cfg.training == "cotrain":
             torch.manual_seed(cfg.seed)  # the co-trained model's initial weights come from the run's seed
-            self.cotrained = ForwardModel(dataclasses.replace(cfg.model, d_model=cfg.subject.gpt.d_model))
+            self.cotrained = build_forward_model(cfg.model, cfg.subject.gpt.d_model)
             cotrain = CoTrain(self.cotrained, cfg.source, cfg.target, identity={"model": to_dict(self.cotrained.cfg)},
                               lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, grad_clip=cfg.train.grad_clip)
         with distributed.main_first():  # rank 0 fills the subject's cache (our GPT trained, a conversion); the others read it
@@ -208,7 +209,7 @@ class _Run:
         return result
 
     # --- the models ------------------------------------------------------------------------------
-    def headline(self) -> tuple[ForwardModel, str, dict]:
+    def headline(self) -> tuple[torch.nn.Module, str, dict]:
         """The headline forward model (co-trained with the subject, or fitted here), its key and its training."""
         cfg = self.cfg
         if self.cotrained is not None:
@@ -218,7 +219,7 @@ class _Run:
                       "val_loss": training["val_loss"], "tokens": training["tokens_seen"]}
             return self.cotrained, key, record
         torch.manual_seed(cfg.seed)
-        model = ForwardModel(dataclasses.replace(cfg.model, d_model=self.d_model))
+        model = build_forward_model(cfg.model, self.d_model)
         info, key = self.fit("forward_model", model, {"forward_model": to_dict(model.cfg)}, cfg.source, cfg.target,
                              cfg.train, from_cache=cfg.training == "cache")
         return model, key, {"training": TRAINING_LABELS[cfg.training], **info}
@@ -227,7 +228,8 @@ class _Run:
         """Fit and evaluate the per-position MLP on the headline pair; its results entry."""
         cfg, s, t = self.cfg, self.cfg.source, self.cfg.target
         torch.manual_seed(cfg.seed)
-        model = PerPositionMLP(self.d_model, cfg.baseline.hidden_mult)
+        model = build_forward_model(ForwardModelConfig(architecture="per-position-mlp", mlp_mult=cfg.baseline.hidden_mult),
+                                    self.d_model)
         train, plan = cfg.train, None
         if cfg.baseline.steps == "time":
             seconds = headline_train.get("seconds")
@@ -274,7 +276,7 @@ class _Run:
         capacity, gaps = [], []
         for kind, name, a, b, model_cfg in models:
             torch.manual_seed(self.cfg.seed)
-            model = ForwardModel(model_cfg)
+            model = build_forward_model(model_cfg)
             stage = name if kind == "gap" else f"capacity {name}"
             info, key = self.fit(stage, model, {"forward_model": to_dict(model_cfg)}, a, b, self.cfg.train)
             ev = self.evaluate(stage, model, key, a, b)
@@ -289,13 +291,16 @@ class _Run:
                 gaps.append({**row, "gap": b - a})
         return capacity, gaps
 
-    def analyses(self, model: ForwardModel, model_key: str) -> dict:
+    def analyses(self, model: torch.nn.Module, model_key: str) -> dict:
         """The analyses of the headline pair (plots copied into ``OUT/plots``)."""
         from selfmodels.forward.analyze import analyze_pair
 
         cfg = self.cfg
         if not cfg.analysis_sequences:
             return {"decomposition": None, "analysis": None, "plots": {}}
+        if not reads_attention(model):  # the analyses compare the forward model's attention with the subject's
+            return {"decomposition": None, "analysis": None, "plots": {},
+                    "skipped": f"the {model.cfg.architecture} architecture has no attention for the analyses to read"}
         ids, _ = consecutive_windows(self.opened.val, cfg.seq_len, cfg.analysis_sequences, self.opened.bos_id, "validation")
         inputs = {**self.subject_key, **self.data_key, "model": model_key, "analysis_sequences": cfg.analysis_sequences}
         result, directory, _ = self.store.run("analyses", inputs, lambda d: analyze_pair(
@@ -372,7 +377,7 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
     if main:
         if (out / "forward_model").is_dir():
             shutil.rmtree(out / "forward_model")
-        headline.save_pretrained(out / "forward_model", subject=r.described, source=s, target=t, data={
+        save_pretrained(headline, out / "forward_model", subject=r.described, source=s, target=t, data={
             "corpus": r.opened.data["corpus"], "corpus_source": r.opened.data["source"],
             "training_tokens": int(headline_train.get("tokens") or 0), "seq_len": cfg.seq_len, "bos": cfg.corpus.bos})
         _write_curves(out, r)

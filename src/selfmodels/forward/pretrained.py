@@ -8,7 +8,9 @@ is the digest of its weights in memory with floats rounded to bfloat16 (``tensor
 GPU loads beside the same subject in fp32 on a CPU, while one trained on other weights (a model built from the
 same config, or changed after loading) is refused with a message naming both.
 
-``ForwardModel.from_pretrained`` reads a local directory, or a Hugging Face hub repository id through
+The weights are loaded into the architecture the config names (:mod:`selfmodels.forward.architectures`), so a
+forward model of any registered architecture saves and loads the same way: :func:`load_forward_model` (which
+``ForwardModel.from_pretrained`` calls) reads a local directory, or a Hugging Face hub repository id through
 ``huggingface_hub`` (optionally a ``subfolder`` of it, for repositories holding one model per layer pair).
 """
 
@@ -20,8 +22,10 @@ import torch
 
 from selfmodels import __version__
 from selfmodels.artifacts import load_tensors, read_json, save_tensors, write_json
-from selfmodels.configs import to_dict
+from selfmodels.configs import from_dict, to_dict
 from selfmodels.errors import UserError, require
+from selfmodels.forward.architectures import build_forward_model, num_params
+from selfmodels.forward.config import ForwardModelConfig
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 FORMAT = "selfmodels-forward-model/1"
@@ -37,7 +41,7 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path, *, subject: d
     write_json(directory / CONFIG_NAME, {
         "format": FORMAT, "selfmodels_version": __version__, "config": to_dict(model.cfg),
         "subject": {k: subject.get(k) for k in keep}, "source": source, "target": target, "data": data,
-        "params": model.num_params(),
+        "params": num_params(model),
     })
     return directory
 
@@ -90,3 +94,18 @@ def load_weights(model: torch.nn.Module, directory: Path) -> None:
         model.load_state_dict(load_tensors(Path(directory) / WEIGHTS_NAME))
     except RuntimeError as exc:
         raise UserError(f"{Path(directory) / WEIGHTS_NAME} does not fit its config ({str(exc).splitlines()[-1].strip()})") from None
+
+
+def load_forward_model(name_or_dir: str | Path, subfolder: str | None = None, *, subject=None, device="cpu",
+                       revision: str | None = None) -> torch.nn.Module:
+    """A saved forward model (eval mode, on ``device``), built in the architecture its config names, from a directory
+    or a hub repository (``subfolder``: one model of a repository holding several). With ``subject`` (a Subject or its
+    ``describe()``), a model trained on other weights is refused. The model's ``pair`` is its ``(source, target)``,
+    its ``record`` the saved config."""
+    record, directory = load_record(name_or_dir, subfolder, revision)
+    if subject is not None:
+        check_subject(record, subject.describe() if hasattr(subject, "describe") else subject)
+    model = build_forward_model(from_dict(ForwardModelConfig, record["config"]))
+    load_weights(model, directory)
+    model.pair, model.record = (record["source"], record["target"]), record
+    return model.to(device).eval()

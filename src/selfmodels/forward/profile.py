@@ -35,7 +35,7 @@ from selfmodels.errors import require
 from selfmodels.forward.analysis.decomposition import decomposition_report
 from selfmodels.forward.evaluate import REGRESSION_KEYS, as_predictor, batches_of, regression
 from selfmodels.forward.config import ProfileConfig, load_preset  # ProfileConfig: defined there, torch-free
-from selfmodels.forward.model import ForwardModel
+from selfmodels.forward.architectures import build_forward_model
 from selfmodels.forward.train import train_many
 from selfmodels.forward.pipeline import check_out
 from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION
@@ -102,7 +102,7 @@ def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool
     models = {}
     for s, t in p.pairs:
         torch.manual_seed(cfg.seed)  # every pair's model starts from the same weights
-        models[f"{s}->{t}"] = (ForwardModel(dataclasses.replace(cfg.model, d_model=p.subject.d_model)), s, t)
+        models[f"{s}->{t}"] = (build_forward_model(cfg.model, p.subject.d_model), s, t)
     trained, train_key = _train_all(p, models, mirror)
     ridges, ridge_info, ridge_key = _fit_ridges(p, models)
     x, y = consecutive_windows(p.opened.val, cfg.seq_len, cfg.eval_sequences, p.opened.bos_id, "validation")
@@ -236,7 +236,7 @@ def _results(p: _Profile, models: dict, trained: dict, rows: list[dict], ridge_t
     }
 
 
-def _alignment(subject, model: ForwardModel, val: torch.Tensor, source: int, cfg: ProfileConfig) -> dict:
+def _alignment(subject, model: torch.nn.Module, val: torch.Tensor, source: int, cfg: ProfileConfig) -> dict:
     """The decomposition's MLP-vs-heads alignment of the forward model's residual, for a one-block pair."""
     ids, _ = consecutive_windows(val, cfg.seq_len, cfg.decomposition_sequences, what="validation")
     parts = subject.block_parts(ids, source + 1, attention=False)

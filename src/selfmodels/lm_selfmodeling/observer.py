@@ -16,7 +16,8 @@ from typing import Iterator
 import torch
 
 from selfmodels.forward.evaluate import batches_of, evaluate
-from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+from selfmodels.forward.architectures import build_forward_model
+from selfmodels.forward.config import ForwardModelConfig
 from selfmodels.forward.train import ForwardTrainConfig, train_forward
 from selfmodels.lm_selfmodeling.config import ObserverConfig, check_disjoint  # defined there, torch-free
 from selfmodels.subjects.base import Subject
@@ -40,8 +41,7 @@ def observe(subject: Subject, pair: tuple[int, int], train_x: torch.Tensor, eval
     source, target = pair
     subject.check_pair(source, target)
     torch.manual_seed(seed)
-    model = ForwardModel(ForwardModelConfig(d_model=subject.d_model, n_head=cfg.n_head, d_head=cfg.d_head,
-                                            mlp_mult=cfg.mlp_mult))
+    model = build_forward_model(ForwardModelConfig(n_head=cfg.n_head, d_head=cfg.d_head, mlp_mult=cfg.mlp_mult), subject.d_model)
     generator = torch.Generator().manual_seed(seed)
     train = train_forward(model, _batches(subject, train_x, source, target, cfg.batch_size, generator),
                           ForwardTrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, checkpoint_every=cfg.steps),

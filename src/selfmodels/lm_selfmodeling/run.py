@@ -99,9 +99,10 @@ def build_objective(cfg: ObjectiveConfig, subject: Subject) -> AuxiliaryObjectiv
     """The auxiliary parameters for ``cfg`` on ``subject`` (created after the main model: its init is untouched)."""
     forward_model = None
     if cfg.method == "forward":
-        from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+        from selfmodels.forward.architectures import build_forward_model
+        from selfmodels.forward.config import ForwardModelConfig
 
-        forward_model = ForwardModel(ForwardModelConfig(d_model=subject.d_model, d_head=cfg.forward_d_head))
+        forward_model = build_forward_model(ForwardModelConfig(d_head=cfg.forward_d_head), subject.d_model)
     width = site_width(subject, cfg.site) if cfg.method in PREDICTING else 0
     objective = AuxiliaryObjective(cfg.method, cfg.site, cfg.loss, cfg.detach_target, subject.d_model, width,
                                    forward_model, cfg.source, cfg.target, cfg.flow,
