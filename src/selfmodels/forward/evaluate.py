@@ -12,12 +12,9 @@ from typing import Callable
 import torch
 
 from selfmodels.forward.categories import TokenCategories
-from selfmodels.forward.metrics import RegressionTotals
+from selfmodels.forward.metrics import RegressionTotals, metric_names
 from selfmodels.forward.substitution import substitution_eval
 from selfmodels.subjects.base import Subject
-
-REGRESSION_KEYS = ("cosine", "skip_cosine", "mse", "delta_cosine", "delta_r2")
-
 
 def batches_of(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(inputs, next tokens) in fixed batches of ``size`` sequences, in order."""
@@ -31,7 +28,8 @@ def as_predictor(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tenso
 
 @torch.no_grad()
 def regression(subject: Subject, models: dict[str, torch.nn.Module], batches, source: int, target: int) -> dict[str, dict]:
-    """Cosine, MSE, skip cosine, update cosine and update R² of each model on the held-out ``batches``."""
+    """Every registered metric (:data:`selfmodels.forward.metrics.METRICS`: cosine, skip cosine, update cosine, update R²,
+    MSE and any added) of each model on the held-out ``batches``."""
     totals = {name: RegressionTotals() for name in models}
     for x, _ in batches:
         acts = subject.residuals(x, [source, target])
@@ -48,4 +46,4 @@ def evaluate(subject: Subject, model: torch.nn.Module, batches, source: int, tar
     moved = [(x.to(subject.device), y.to(subject.device)) for x, y in batches]
     substitution = substitution_eval(subject.split(source, target), as_predictor(model), moved, categories=categories,
                                      progress=progress)
-    return {**{k: metrics[k] for k in REGRESSION_KEYS}, "tokens": metrics["tokens"], "substitution": substitution}
+    return {**{k: metrics[k] for k in metric_names()}, "tokens": metrics["tokens"], "substitution": substitution}

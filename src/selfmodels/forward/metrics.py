@@ -13,12 +13,16 @@ Substitution (logits (..., V))::
     kl_per_token(normal, other) = Σ_v p_normal(v) (log p_normal(v) - log p_other(v))   = KL(normal ‖ other)
     recovery = 1 - mean KL_sub / mean KL_skip        (a ratio of means, as the paper)
 
-The :class:`RegressionTotals` accumulator gives the same numbers over many batches as over one.
+Each regression metric is a :class:`RegressionMetric` in :data:`METRICS` (:func:`register_metric` adds one): the
+:class:`RegressionTotals` accumulator sums every registered metric over batches (the same numbers over many batches
+as over one), the evaluation reports them, ``results.json`` defines them and the report shows them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -74,37 +78,89 @@ def recovery(kl_sub_mean: float, kl_skip_mean: float) -> float:
     return 1.0 - kl_sub_mean / kl_skip_mean
 
 
+@dataclass(frozen=True)
+class RegressionMetric:
+    """A metric of a forward model's prediction, defined once for batch evaluation, running totals, the results'
+    definitions and the report.
+
+    ``sums(pred, source, target)`` gives this batch's additive sums (tensors (B, T, d) in fp32); ``value(totals)``
+    turns the running sums (its own, plus ``tokens`` and ``elements``, the counts of positions and of entries) into
+    the metric. Over many batches it is therefore exactly what one batch of all of them gives."""
+
+    name: str
+    definition: str
+    label: str  # the report's row name
+    sums: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, float]]
+    value: Callable[[dict[str, float]], float]
+    digits: int | None = None  # the report's digits (None: the table's)
+
+
+METRICS: dict[str, RegressionMetric] = {}
+
+
+def register_metric(metric: RegressionMetric, *, replace: bool = False) -> RegressionMetric:
+    """Add ``metric``: every evaluation from then on reports it, ``results.json`` defines it, the report shows it."""
+    from selfmodels.errors import UserError
+
+    if metric.name in METRICS and not replace:
+        raise UserError(f"metric {metric.name!r} is already registered (pass replace=True to redefine it)")
+    if metric.name in ("tokens", "elements"):
+        raise UserError(f"{metric.name!r} names a count every metric reads: give the metric another name")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def metric_names() -> tuple[str, ...]:
+    """The registered metrics' names, in the order they were registered (the report's order)."""
+    return tuple(METRICS)
+
+
+def metric_definitions() -> dict[str, str]:
+    return {name: m.definition for name, m in METRICS.items()}
+
+
+def _sum(x: torch.Tensor) -> float:
+    return x.sum().item()
+
+
+register_metric(RegressionMetric(
+    "cosine", "mean over held-out tokens of cos(prediction_t, target_t)", "cosine",
+    lambda p, s, t: {"cos": _sum(_cos(p, t))}, lambda n: n["cos"] / max(n["tokens"], 1)))
+register_metric(RegressionMetric(
+    "skip_cosine", "skip baseline: mean over tokens of cos(source_t, target_t) (what copying the source scores)",
+    "skip cosine (copy the source)", lambda p, s, t: {"cos": _sum(_cos(s, t))}, lambda n: n["cos"] / max(n["tokens"], 1)))
+register_metric(RegressionMetric(
+    "delta_cosine", "mean over tokens of cos(prediction_t - source_t, target_t - source_t) (the update)", "update cosine",
+    lambda p, s, t: {"cos": _sum(_cos(p - s, t - s))}, lambda n: n["cos"] / max(n["tokens"], 1)))
+register_metric(RegressionMetric(
+    "delta_r2", "1 - sum ||target - prediction||^2 / sum ||target - source||^2 (share of the update's energy explained)",
+    "update R²", lambda p, s, t: {"residual": _sum((t - p).pow(2)), "update": _sum((t - s).pow(2))},
+    lambda n: _r2(n["residual"], n["update"])))
+register_metric(RegressionMetric(
+    "mse", "mean over all elements of (prediction - target)^2, in the subject's activation units", "MSE",
+    lambda p, s, t: {"squared_error": _sum((t - p).pow(2))}, lambda n: n["squared_error"] / max(n["elements"], 1), digits=4))
+
+
 @dataclass
 class RegressionTotals:
-    """Running sums for the regression metrics over any number of (pred, source, target) batches."""
+    """Running sums of every registered metric over any number of (pred, source, target) batches."""
 
     tokens: int = 0
     elements: int = 0
-    cos_sum: float = 0.0
-    skip_cos_sum: float = 0.0
-    delta_cos_sum: float = 0.0
-    sq_err_sum: float = 0.0
-    update_energy_sum: float = 0.0
+    sums: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> its sums
 
     @torch.no_grad()
     def add(self, pred: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> None:
         pred, source, target = pred.float(), source.float(), target.float()
         self.tokens += pred[..., 0].numel()
         self.elements += pred.numel()
-        self.cos_sum += _cos(pred, target).sum().item()
-        self.skip_cos_sum += _cos(source, target).sum().item()
-        self.delta_cos_sum += _cos(pred - source, target - source).sum().item()
-        self.sq_err_sum += (target - pred).pow(2).sum().item()
-        self.update_energy_sum += (target - source).pow(2).sum().item()
+        for name, metric in METRICS.items():
+            mine = self.sums.setdefault(name, {})
+            for key, value in metric.sums(pred, source, target).items():
+                mine[key] = mine.get(key, 0.0) + value
 
     def result(self) -> dict[str, float]:
-        n = max(self.tokens, 1)
-        return {
-            "cosine": self.cos_sum / n,
-            "mse": self.sq_err_sum / max(self.elements, 1),
-            "skip_cosine": self.skip_cos_sum / n,
-            "delta_cosine": self.delta_cos_sum / n,
-            "delta_r2": _r2(self.sq_err_sum, self.update_energy_sum),
-            "tokens": self.tokens,
-        }
+        def totals(name: str) -> dict[str, float]:  # a sum never added (no batch yet) is 0
+            return defaultdict(float, {**self.sums.get(name, {}), "tokens": self.tokens, "elements": self.elements})
 
+        return {**{name: metric.value(totals(name)) for name, metric in METRICS.items()}, "tokens": self.tokens}

@@ -42,11 +42,12 @@ from selfmodels.errors import UserError, require
 from selfmodels.forward.cache import ActivationCache, CacheSpec, write_cache
 from selfmodels.forward.categories import TokenCategories
 from selfmodels.forward.config import CAPACITY, RunConfig
-from selfmodels.forward.evaluate import REGRESSION_KEYS, batches_of, evaluate
-from selfmodels.forward.architectures import build_forward_model, reads_attention
+from selfmodels.forward.evaluate import batches_of, evaluate
+from selfmodels.forward.metrics import metric_names
+from selfmodels.forward.architectures import build_forward_model, num_params, reads_attention
 from selfmodels.forward.config import ForwardModelConfig
 from selfmodels.forward.pretrained import save_pretrained
-from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION, paper_reference
+from selfmodels.forward.reference import SCHEMA_VERSION, definitions, paper_reference
 from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
 from selfmodels.stages import StageStore
 from selfmodels.forward.stream import ActivationStream
@@ -247,9 +248,9 @@ class _Run:
         info, key = self.fit("baseline_mlp", model, {"per_position_mlp": cfg.baseline.hidden_mult}, s, t, train)
         ev = self.evaluate("baseline_mlp", model, key, s, t)
         distributed.main_only(save_tensors)(self.out / "baseline_mlp.safetensors", model.state_dict())
-        return {"params": model.num_params(), "share_of_main": model.num_params() / self.subject.n_params,
+        return {"params": num_params(model), "share_of_main": num_params(model) / self.subject.n_params,
                 "hidden_mult": cfg.baseline.hidden_mult, "steps_rule": cfg.baseline.steps, "time_matching": plan,
-                "train": info, **{k: ev[k] for k in REGRESSION_KEYS}, "recovery": ev["substitution"]["recovery"],
+                "train": info, **{k: ev[k] for k in metric_names()}, "recovery": ev["substitution"]["recovery"],
                 "substitution": ev["substitution"]}
 
     def ridge(self) -> dict:
@@ -268,7 +269,7 @@ class _Run:
                                                             "ridge": cfg.ridge, "train_sequences": cfg.train_sequences}, fit)
         ridge.load_state_dict(load_tensors(directory / "model.safetensors"))
         ev = self.evaluate("ridge_map", ridge.to(self.device), key, s, t)
-        return {"ridge": cfg.ridge, "fitted_on_tokens": info["tokens"], **{k: ev[k] for k in REGRESSION_KEYS},
+        return {"ridge": cfg.ridge, "fitted_on_tokens": info["tokens"], **{k: ev[k] for k in metric_names()},
                 "recovery": ev["substitution"]["recovery"], "substitution": ev["substitution"]}
 
     def sweeps(self, models: list) -> tuple[list[dict], list[dict]]:
@@ -281,8 +282,8 @@ class _Run:
             info, key = self.fit(stage, model, {"forward_model": to_dict(model_cfg)}, a, b, self.cfg.train)
             ev = self.evaluate(stage, model, key, a, b)
             sub = ev["substitution"]
-            row = {"name": name, "source": a, "target": b, "params": model.num_params(),
-                   "share_of_main": model.num_params() / self.subject.n_params, **{k: ev[k] for k in REGRESSION_KEYS},
+            row = {"name": name, "source": a, "target": b, "params": num_params(model),
+                   "share_of_main": num_params(model) / self.subject.n_params, **{k: ev[k] for k in metric_names()},
                    "kl_substituted": sub["kl_substituted"], "kl_skipped": sub["kl_skipped"], "recovery": sub["recovery"],
                    "train_mse": info["final_mse"], "train_tokens_per_s": info["tokens"] / max(info["seconds"], 1e-9)}
             if kind == "capacity":
@@ -347,7 +348,7 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
     sub = head_eval["substitution"]
     results = {
         "schema_version": SCHEMA_VERSION,
-        "definitions": DEFINITIONS,
+        "definitions": definitions(),
         "subject": {**{k: v for k, v in r.described.items() if k != "indices"}, "dtype": str(subject.dtype).replace("torch.", ""),
                     "source_hook": subject.hook_name(s), "target_hook": subject.hook_name(t),
                     "val_loss": sub["ce_normal"], "val_loss_tokens": sub["tokens"], "training": r.opened.training},
@@ -356,10 +357,10 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
                  "split": "by position: the first part of the token stream trains, the last part is held out",
                  "eval_sequences": int(r.eval_x.shape[0]), "eval_tokens": sub["tokens"], "cache": r.cache_info},
         "pair": {"source": s, "target": t, "blocks_predicted": t - s, "training": headline_train["training"]},
-        "forward_model": {"params": headline.num_params(), "share_of_main": headline.num_params() / subject.n_params,
+        "forward_model": {"params": num_params(headline), "share_of_main": num_params(headline) / subject.n_params,
                           "config": to_dict(headline.cfg), "train": headline_train, "train_config": to_dict(cfg.train),
                           "saved_to": "forward_model"},
-        **{k: head_eval[k] for k in REGRESSION_KEYS},
+        **{k: head_eval[k] for k in metric_names()},
         "substitution": {k: v for k, v in sub.items() if k != "categories"},
         "categories": sub["categories"],
         "baseline_mlp": baseline,

@@ -33,12 +33,13 @@ from selfmodels.curves import Mirror
 from selfmodels.data.windows import consecutive_windows, spread_windows
 from selfmodels.errors import require
 from selfmodels.forward.analysis.decomposition import decomposition_report
-from selfmodels.forward.evaluate import REGRESSION_KEYS, as_predictor, batches_of, regression
+from selfmodels.forward.evaluate import as_predictor, batches_of, regression
 from selfmodels.forward.config import ProfileConfig, load_preset  # ProfileConfig: defined there, torch-free
-from selfmodels.forward.architectures import build_forward_model
+from selfmodels.forward.architectures import build_forward_model, num_params
+from selfmodels.forward.metrics import metric_names
 from selfmodels.forward.train import train_many
 from selfmodels.forward.pipeline import check_out
-from selfmodels.forward.reference import DEFINITIONS, SCHEMA_VERSION
+from selfmodels.forward.reference import SCHEMA_VERSION, definitions
 from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
 from selfmodels.stages import StageStore
 from selfmodels.forward.stream import ActivationStream
@@ -48,8 +49,7 @@ from selfmodels.report.markdown import fmt, table
 from selfmodels.runtime import resolve_device
 from selfmodels.subjects.registry import OpenedSubject, open_subject
 
-PROFILE_DEFINITIONS = {
-    **DEFINITIONS,
+PROFILE_DEFINITIONS = {  # besides the pipeline's definitions (results.json has both)
     "ridge_*": "the closed-form ridge (affine) map source -> target fitted on the training windows: the same metric for it",
     "mlp_cos_residual / heads_cos_residual_mean": "one-block pairs: mean cos between the forward model's residual "
                                                   "(target - prediction) and the block's MLP output / each head's write",
@@ -194,7 +194,7 @@ def _evaluate_pairs(p: _Profile, models: dict, ridges: dict, batches, train_key:
             reg = regression(subject, {"model": model, "ridge": ridge}, batches, s, t)
             sub = substitution_eval_many(subject.split(s, t), {"model": as_predictor(model), "ridge": as_predictor(ridge)},
                                          [(a.to(subject.device), b.to(subject.device)) for a, b in batches])
-            row = {**{k: reg["model"][k] for k in REGRESSION_KEYS}, **{k: sub["model"][k] for k in (
+            row = {**{k: reg["model"][k] for k in metric_names()}, **{k: sub["model"][k] for k in (
                 "kl_substituted", "kl_skipped", "kl_zero", "recovery", "accuracy_normal", "accuracy_substituted", "accuracy_skipped")},
                 "ridge_cosine": reg["ridge"]["cosine"], "ridge_delta_r2": reg["ridge"]["delta_r2"],
                 "ridge_recovery": sub["ridge"]["recovery"], "ridge_kl_substituted": sub["ridge"]["kl_substituted"]}
@@ -217,15 +217,15 @@ def _results(p: _Profile, models: dict, trained: dict, rows: list[dict], ridge_t
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "profile",
-        "definitions": PROFILE_DEFINITIONS,
+        "definitions": {**definitions(), **PROFILE_DEFINITIONS},
         "subject": {**{k: v for k, v in described.items() if k != "indices"}, "dtype": str(subject.dtype).replace("torch.", ""),
                     "training": opened.training},
         "data": {**opened.data, "train_tokens": int(opened.train.numel()), "val_tokens": int(opened.val.numel()),
                  "seq_len": cfg.seq_len, "bos": cfg.corpus.bos, "eval_tokens": eval_tokens,
                  "ridge_tokens": ridge_tokens, "tokens_per_model": cfg.train.steps * cfg.train.batch_size * cfg.seq_len * ranks},
         "gap": cfg.gap,
-        "forward_model": {"params": model.num_params(), "config": to_dict(model.cfg),
-                          "train_config": to_dict(cfg.train), "share_of_main": model.num_params() / subject.n_params},
+        "forward_model": {"params": num_params(model), "config": to_dict(model.cfg),
+                          "train_config": to_dict(cfg.train), "share_of_main": num_params(model) / subject.n_params},
         "stream": {"buffer_sequences": cfg.buffer_sequences, "pass_sequences": cfg.pass_sequences, "ranks": ranks,
                    "tokens_seen": trained["tokens_seen"], "passes": trained["passes"],
                    "train_seconds": first["seconds"]},

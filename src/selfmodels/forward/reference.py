@@ -14,17 +14,21 @@ SCHEMA_VERSION = 1
 DEFINITIONS = {
     "indices": "layer index -1 = the residual entering block 0 (embeddings), k = the residual after block k "
                "(TransformerLens blocks.k.hook_resid_post); the forward model stands in for blocks source+1..target",
-    "cosine": "mean over held-out tokens of cos(prediction_t, target_t)",
-    "skip_cosine": "skip baseline: mean over tokens of cos(source_t, target_t) (what copying the source scores)",
-    "mse": "mean over all elements of (prediction - target)^2, in the subject's activation units",
-    "delta_cosine": "mean over tokens of cos(prediction_t - source_t, target_t - source_t) (the update)",
-    "delta_r2": "1 - sum ||target - prediction||^2 / sum ||target - source||^2 (share of the update's energy explained)",
     "kl_*": "mean over tokens of KL(normal || mode) in nats; substituted = predicted blocks replaced by the forward model, "
             "skipped = predicted blocks skipped (identity; the paper's 'ablated'), zero = target residual set to 0",
     "recovery": "1 - mean KL_substituted / mean KL_skipped (a ratio of means)",
     "accuracy_*": "next-token argmax accuracy on held-out tokens",
     "ce_*": "next-token cross-entropy in nats on held-out tokens; subject.val_loss = ce_normal",
 }
+
+
+
+def definitions() -> dict[str, str]:
+    """``results.json``'s definitions: the layer indices, every registered regression metric, substitution."""
+    from selfmodels.forward.metrics import metric_definitions
+
+    return {"indices": DEFINITIONS["indices"], **metric_definitions(), **{k: v for k, v in DEFINITIONS.items() if k != "indices"}}
+
 
 # Analyses the paper ran on its toy GPT's pair (4 heads of 64, d = 256).
 _TOY_ANALYSIS = {

@@ -122,12 +122,11 @@ def _prediction(r: dict) -> list[str]:
     rows = [
         row("parameters", f"{r['forward_model']['params']:,}", f"{b['params']:,}" if b else "-",
             "closed form" if g else "-", f"{p['forward_params']:,}"),
-        row("cosine", *metric("cosine"), p["cosine"]),
-        row("skip cosine (copy the source)", r["skip_cosine"], r["skip_cosine"], r["skip_cosine"], p["skip_cosine"]),
-        row("update cosine", *metric("delta_cosine"), p["delta_cosine"]),
-        row("update R²", *metric("delta_r2"), p["delta_r2"]),
-        row("MSE", *metric("mse", 4), fmt(p["mse"], 4)),
     ]
+    from selfmodels.forward.metrics import METRICS
+
+    for name, m in METRICS.items():  # every registered metric, in its order (built in: cosine .. MSE)
+        rows.append(row(m.label, *metric(name, m.digits), fmt(p.get(name), m.digits) if m.digits else p.get(name)))
     for mode in ("normal", "substituted", "skipped", "zero"):
         key = f"accuracy_{mode}"
         rows.append(row(f"accuracy {mode}", s[key], bs.get(key), gs.get(key), p.get(key)))
