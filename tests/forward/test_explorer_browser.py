@@ -55,10 +55,10 @@ def _expected(out):
     from selfmodels.configs import from_dict
     from selfmodels.forward.config import RunConfig
     from selfmodels.forward.model import ForwardModel
-    from selfmodels.forward.pipeline import _Run
+    from selfmodels.forward.pipeline import PipelineRun
 
     cfg = from_dict(RunConfig, json.loads((out / "config.json").read_text())["config"])
-    opened = _Run(cfg, out, torch.device("cpu"), False)
+    opened = PipelineRun(cfg, out, torch.device("cpu"), False)
     opened.open()
     subject = opened.subject
     model = ForwardModel.from_pretrained(out / "forward_model", subject=subject)

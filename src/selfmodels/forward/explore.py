@@ -110,13 +110,13 @@ def open_run(run_dir: Path, device: torch.device, progress: bool = False) -> Exp
 
 def _open_pair(run_dir: Path, record: dict, results: dict, device: torch.device, progress: bool) -> ExploredRun:
     from selfmodels.forward.config import RunConfig
-    from selfmodels.forward.pipeline import _Run
+    from selfmodels.forward.pipeline import PipelineRun
 
     if not (run_dir / "forward_model" / "config.json").is_file():
         raise _missing(run_dir, "forward_model/ (the saved forward model)",
                        f"run `selfmodels forward eval {run_dir}`, which writes it")
     cfg = from_dict(RunConfig, record["config"])
-    opened = _Run(cfg, run_dir, device, progress)  # the pipeline's own door: subject, held-out windows, categories
+    opened = PipelineRun(cfg, run_dir, device, progress)  # the pipeline's own door: subject, held-out windows, categories
     opened.open()
     model = load_forward_model(run_dir / "forward_model", subject=opened.subject, device=device)
     source, target = model.pair

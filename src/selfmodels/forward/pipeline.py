@@ -23,39 +23,35 @@ the stages it affects.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
-from selfmodels import distributed, training
+from selfmodels import distributed
 from selfmodels.artifacts import atomic_path, append_jsonl, load_tensors, read_jsonl, save_tensors, write_config, write_json
 from selfmodels.configs import to_dict
 from selfmodels.curves import Mirror
 from selfmodels.data.windows import consecutive_windows, spread_windows
 from selfmodels.errors import UserError, require
+from selfmodels.forward.architectures import build_forward_model, num_params, reads_attention
+from selfmodels.forward.baselines import BASELINES
 from selfmodels.forward.cache import ActivationCache, CacheSpec, write_cache
 from selfmodels.forward.categories import TokenCategories
-from selfmodels.forward.config import CAPACITY, RunConfig
+from selfmodels.forward.config import CAPACITY, ForwardModelConfig, RunConfig
 from selfmodels.forward.evaluate import batches_of, evaluate
 from selfmodels.forward.metrics import metric_names
-from selfmodels.forward.architectures import build_forward_model, num_params, reads_attention
-from selfmodels.forward.config import ForwardModelConfig
 from selfmodels.forward.pretrained import save_pretrained
 from selfmodels.forward.reference import SCHEMA_VERSION, definitions, paper_reference
-from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
-from selfmodels.stages import StageStore
 from selfmodels.forward.stream import ActivationStream
-from selfmodels.forward.train import ForwardTask, ForwardTrainConfig, PairBatches, train_forward, train_many
+from selfmodels.forward.train import ForwardTrainConfig, train_forward, train_many
 from selfmodels.runtime import resolve_device
+from selfmodels.stages import StageStore
 from selfmodels.subjects.base import Subject
 from selfmodels.subjects.registry import CoTrain, OpenedSubject, open_subject
-from selfmodels.training import Schedule
 from selfmodels.training.rng import derived_seed
 
 TRAINING_LABELS = {"cotrain": "co-trained", "cache": "frozen subject, from the activation cache",
@@ -97,15 +93,8 @@ def _sweep_models(cfg: RunConfig, d_model: int) -> list[tuple[str, str, int, int
     return rows
 
 
-def _seconds_per_step(model: torch.nn.Module, pairs, train: ForwardTrainConfig, device: torch.device, steps: int = 4) -> float:
-    """Measured seconds per training step of a throwaway copy of ``model`` (the first step is warm-up)."""
-    probe = ForwardTask({"probe": (copy.deepcopy(model), 0, 1)}, PairBatches(pairs, 0, 1),
-                        dataclasses.replace(train, steps=steps + 1), device, "timing")
-    return training.train(probe, Schedule(steps + 1), progress=False).seconds_per_step(warmup=1)
-
-
-class _Run:
-    """The state one pipeline run carries between its stages."""
+class PipelineRun:
+    """The state one pipeline run carries between its stages (what a registered baseline's ``fit`` is given)."""
 
     def __init__(self, cfg: RunConfig, out: Path, device: torch.device, progress: bool, mirror: Mirror | None = None,
                  held: Subject | None = None):
@@ -225,52 +214,29 @@ class _Run:
                              cfg.train, from_cache=cfg.training == "cache")
         return model, key, {"training": TRAINING_LABELS[cfg.training], **info}
 
-    def baseline(self, headline_key: str, headline_train: dict) -> dict:
-        """Fit and evaluate the per-position MLP on the headline pair; its results entry."""
-        cfg, s, t = self.cfg, self.cfg.source, self.cfg.target
-        torch.manual_seed(cfg.seed)
-        model = build_forward_model(ForwardModelConfig(architecture="per-position-mlp", mlp_mult=cfg.baseline.hidden_mult),
-                                    self.d_model)
-        train, plan = cfg.train, None
-        if cfg.baseline.steps == "time":
-            seconds = headline_train.get("seconds")
-            require(seconds is not None, "--baseline.steps time needs a forward model fitted in this run (not co-trained): use --baseline.steps same")
+    def baselines(self, headline_key: str, headline_train: dict) -> dict[str, dict | None]:
+        """Every registered baseline (:mod:`selfmodels.forward.baselines`) fitted and evaluated on the headline pair:
+        its results entry (None when it is off for this run)."""
+        s, t = self.cfg.source, self.cfg.target
+        entries: dict[str, dict | None] = {}
+        for name, baseline in BASELINES.items():
+            if not baseline.enabled(self):
+                entries[name] = None
+                continue
+            fitted = baseline.fit(self, s, t, {"key": headline_key, "train": headline_train})
+            ev = self.evaluate(name, fitted.model, fitted.key, s, t)
+            entries[name] = {**fitted.entry, **{k: ev[k] for k in metric_names()}, "recovery": ev["substitution"]["recovery"],
+                             "substitution": ev["substitution"]}
+        return entries
 
-            def measure(directory: Path) -> dict:
-                batches = self.activations.batches(str(s), str(t), train.batch_size, torch.Generator().manual_seed(1))
-                per_step = _seconds_per_step(model, batches, train, self.device)
-                # capped: timing on a shared machine is noisy
-                return {"steps": int(np.clip(round(seconds / per_step), 1, 2 * train.steps)), "seconds_per_step": per_step,
-                        "forward_model_seconds": seconds}
+    def train_windows(self) -> torch.Tensor:
+        """The training windows (N, T) the activation cache holds (the same sequences the cached models train on)."""
+        cfg = self.cfg
+        return spread_windows(self.opened.train, cfg.seq_len, cfg.train_sequences, self.opened.bos_id, "training")[0]
 
-            plan, _, _ = self.store.run("baseline_plan", {"forward_model": headline_key, "hidden_mult": cfg.baseline.hidden_mult}, measure)
-            train = dataclasses.replace(train, steps=plan["steps"])
-        info, key = self.fit("baseline_mlp", model, {"per_position_mlp": cfg.baseline.hidden_mult}, s, t, train)
-        ev = self.evaluate("baseline_mlp", model, key, s, t)
-        distributed.main_only(save_tensors)(self.out / "baseline_mlp.safetensors", model.state_dict())
-        return {"params": num_params(model), "share_of_main": num_params(model) / self.subject.n_params,
-                "hidden_mult": cfg.baseline.hidden_mult, "steps_rule": cfg.baseline.steps, "time_matching": plan,
-                "train": info, **{k: ev[k] for k in metric_names()}, "recovery": ev["substitution"]["recovery"],
-                "substitution": ev["substitution"]}
-
-    def ridge(self) -> dict:
-        """The closed-form ridge (affine) map source -> target, fitted on the training windows of the cache (the
-        same sequences the cached models train on), evaluated like a forward model; its results entry."""
-        cfg, s, t = self.cfg, self.cfg.source, self.cfg.target
-        windows, _ = spread_windows(self.opened.train, cfg.seq_len, cfg.train_sequences, self.opened.bos_id, "training")
-        ridge = RidgeMap(self.d_model, cfg.ridge)
-
-        def fit(directory: Path) -> dict:
-            fitted = fit_ridge_maps(self.subject, windows, [(s, t)], cfg.ridge, cfg.eval_batch)[(s, t)]
-            save_tensors(directory / "model.safetensors", fitted.state_dict())
-            return {"tokens": fitted.tokens}
-
-        info, directory, key = self.store.run("ridge_map", {**self.subject_key, **self.data_key, "source": s, "target": t,
-                                                            "ridge": cfg.ridge, "train_sequences": cfg.train_sequences}, fit)
-        ridge.load_state_dict(load_tensors(directory / "model.safetensors"))
-        ev = self.evaluate("ridge_map", ridge.to(self.device), key, s, t)
-        return {"ridge": cfg.ridge, "fitted_on_tokens": info["tokens"], **{k: ev[k] for k in metric_names()},
-                "recovery": ev["substitution"]["recovery"], "substitution": ev["substitution"]}
+    def save_beside(self, name: str, model: torch.nn.Module) -> None:
+        """``OUT/name``: a fitted module's weights beside the results (rank 0 writes)."""
+        distributed.main_only(save_tensors)(self.out / name, model.state_dict())
 
     def sweeps(self, models: list) -> tuple[list[dict], list[dict]]:
         """Fit and evaluate every sweep model; the capacity and layer-gap rows."""
@@ -324,7 +290,7 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
     out = check_out(out)
     began = time.perf_counter()
     main = distributed.is_main()  # under torchrun rank 0 alone writes what the ranks share
-    r = _Run(cfg, out, distributed.local_device(resolve_device(device_name)), progress and main,
+    r = PipelineRun(cfg, out, distributed.local_device(resolve_device(device_name)), progress and main,
              Mirror(out, log if main else (), config=to_dict(cfg)), held=subject)
     r.open()
     subject, s, t = r.subject, cfg.source, cfg.target
@@ -336,12 +302,12 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
             _copy_into(path, out / "subject" / name)
 
     sweep_models = _sweep_models(cfg, r.d_model)
-    if cfg.training == "cache" or cfg.baseline.enabled or sweep_models:  # some model trains from the cache
+    from_cache = any(b.trains_from_cache and b.enabled(r) for b in BASELINES.values())
+    if cfg.training == "cache" or from_cache or sweep_models:  # some model trains from the cache
         r.activations = r.cache(sorted({s, t} | {k for _, _, a, b, _ in sweep_models for k in (a, b)}))
     headline, headline_key, headline_train = r.headline()
     head_eval = r.evaluate("forward_model", headline, headline_key, s, t, categories=True)
-    baseline = r.baseline(headline_key, headline_train) if cfg.baseline.enabled else None
-    ridge = r.ridge()
+    baselines = r.baselines(headline_key, headline_train)
     capacity, gaps = r.sweeps(sweep_models)
     analyses = r.analyses(headline, headline_key)
 
@@ -363,8 +329,8 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
         **{k: head_eval[k] for k in metric_names()},
         "substitution": {k: v for k, v in sub.items() if k != "categories"},
         "categories": sub["categories"],
-        "baseline_mlp": baseline,
-        "ridge_map": ridge,
+        **baselines,
+        "baselines": {name: BASELINES[name].presentation(entry) for name, entry in baselines.items()},
         "capacity_sweep": capacity,
         "layer_gap_sweep": gaps,
         "decomposition": analyses["decomposition"],
@@ -389,7 +355,7 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
     return results
 
 
-def _write_curves(out: Path, r: _Run) -> None:
+def _write_curves(out: Path, r: PipelineRun) -> None:
     """``metrics.jsonl``: the subject's training curve (when trained here) and every forward model's, rebuilt
     from the stages this run used (so no line from a stale stage survives). The curves of stages reused from an
     earlier run (not trained, so not mirrored, here) go to the mirror now, which is then closed."""

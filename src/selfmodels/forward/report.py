@@ -97,54 +97,44 @@ def _header(r: dict) -> list[str]:
            f"{f['train_config']['lr']:g} in {train['seconds']:.0f} s" if "seconds" in train else "")
         + f". Saved in `{f['saved_to']}/` (load it with `ForwardModel.from_pretrained`).\n",
     ]
-    b = r.get("baseline_mlp")
-    if b:
-        rule = ("steps chosen from its measured speed to match the forward model's training time"
-                if b["steps_rule"] == "time" else "the forward model's step count")
-        lines.append(f"**Baseline**: per-position MLP d -> {b['hidden_mult']}d -> d (GELU, no attention), {b['params']:,} "
-                     f"parameters, {b['train']['steps']:,} steps ({rule}) in {b['train']['seconds']:.0f} s.\n")
+    lines += [b["setup"] for b in (r.get("baselines") or {}).values() if b["setup"]]
     lines.append(f"**Paper**: {p['label']}.\n")
     return lines
 
 
 def _prediction(r: dict) -> list[str]:
-    s, p, b, g = r["substitution"], r["paper"], r.get("baseline_mlp"), r.get("ridge_map")
-    bs, gs = (b["substitution"] if b else {}), (g["substitution"] if g else {})
-    paper_pair = f"{p['source']} -> {p['target']}"
-
-    def row(name, ours, base, ridge, paper):
-        return [name, ours, base if b else "-", ridge if g else "-", paper]
-
-    def metric(key, digits=None):
-        values = (r[key], b and b[key], g and g[key])
-        return [fmt(v, digits) for v in values] if digits else list(values)
-
-    rows = [
-        row("parameters", f"{r['forward_model']['params']:,}", f"{b['params']:,}" if b else "-",
-            "closed form" if g else "-", f"{p['forward_params']:,}"),
-    ]
+    """The forward model beside every baseline of the run (``results["baselines"]``) and the paper."""
     from selfmodels.forward.metrics import METRICS
 
+    s, p = r["substitution"], r["paper"]
+    shown = r.get("baselines") or {}
+    entries = [r.get(name) for name in shown]  # None: a baseline that was off for the run
+    paper_pair = f"{p['source']} -> {p['target']}"
+
+    def row(name, ours, of_baseline, paper):
+        return [name, ours, *[("-" if e is None else of_baseline(e)) for e in entries], paper]
+
+    rows = [[ "parameters", f"{r['forward_model']['params']:,}", *[b["parameters"] for b in shown.values()],
+             f"{p['forward_params']:,}"]]
     for name, m in METRICS.items():  # every registered metric, in its order (built in: cosine .. MSE)
-        rows.append(row(m.label, *metric(name, m.digits), fmt(p.get(name), m.digits) if m.digits else p.get(name)))
+        shape = (lambda v: fmt(v, m.digits)) if m.digits else (lambda v: v)
+        rows.append(row(m.label, shape(r[name]), lambda e: shape(e.get(name)), shape(p.get(name))))
     for mode in ("normal", "substituted", "skipped", "zero"):
         key = f"accuracy_{mode}"
-        rows.append(row(f"accuracy {mode}", s[key], bs.get(key), gs.get(key), p.get(key)))
+        rows.append(row(f"accuracy {mode}", s[key], lambda e: e["substitution"].get(key), p.get(key)))
     for mode in ("substituted", "skipped", "zero"):
         key = f"kl_{mode}"
-        rows.append(row(f"KL {mode} (nats)", s[key], bs.get(key), gs.get(key), p.get(key)))
-    rows.append(row("**recovery**", s["recovery"], b and b["recovery"], g and g["recovery"], p["recovery"]))
-    rows.append(row("recovery against zero-ablation", s["recovery_vs_zero"], bs.get("recovery_vs_zero"), gs.get("recovery_vs_zero"), None))
+        rows.append(row(f"KL {mode} (nats)", s[key], lambda e: e["substitution"].get(key), p.get(key)))
+    rows.append(row("**recovery**", s["recovery"], lambda e: e["recovery"], p["recovery"]))
+    rows.append(row("recovery against zero-ablation", s["recovery_vs_zero"], lambda e: e["substitution"].get("recovery_vs_zero"), None))
     lines = [
         "## Prediction and causal substitution (held-out text)\n",
         "`cosine`: mean per-token cosine; `skip cosine`: the source itself against the target (what copying scores); "
         "`update cosine` / `update R²`: the predicted against the true update (target - source), which the paper did not "
         "report. Substitution replaces the predicted blocks' output and runs the rest of the subject; skipped = those blocks "
         "as the identity (the paper's \"ablated\"); zero = the target residual set to 0; recovery = 1 - mean KL_sub / mean KL_skip.\n",
-        table(["", "ours: forward model", "ours: per-position MLP", "ours: ridge map", f"paper ({paper_pair})"], rows, digits=4),
-        "The ridge map is the closed-form affine map source -> target fitted on the training windows "
-        f"({g['fitted_on_tokens']:,} tokens, ridge {g['ridge']:g}): what the forward model gains over it is what a linear map "
-        "cannot do.\n" if g else "",
+        table(["", "ours: forward model", *[b["column"] for b in shown.values()], f"paper ({paper_pair})"], rows, digits=4),
+        *[b["note"] for b in shown.values() if b["note"]],
         "MSE is in the subject's own activation units: it compares only within one subject.\n",
     ]
     if s["kl_skipped"] < WEAK_SKIP_NATS:
