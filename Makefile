@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml requirements/offline-data.txt
 demo: setup
 	$(VENV)/bin/selfmodels reproduce self-modeling --quick --out $(OUT)/self-modeling
 	$(VENV)/bin/selfmodels reproduce forward-self-models --quick --out $(OUT)/forward-gpt
-	$(VENV)/bin/selfmodels reproduce forward-self-models --main smollm2 --quick --out $(OUT)/forward-smollm2
+	$(VENV)/bin/selfmodels reproduce forward-self-models --subject smollm2 --quick --out $(OUT)/forward-smollm2
 
 test: setup
 	$(PY) -m pytest -q

@@ -1,7 +1,7 @@
 """Peak memory of streaming forward-model training at two token budgets 10x apart, as JSON lines.
 
 Each budget runs in a fresh Python process (so neither inherits the other's peak): a randomly initialised
-GPT subject (or ``--main smollm2``, the packaged offline SmolLM2), a token stream of ``--tokens`` random ids
+GPT subject (or ``--subject smollm2``, the packaged offline SmolLM2), a token stream of ``--tokens`` random ids
 (int32, the budget: one epoch over it), an :class:`~selfmodels.forward.stream.ActivationStream` and one forward
 model trained by :func:`~selfmodels.forward.train.train_many` for one epoch. The child reads
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end and prints one line; the parent prints both lines and
@@ -10,7 +10,7 @@ bounded by the shuffle buffer, not by the budget; the token ids themselves (4 by
 ``token_bytes``) are the only thing that grows, and ``cache_bytes_equivalent`` is what an fp16 on-disk cache of
 the same activations would take.
 
-    python benchmarks/stream_memory.py [--tokens 20000] [--threads 2] [--main smollm2]
+    python benchmarks/stream_memory.py [--tokens 20000] [--threads 2] [--subject smollm2]
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from selfmodels.runtime import set_threads
 
 
 def _subject(args):
-    if args.main:
+    if args.subject:
         from selfmodels.subjects.hf_loading import load_causal_lm
-        return load_causal_lm(args.main)
+        return load_causal_lm(args.subject)
     from selfmodels.nets.gpt import GPT, GPTConfig
     from selfmodels.subjects.gpt import GPTSubject
     gpt = GPT(GPTConfig(vocab_size=args.vocab, block_size=args.seq_len, n_layer=args.layers, n_head=4, d_model=args.d_model))
@@ -70,7 +70,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=20_000, help="the small budget; the large one is 10x")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--main", default=None, help="a real subject (e.g. smollm2) instead of the random GPT")
+    p.add_argument("--subject", default=None, help="a real subject (e.g. smollm2) instead of the random GPT")
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--vocab", type=int, default=4096)
@@ -86,9 +86,9 @@ def main() -> None:
     runs = []
     for budget in (args.tokens, 10 * args.tokens):
         argv = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
-                if name not in ("tokens", "child", "main") and value is not None]
-        if args.main:
-            argv.append(f"--main={args.main}")
+                if name not in ("tokens", "child", "subject") and value is not None]
+        if args.subject:
+            argv.append(f"--subject={args.subject}")
         done = subprocess.run([sys.executable, __file__, "--child", "--tokens", str(budget), *argv],
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:

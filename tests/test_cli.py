@@ -348,6 +348,47 @@ def test_bad_input_names_the_flag_typed(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.fixture
+def config_only_gpt2(tmp_path):
+    """A Hugging Face model directory with config.json alone (GPT-2: 2 blocks, 256 learned positions) and no weights:
+    a command that reaches the loader fails there, so a check that answers first ran before anything was loaded."""
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=256, vocab_size=100, bos_token_id=0,
+               eos_token_id=0).save_pretrained(tmp_path / "gpt2-tiny")
+    return str(tmp_path / "gpt2-tiny")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["forward", "train", "--seq-len", "512", "--source", "0", "--target", "1"], "--seq-len 512 is longer than the 256 "),
+    (["forward", "train", "--source", "0", "--target", "5"], "target 5 is out of range for"),
+    (["forward", "profile", "--gap", "10"], "--gap 10 leaves no layer pair in a 2-block subject"),
+    (["forward", "train", "--corpus", "/no/such/corpus.txt"], "corpus file /no/such/corpus.txt does not exist"),
+    (["selfmodel-lm", "--site", "resid:9"], "unknown site 'resid:9' for a model with 2 blocks"),
+    (["selfmodel-lm", "--seq-len", "300"], "--seq-len 300 is longer than the 256 positions of"),
+])
+def test_a_hugging_face_subject_is_checked_from_its_config_before_loading(argv, message, config_only_gpt2, tmp_path,
+                                                                          capsys):
+    err = _error([*argv, "--subject", config_only_gpt2, "--corpus" if "--corpus" not in argv else "--quiet",
+                  *(["offline"] if "--corpus" not in argv else []), "--out", str(tmp_path / "o")], capsys)
+    assert message in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["selfmodel-lm", "--method", "typo"], "unknown method 'typo'"),
+    (["selfmodel-lm", "--method", "forward", "--pair", "3", "9"], "forward-form pair 3 -> 9 is out of range for 4 blocks"),
+    (["selfmodel-lm", "--corpus", "fineweb-edu"], "HF_HUB_OFFLINE is set"),
+    (["forward", "train", "--source", "5", "--target", "3"], "source 5 is out of range for our GPT (4 blocks)"),
+    (["forward", "train", "--corpus", "fineweb-edu"], "HF_HUB_OFFLINE is set"),
+    (["forward", "profile", "--subject", "gpt", "--layers", "7"], "--layers: source 7 with gap 1 is out of range"),
+])
+def test_our_gpts_settings_are_checked_before_a_corpus_is_tokenized(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SELFMODELS_CACHE", str(tmp_path / "cache"))  # tokenizing or training would write here
+    assert message in _error([*argv, "--quick", "--out", str(tmp_path / "o")], capsys)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "o").exists()
+
+
 def test_profile_gap_too_large_says_so():
     from selfmodels.errors import UserError
     from selfmodels.forward.profile import ProfileConfig, pairs_of

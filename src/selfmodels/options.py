@@ -457,6 +457,40 @@ def check_subject(name: str, flag: str = "--subject") -> None:
                         "save_pretrained, a Hugging Face model id, gpt or smollm2)")
 
 
+def subject_shape(name: str) -> dict | None:
+    """A Hugging Face subject's ``{"blocks": n, "positions": p}`` read from its config alone (no weights), so that a
+    command checks its layer indices and sequence length before it loads a model or tokenizes a corpus. None for our
+    GPT (its settings say), the packaged smollm2 before its first load converts it, and a config that cannot be read
+    here (loading it then says why)."""
+    if name == GPT:
+        return None
+    if name == "smollm2":  # the packaged model: the config of its converted copy
+        from selfmodels.runtime import cache_dir
+        from selfmodels.subjects.hf_loading import SMOLLM2_CACHE_NAME
+
+        name = str(cache_dir() / SMOLLM2_CACHE_NAME)
+        if not (Path(name) / "config.json").is_file():
+            return None
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name)
+    except Exception:  # not in the cache offline, no such id, a config transformers does not know: the load reports it
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    blocks = getattr(text, "num_hidden_layers", None)
+    positions = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    return None if not isinstance(blocks, int) else {"blocks": blocks, "positions": positions}
+
+
+def check_seq_len(seq_len: int, name: str, shape: dict | None, flag: str = "--seq-len") -> None:
+    """A sequence no longer than the positions the subject has (GPT-2's learned positions would fail inside it)."""
+    positions = (shape or {}).get("positions")
+    if isinstance(positions, int) and seq_len > positions:
+        raise UserError(f"{flag} {seq_len} is longer than the {positions} positions of {name}: use {flag} {positions} "
+                        "at most")
+
+
 def check_run_dir(path: Path, flag: str, what: str) -> None:
     """A positional run directory that exists and is a directory."""
     p = Path(path)
@@ -466,5 +500,5 @@ def check_run_dir(path: Path, flag: str, what: str) -> None:
         raise UserError(f"{flag} {path} does not exist: give the directory {what}")
 
 
-__all__ = ["Command", "CommandParser", "Presets", "Resolved", "check_run_dir", "check_subject",
-           "read_config_file", "runner"]
+__all__ = ["Command", "CommandParser", "Presets", "Resolved", "check_run_dir", "check_seq_len", "check_subject",
+           "read_config_file", "runner", "subject_shape"]

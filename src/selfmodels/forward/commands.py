@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 
 from selfmodels.configs import from_dict
-from selfmodels.options import Command, Presets, check_run_dir, check_subject, runner
+from selfmodels.options import Command, Presets, check_run_dir, check_seq_len, check_subject, runner, subject_shape
 
 LAYER_HELP = "(-1 or embed = the embeddings, k = the residual after block k)"
 RUN_DIR_WHAT = "written by `forward train` or `reproduce forward-self-models`"
@@ -146,16 +146,33 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     rep.set_defaults(func=runner(command, _reproduce))
 
 
-def _check_subject(cfg) -> None:
+def _check_subject(cfg, pairs) -> None:
+    """Before a model is loaded or a corpus tokenized: the subject's name, the corpus, and for a Hugging Face subject
+    (from its config alone) ``pairs(blocks, name)`` (the layer indices) and the sequence length."""
+    from selfmodels.data.corpora import check_corpus
+
     check_subject(cfg.subject.main)
+    check_corpus(cfg.corpus.corpus)
+    shape = subject_shape(cfg.subject.main)
+    if shape is not None:
+        pairs(shape["blocks"], cfg.subject.main)
+        check_seq_len(cfg.seq_len, cfg.subject.main, shape)
+
+
+def _pipeline_pairs(cfg):
+    from selfmodels.forward.pipeline import check_pairs
+
+    return lambda blocks, name: check_pairs(cfg, blocks, name)
 
 
 def _profile(r, args) -> int:
     from selfmodels.curves import check_sinks
     from selfmodels.forward.profile import run
 
+    from selfmodels.forward.profile import pairs_of
+
     log = check_sinks(r.log)  # a missing extra stops here, before any work starts
-    _check_subject(r.config)
+    _check_subject(r.config, lambda blocks, name: pairs_of(r.config, blocks))
     progress = _setup(r)
     result = run(r.config, r.out, r.device, progress, log=log)
     for row in result["rows"]:
@@ -178,7 +195,7 @@ def _train(r, args) -> int:
     from selfmodels.forward.pipeline import run
 
     log = check_sinks(r.log)  # a missing extra stops here, before any work starts
-    _check_subject(r.config)
+    _check_subject(r.config, _pipeline_pairs(r.config))
     progress = _setup(r)
     _summary(run(r.config, r.out, r.device, progress, log=log), r.out)
     return 0
@@ -190,7 +207,7 @@ def _reproduce(r, args) -> int:
     from selfmodels.forward.pipeline import run
 
     log = check_sinks(r.log)  # a missing extra stops here, before any work starts
-    _check_subject(r.config)
+    _check_subject(r.config, _pipeline_pairs(r.config))
     progress = _setup(r)
     explore = lambda out, device: write_explorer(out, device=device)  # noqa: E731 - the page beside report.md, linked from it
     _summary(run(r.config, r.out, r.device, progress, before_report=explore, log=log), r.out)

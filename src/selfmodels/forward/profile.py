@@ -1,6 +1,6 @@
 """A whole-model profile: which layers of a subject are compressible, and which are computationally novel.
 
-``selfmodels forward profile --main MODEL [--gap 1] [--layers ...]`` trains a forward model for every layer
+``selfmodels forward profile --subject MODEL [--gap 1] [--layers ...]`` trains a forward model for every layer
 pair ``(k, k + gap)`` of the subject in ONE streaming run (:mod:`selfmodels.forward.stream`: one subject
 pass per step feeds every model, :func:`selfmodels.forward.train.train_many`), and evaluates each on the
 **same** held-out tokens beside two baselines fitted without gradient descent:

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from selfmodels.options import Command, Presets, check_subject, runner
+from selfmodels.options import Command, Presets, check_seq_len, check_subject, runner, subject_shape
 
 SHARED = {"out": None, "device": "auto", "threads": None, "quiet": False, "log": []}
 OBJECTIVE_FLAGS = ("method", "strength", "site", "loss", "flow", "source", "target")
@@ -35,13 +35,33 @@ def _selfmodel_lm(r, args: argparse.Namespace) -> int:
     from selfmodels.runtime import resolve_device, set_threads
 
     log = check_sinks(r.log)  # a missing extra stops here, before any work starts
-    if r.config.main != "gpt":
-        check_subject(r.config.main)
+    _check_before_loading(r.config)
     set_threads(r.threads)
     record = run_one(r.config, r.out, device=resolve_device(r.device), progress=not r.quiet, log=log)
     print(f"wrote {Path(r.out) / 'result.json'}: val loss {record['val_loss']:.4f} nats/token, "
           f"unembedding SD {record['unembedding_sd']:.4f}, observer recovery (near) {record['observer_near_recovery']:.3f}")
     return 0
+
+
+def _check_before_loading(cfg) -> None:
+    """Every setting that can be checked before a model is loaded or a corpus tokenized: the corpus; the objective,
+    its site and pairs and the observer's against the blocks our GPT will have, or (a Hugging Face subject) those
+    its config states, with the sequence length against its positions; else the names alone (the rest after loading)."""
+    from selfmodels.data.corpora import check_corpus
+    from selfmodels.lm_selfmodeling.config import check_objective
+
+    check_corpus(cfg.corpus.corpus)
+    if cfg.main == "gpt":
+        cfg.validate(cfg.gpt.n_layer)
+        return
+    check_subject(cfg.main)
+    shape = subject_shape(cfg.main)
+    if shape is None:
+        objective = cfg.objective
+        check_objective(objective.method, objective.strength, objective.loss, objective.flow)
+        return
+    cfg.validate(shape["blocks"])
+    check_seq_len(cfg.seq_len, cfg.main, shape)
 
 
 def _reproduce(r, args: argparse.Namespace) -> int:

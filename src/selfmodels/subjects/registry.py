@@ -1,7 +1,7 @@
 """Opening a subject by name, with the token stream it reads: the one door the pipeline goes through.
 
-``--main gpt`` is our GPT, trained here on the corpus with our byte-level BPE (and, when asked, a forward
-model co-trained beside it, as the paper did); ``--main smollm2`` is the packaged offline SmolLM2-135M; any
+``--subject gpt`` is our GPT, trained here on the corpus with our byte-level BPE (and, when asked, a forward
+model co-trained beside it, as the paper did); ``--subject smollm2`` is the packaged offline SmolLM2-135M; any
 other name is a Hugging Face model id or local directory. Either way the caller gets a :class:`Subject`, the
 tokenizer, the train / validation token streams (split by position) and where they came from; nothing
 after this point needs to know which kind of subject it has.
@@ -67,7 +67,7 @@ def open_subject(cfg: SubjectConfig, corpus: CorpusConfig, device: torch.device,
     if cfg.trained_here:
         return _our_gpt(cfg, corpus, device, seed, cotrain, progress, mirror)
     if cotrain is not None:
-        raise UserError(f"co-training a forward model needs a subject trained here (--main gpt); {cfg.main!r} is "
+        raise UserError(f"co-training a forward model needs a subject trained here (--subject gpt); {cfg.main!r} is "
                         "pretrained: train the forward model from its activations instead (--training cache)")
     return _pretrained(cfg, corpus, device, progress)
 
@@ -79,7 +79,7 @@ def _pretrained(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.devi
 
     subject = load_causal_lm(cfg.main, device, model_dtype(cfg.dtype, device))
     bos_id = subject.tokenizer.bos_token_id if corpus_cfg.bos else None
-    require(not corpus_cfg.bos or bos_id is not None, f"the tokenizer of {cfg.main} has no BOS token: run without --bos")
+    require(not corpus_cfg.bos or bos_id is not None, f"the tokenizer of {cfg.main} has no BOS token: run without --corpus.bos")
     corpus = load_corpus(corpus_cfg.corpus, max_chars=corpus_cfg.max_chars)
     tokens = encode_corpus(subject.tokenizer, corpus, progress=progress)
     train, val = split_stream(tokens, corpus_cfg.val_fraction)
@@ -134,7 +134,7 @@ def _our_gpt(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device,
     from selfmodels.subjects.lm_training import train_lm
     from selfmodels.runtime import seed_everything
 
-    require(not corpus_cfg.bos, "our GPT's BPE has no BOS token: run --main gpt without --bos")
+    require(not corpus_cfg.bos, "our GPT's BPE has no BOS token: run --subject gpt without --corpus.bos")
     data_dir = cache_dir() / "forward-data" / content_key(_data_key(corpus_cfg))
     tokenizer, train, val, info = prepare_text(corpus_cfg, data_dir, progress)
     block = cfg.gpt.block_size
