@@ -107,3 +107,32 @@ def test_fit_profile_on_a_model_object(held, text, tmp_path):
     profile = selfmodels.forward.fit_profile(subject, layers=[-1, 1], corpus=str(text), out=tmp_path / "p", **tiny)
     assert [(row["source"], row["target"]) for row in profile.rows] == [(-1, 0), (1, 2)]
     assert repr(profile).splitlines()[1].strip().startswith("-1 -> 0   cosine")
+
+
+def test_selfmodel_lm_in_a_line_runs_the_command_s_run_and_reads_it_back(text, tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFMODELS_CACHE", str(tmp_path / "cache"))
+    tiny = {"seq_len": 16, "gpt": {"n_layer": 3, "n_head": 2, "d_model": 32}, "corpus": {"corpus": str(text), "vocab_size": 300},
+            "lm": {"steps": 4, "batch_size": 4, "eval_every": 2}, "eval_windows": 4, "estimate_llc": False,
+            "observer": {"near": [0, 1], "far": [-1, 0], "steps": 3, "batch_size": 4, "d_head": 8, "train_windows": 8,
+                         "eval_windows": 4}}
+    run = selfmodels.selfmodel_lm("self-model", strength=1.0, out=tmp_path / "lm", device="cpu", **tiny)
+    assert run.record["condition"] == "self-model-1" and run.record["training"]["steps"] == 4
+    assert repr(run).startswith("LMRun(self-model-1, seed 0, gpt: val loss ")
+    assert selfmodels.selfmodel_lm("self-model", strength=1.0, out=tmp_path / "lm", device="cpu", **tiny).record == run.record
+    with pytest.raises(UserError, match="unknown key 'objective.strenght'"):
+        selfmodels.selfmodel_lm(out=tmp_path / "bad", objective={"strenght": 1.0})
+
+
+def test_regularize_in_a_line_runs_the_command_s_grid(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("selfmodeling_fixtures", Path(__file__).parent / "selfmodeling" / "conftest.py")
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)  # its make_tiny_data: the self-modeling tests' synthetic MNIST-shaped data
+    make_tiny_data = fixtures.make_tiny_data
+
+    grid = selfmodels.regularize("mnist", hidden=[8], methods=["baseline", "self-model"], strengths=[1.0], seeds=[0],
+                                 epochs=1, batch_size=32, out=tmp_path / "grid", data=make_tiny_data(), device="cpu")
+    assert [(row["method"], row["strength"]) for row in grid.summary] == [("baseline", 0.0), ("self-model", 1.0)]
+    assert (tmp_path / "grid" / "report.md").is_file()
+    assert repr(grid).splitlines()[0] == f"GridRun(2 runs, 2 conditions; out={tmp_path / 'grid'})"

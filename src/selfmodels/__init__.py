@@ -11,13 +11,17 @@ What a command does, a line of Python does (each runs the command's own function
     subject = selfmodels.open_subject("smollm2")                        # or (model, tokenizer) objects you hold
     fit = selfmodels.forward.fit(subject, source=7, target=8)           # selfmodels forward train --preset quick
     profile = selfmodels.forward.fit_profile(subject)                   # selfmodels forward profile --preset quick
+    run = selfmodels.selfmodel_lm("self-model", strength=1.0)          # selfmodels selfmodel-lm --preset quick
+    grid = selfmodels.regularize("mnist", hidden=[64], strengths=[10])  # selfmodels regularize
 
 Names are imported on first use, so ``import selfmodels`` stays cheap (no torch).
 """
 
 __version__ = "0.1.0"
 
-_LAZY = {"open_subject": ("selfmodels.subjects.held", "as_subject")}
+_LAZY = {"open_subject": ("selfmodels.subjects.held", "as_subject"),
+         "regularize": ("selfmodels.selfmodeling.library", "regularize"),
+         "selfmodel_lm": ("selfmodels.lm_selfmodeling.library", "selfmodel_lm")}
 _SUBPACKAGES = ("complexity", "data", "forward", "lm_selfmodeling", "nets", "selfmodeling", "subjects")
 
 

@@ -70,17 +70,22 @@ def _out(out: str | Path | None, prefix: str) -> Path:
     return Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=prefix))
 
 
+def _corpus(corpus: str | dict) -> dict:
+    return dict(corpus) if isinstance(corpus, dict) else {"corpus": str(corpus)}
+
+
 def _device(held: Subject | None, device) -> str:
     return str(device) if device is not None else (str(held.device) if held is not None else "auto")
 
 
-def fit(subject, source: int | str, target: int | str, *, corpus: str = "offline", preset: str = "quick",
+def fit(subject, source: int | str, target: int | str, *, corpus: str | dict = "offline", preset: str = "quick",
         out: str | Path | None = None, seed: int = 0, device=None, progress: bool = False, **settings) -> ForwardFit:
     """``selfmodels forward train``: one forward model on (source, target) of ``subject``, trained and evaluated.
 
     ``preset``: quick (CPU-sized, the default here) or full (the paper's); ``settings``: any field of
-    :class:`~selfmodels.forward.config.RunConfig` (``train={"steps": 50}``, ``eval_sequences=8``, ...); ``device``:
-    where the forward model trains (default: the subject's device, or auto for a name)."""
+    :class:`~selfmodels.forward.config.RunConfig` (``train={"steps": 50}``, ``eval_sequences=8``, ...); ``corpus``: its
+    name or path, or a dict of corpus settings (``{"corpus": "offline", "max_chars": 50_000}``); ``device``: where the
+    forward model trains (default: the subject's device, or auto for a name)."""
     from selfmodels.forward.commands import _pipeline_command  # the command's own preset layering and adjustments
     from selfmodels.forward.config import RunConfig
     from selfmodels.forward.model import ForwardModel
@@ -88,7 +93,7 @@ def fit(subject, source: int | str, target: int | str, *, corpus: str = "offline
 
     held, main = _held(subject)
     base = _pipeline_command("forward train", one_pair=True)._base(preset, main)
-    given = {"source": parse_index(source), "target": parse_index(target), "seed": seed, "corpus": {"corpus": corpus}}
+    given = {"source": parse_index(source), "target": parse_index(target), "seed": seed, "corpus": _corpus(corpus)}
     cfg = from_dict(RunConfig, overlay(overlay(base, given), settings))
     out = _out(out, "selfmodels-forward-")
     results = run(cfg, out, _device(held, device), progress, subject=held)
@@ -102,7 +107,7 @@ def fit(subject, source: int | str, target: int | str, *, corpus: str = "offline
     return ForwardFit(model, evaluation, results, out)
 
 
-def fit_profile(subject, *, gap: int = 1, layers: list[int] | None = None, corpus: str = "offline", preset: str = "quick",
+def fit_profile(subject, *, gap: int = 1, layers: list[int] | None = None, corpus: str | dict = "offline", preset: str = "quick",
                 out: str | Path | None = None, seed: int = 0, device=None, progress: bool = False, **settings) -> ProfileFit:
     """``selfmodels forward profile``: a forward model for every layer pair (k, k + gap) of ``subject`` from one
     streaming run, each beside the skip and ridge baselines. ``settings``: any field of
@@ -113,7 +118,7 @@ def fit_profile(subject, *, gap: int = 1, layers: list[int] | None = None, corpu
 
     require(preset in ("quick", "full"), f"unknown preset {preset!r}: known presets: full, quick")
     held, main = _held(subject)
-    given = {"gap": gap, "layers": list(layers or []), "seed": seed, "corpus": {"corpus": corpus}}
+    given = {"gap": gap, "layers": list(layers or []), "seed": seed, "corpus": _corpus(corpus)}
     cfg = from_dict(ProfileConfig, overlay(overlay(to_dict(profile_preset(main, preset == "quick")), given), settings))
     out = _out(out, "selfmodels-profile-")
     results = run(cfg, out, _device(held, device), progress, subject=held)
