@@ -577,9 +577,10 @@ def test_describe(subject):
         assert info["family"] not in FAMILIES and info["vocab_size"] == VOCAB
         assert (info["n_heads"], info["d_head"], info["n_kv_heads"], info["d_model"]) == (4, 16, 4, 64)
         assert info["structure"]["found"].startswith("structurally") and info["structure"]["experts"] is None
+        assert subject.parts_unavailable.startswith(f"model_type {info['family']!r} has no FAMILIES row")  # analyses read it
         json.dumps(info)
     elif is_hf(subject):
-        assert info["family"] in FAMILIES and info["vocab_size"] == VOCAB
+        assert info["family"] in FAMILIES and info["vocab_size"] == VOCAB and subject.parts_unavailable is None
         assert (info["n_heads"], info["d_head"], info["n_kv_heads"]) == (
             (4, 16, 4) if info["family"] in ("gpt2", "gpt_neox") else (4, 16, 2))
         structure = info["structure"]

@@ -13,6 +13,11 @@ decomposed into heads, attention bias and MLP only for a one-block pair (target 
 Returned analyses: attention similarity (per example and batch-averaged), gauge symmetry (raw Q/K/V
 cosines and QK/OV circuits, norm gains folded into the read weights), linear CKA, and the structure of the
 residual target - prediction (spectrum, token categories, correlation with attention entropy).
+
+A subject that cannot split a block into its parts (``subject.parts_unavailable``: a Hugging Face model found
+structurally, with no FAMILIES row) gets every analysis that needs only residuals and the forward model (CKA
+of the residuals, the residual's spectrum, the token-string categories); those that need the block's parts
+(:data:`NEED_PARTS`) are left out and ``analysis["skipped"]`` names them and says why.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ from selfmodels.forward.analysis.residual import (
 from selfmodels.forward.model import ForwardModel
 from selfmodels.subjects.base import Subject
 from selfmodels.subjects.weights import fused_qkv_heads
+
+# What comes from the compared block's insides (``block_parts``: per-head writes, MLP output, attention weights;
+# ``head_weights``), so a subject without them skips it.
+NEED_PARTS = ("decomposition (per-head writes and MLP)", "attention similarity", "gauge (head weights)",
+              "post-attention CKA", "attention entropy correlation", "attention token categories (focused, distributed)")
 
 POSITION0 = ("every causal head attends only to itself at position 0 (attention entropy exactly 0), and in "
              "pretrained models position 0 is the attention sink")
@@ -83,7 +93,8 @@ def analyze_pair(subject: Subject, model: ForwardModel, ids: torch.Tensor, sourc
     whole predicted update, target - source.
 
     Returns ``{"decomposition": dict | None, "analysis": dict, "plots": {name: file name}}``; the analysis
-    says which block the forward model was compared with (``compared_block`` = source + 1).
+    says which block the forward model was compared with (``compared_block`` = source + 1) and, for a subject
+    without block parts, what it skipped and why (``skipped``: ``{"analyses": [...], "reason": ...}``).
     """
     subject.check_pair(source, target)
     require(ids.dim() == 2 and ids.shape[0] >= 2,
@@ -98,11 +109,19 @@ def analyze_pair(subject: Subject, model: ForwardModel, ids: torch.Tensor, sourc
         residuals = subject.residuals(ids, [source, target])
         source_act, target_act = residuals[source].float(), residuals[target].float()  # (B, T, d) each
         src = residuals[source].to(device=first.device, dtype=first.dtype)  # the forward model's input
-        parts = subject.block_parts(ids, compared)  # float32, attention included
         pred, fwd_patterns = model(src, return_attention=True)  # (B, T, d), [(B, Hf, T, T)]
+        parts = subject.block_parts(ids, compared) if subject.parts_unavailable is None else None  # float32
         # Residual after the attention sublayer only, in both models (the compared block's).
         fblock = model.blocks[0]
         fwd_post_attn = src + fblock.attn(fblock.ln1(src))[0]  # (B, T, d)
+    strings = [[token_strings[i] for i in row] for row in ids.tolist()]
+    if parts is None:  # only what residuals and the forward model give
+        analysis, names = pair_analyses(fwd_patterns[0], None, source_act, pred, target_act, target_act - source_act, None,
+                                        strings, plot_dir, first_position=first_position)
+        analysis["compared_block"] = compared
+        analysis["skipped"] = {"analyses": list(NEED_PARTS), "reason": subject.parts_unavailable}
+        return {"decomposition": None, "analysis": analysis, "plots": names}
+
     block_post_attn = parts["input"] + parts["attn_out"]  # (B, T, d)
     as_cpu = lambda heads: [{k: v.detach().cpu().float() for k, v in h.items()} for h in heads]  # noqa: E731
     block_heads = as_cpu(subject.head_weights(compared))  # per query head: q, k, v (d_head, d), o (d, d_head)
@@ -116,7 +135,6 @@ def analyze_pair(subject: Subject, model: ForwardModel, ids: torch.Tensor, sourc
             [w["o"] for w in block_heads], subject.n_kv_heads)
 
     gauge = [[head_comparison(f, h) for h in block_heads] for f in as_cpu(forward_model_heads(model))]
-    strings = [[token_strings[i] for i in row] for row in ids.tolist()]
     analysis, names = pair_analyses(
         fwd_patterns[0], parts["attention"], source_act, pred, target_act, target_act - source_act, gauge, strings,
         plot_dir, extra_cka={"post_attention": linear_cka(fwd_post_attn.detach().cpu().float(), block_post_attn.cpu())},
@@ -127,8 +145,8 @@ def analyze_pair(subject: Subject, model: ForwardModel, ids: torch.Tensor, sourc
     return {"decomposition": decomposition, "analysis": analysis, "plots": names}
 
 
-def pair_analyses(forward_attn: torch.Tensor, layer_attn: torch.Tensor, src: torch.Tensor, pred: torch.Tensor,
-                  target_act: torch.Tensor, update: torch.Tensor, gauge: list[list[dict]], tokens: list[list[str]],
+def pair_analyses(forward_attn: torch.Tensor, layer_attn: torch.Tensor | None, src: torch.Tensor, pred: torch.Tensor,
+                  target_act: torch.Tensor, update: torch.Tensor, gauge: list[list[dict]] | None, tokens: list[list[str]],
                   plot_dir: Path, extra_cka: dict[str, float] | None = None, first_position: int = 1) -> tuple[dict, dict]:
     """The analyses of :func:`analyze_pair`, from tensors already computed.
 
@@ -137,11 +155,11 @@ def pair_analyses(forward_attn: torch.Tensor, layer_attn: torch.Tensor, src: tor
     ``update`` (B, T, d): what the predicted block(s) add (normalises the entropy correlation); ``gauge``:
     :func:`head_comparison` rows [forward head][block head]; ``tokens``: B lists of T decoded strings.
     Residual-structure statistics use positions ``first_position``..T-1. Returns (analysis dict, plot names).
+    ``layer_attn`` and ``gauge`` None (a subject without block parts): the attention similarity, the entropy
+    correlation, the attention categories and the gauge comparison are left out of both.
     """
     src, pred, target_act, update = (t.detach().cpu().float() for t in (src, pred, target_act, update))
-    layer_attn = layer_attn.detach().cpu().float()
     residual = target_act - pred  # (B, T, d)
-    sim = attention_similarity(forward_attn.detach().cpu().float(), layer_attn)
     cka = {
         "prediction_vs_target": linear_cka(pred, target_act),
         **(extra_cka or {}),
@@ -152,38 +170,40 @@ def pair_analyses(forward_attn: torch.Tensor, layer_attn: torch.Tensor, src: tor
     p0 = first_position
     r = residual[:, p0:]  # (B, T-p0, d)
     spectrum = spectrum_summary(r)
+    layer_attn = None if layer_attn is None else layer_attn.detach().cpu().float()
     masks = {k: v[:, p0:] for k, v in token_categories(tokens, layer_attn).items()}
     r_norm = r.norm(dim=-1)  # (B, T-p0)
-    update_norm = update[:, p0:].norm(dim=-1)
-    entropy = attention_entropy(layer_attn).mean(1)[:, p0:].float()  # (B, T-p0), head mean
-    normalised = r_norm / update_norm.clamp_min(1e-12)
-    entropy_corr = {"raw": pearson(r_norm, entropy), "normalised_by_update_norm": pearson(normalised, entropy)}
     categories = category_effects(r_norm, masks)
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     names = {
-        "attention": plots.plot_attention_similarity(sim, plot_dir / "attention_similarity.png"),
         "spectrum": plots.plot_residual_spectrum(singular_values(r), spectrum, plot_dir / "residual_spectrum.png"),
         "categories": plots.plot_category_effects(categories, plot_dir / "residual_categories.png"),
-        "entropy": plots.plot_entropy_scatter(entropy, normalised, entropy_corr["normalised_by_update_norm"],
-                                              plot_dir / "entropy_vs_residual.png"),
     }
-    mean = lambda rows, key: sum(row[key] for row in rows) / len(rows)  # noqa: E731
     analysis = {
         "tokens": int(residual.shape[0] * residual.shape[1]),
-        "attention_cosine_per_example": sim["per_example"].max(0).values.tolist(),
-        "attention_cosine_batch_averaged": sim["batch_averaged"].max(0).values.tolist(),
-        "attention_similarity_matrices": {k: v.tolist() for k, v in sim.items()},
         "cka": cka,
         "effective_rank_entropy_s2": spectrum["effective_rank_entropy_s2"],
         "effective_rank_entropy_s": spectrum["effective_rank_entropy_s"],
         "residual_spectrum": spectrum,
         "residual_categories": categories,
-        "entropy_correlation": entropy_corr,
-        "gauge": {
-            "per_layer_head": gauge[0],
-            **{f"mean_{key}": mean(gauge[0], key) for key in gauge[0][0]},
-        },
         "positions": positions_note(p0),
     }
+    if layer_attn is not None:
+        sim = attention_similarity(forward_attn.detach().cpu().float(), layer_attn)
+        entropy = attention_entropy(layer_attn).mean(1)[:, p0:].float()  # (B, T-p0), head mean
+        normalised = r_norm / update[:, p0:].norm(dim=-1).clamp_min(1e-12)
+        entropy_corr = {"raw": pearson(r_norm, entropy), "normalised_by_update_norm": pearson(normalised, entropy)}
+        names["attention"] = plots.plot_attention_similarity(sim, plot_dir / "attention_similarity.png")
+        names["entropy"] = plots.plot_entropy_scatter(entropy, normalised, entropy_corr["normalised_by_update_norm"],
+                                                      plot_dir / "entropy_vs_residual.png")
+        analysis.update({
+            "attention_cosine_per_example": sim["per_example"].max(0).values.tolist(),
+            "attention_cosine_batch_averaged": sim["batch_averaged"].max(0).values.tolist(),
+            "attention_similarity_matrices": {k: v.tolist() for k, v in sim.items()},
+            "entropy_correlation": entropy_corr,
+        })
+    if gauge is not None:
+        mean = lambda rows, key: sum(row[key] for row in rows) / len(rows)  # noqa: E731
+        analysis["gauge"] = {"per_layer_head": gauge[0], **{f"mean_{key}": mean(gauge[0], key) for key in gauge[0][0]}}
     return analysis, names

@@ -13,6 +13,10 @@ tokens y), per position t (one subject split, shared by every number below)::
     align_t      = cos(tgt_t - pred_t, head h's write_t) per head, and cos(·, MLP output_t)
                    (one-block pairs only, where the block's update decomposes into heads + MLP)
 
+A subject that cannot split a block into its parts (``subject.parts_unavailable``: found structurally, no
+FAMILIES row) has every quantity above but ``entropy_t`` and ``align_t``, and no layer attention rows; the page
+says why.
+
 ``normalised_t`` is left undefined (``flag``) at position 0 (every causal head attends only to itself
 there; in pretrained models it is the attention sink) and where the update is near zero (below
 ``NEAR_ZERO`` times the median update norm), where a ratio says nothing.
@@ -184,9 +188,11 @@ def token_data(subject: Subject, model: torch.nn.Module, x: torch.Tensor, y: tor
     """Every per-position quantity of the module docstring on inputs ``x`` / next tokens ``y`` (N, T), as numpy
     arrays: ``ids``, ``next``, ``error``, ``update``, ``normalised_error``, ``flag``, ``kl_substituted``, ``kl_skipped``,
     ``top_ids`` / ``top_probs`` (N, T, 3 modes, 5), ``categories`` (bitmask over CATEGORIES), ``attention_entropy``,
-    and for a one-block pair ``align_heads`` (N, T, H) and ``align_mlp`` (N, T)."""
+    and for a one-block pair ``align_heads`` (N, T, H) and ``align_mlp`` (N, T); the last three only where the
+    subject has block parts (``subject.parts_unavailable`` is None)."""
     split = subject.split(source, target)
     predict = as_predictor(model)
+    with_parts = subject.parts_unavailable is None
     one_block = target == source + 1
     out: dict[str, list[torch.Tensor]] = {}
 
@@ -208,6 +214,8 @@ def token_data(subject: Subject, model: torch.nn.Module, x: torch.Tensor, y: tor
         keep("top_ids", torch.stack([t.indices for t in tops], dim=2).to(torch.int32))  # (B, T, 3, 5)
         keep("top_probs", torch.stack([t.values for t in tops], dim=2))
         keep("categories", category_bits(categories.masks(xb.cpu(), yb, normal)))
+        if not with_parts:
+            continue
         parts = subject.block_parts(xb, source + 1, attention=True)
         keep("attention_entropy", attention_entropy(parts["attention"]).mean(1))  # (B, T), head mean
         if one_block:
@@ -232,16 +240,19 @@ def worst_positions(data: dict[str, np.ndarray], count: int) -> list[tuple[int, 
 def attention_rows(subject: Subject, model: torch.nn.Module, x: torch.Tensor, source: int,
                    wanted: dict[int, list[int]]) -> dict[tuple[int, int], dict[str, np.ndarray]]:
     """For each sequence b in ``wanted`` and each of its positions t: the attention rows (over keys 0..t) of the
-    layer's heads (block source+1) and of the forward model's first block, ``{"layer": (H, t+1), "forward": (Hf, t+1)}``."""
+    layer's heads (block source+1) and of the forward model's first block, ``{"layer": (H, t+1), "forward": (Hf, t+1)}``;
+    ``"layer"`` is None where the subject has no block parts (``subject.parts_unavailable``)."""
     rows = {}
     for b, positions in wanted.items():
         ids = x[b : b + 1].to(subject.device)
-        layer = subject.block_parts(ids, source + 1, attention=True)["attention"][0].cpu()  # (H, T, T)
+        layer = (subject.block_parts(ids, source + 1, attention=True)["attention"][0].cpu()  # (H, T, T)
+                 if subject.parts_unavailable is None else None)
         src = subject.residuals(ids, [source])[source]
         _, patterns = model(src.float(), return_attention=True)
         forward = patterns[0][0].float().cpu()  # (Hf, T, T)
         for t in positions:
-            rows[(b, t)] = {"layer": layer[:, t, : t + 1].numpy(), "forward": forward[:, t, : t + 1].numpy()}
+            rows[(b, t)] = {"layer": None if layer is None else layer[:, t, : t + 1].numpy(),
+                            "forward": forward[:, t, : t + 1].numpy()}
     return rows
 
 

@@ -12,7 +12,8 @@ pass per step feeds every model, :func:`selfmodels.forward.train.train_many`), a
 A pair where the forward model beats the ridge map by little is one an affine map already explains
 (compressible); a low update R² with a large KL of skipping marks computation a small observer cannot
 anticipate (novel). For one-block pairs the row also has the decomposition's alignment of the forward model's
-residual with the block's MLP and heads (``mlp_cos_residual``, ``heads_cos_residual_mean``, ``heads_norm_share``).
+residual with the block's MLP and heads (``mlp_cos_residual``, ``heads_cos_residual_mean``, ``heads_norm_share``),
+except for a subject without block parts (found structurally, no FAMILIES row): ``results["skipped"]`` says why.
 
 Stages are kept under keys of their inputs (:mod:`selfmodels.stages`), so a rerun reuses them.
 """
@@ -198,7 +199,7 @@ def _evaluate_pairs(p: _Profile, models: dict, ridges: dict, batches, train_key:
                 "kl_substituted", "kl_skipped", "kl_zero", "recovery", "accuracy_normal", "accuracy_substituted", "accuracy_skipped")},
                 "ridge_cosine": reg["ridge"]["cosine"], "ridge_delta_r2": reg["ridge"]["delta_r2"],
                 "ridge_recovery": sub["ridge"]["recovery"], "ridge_kl_substituted": sub["ridge"]["kl_substituted"]}
-            if t == s + 1 and cfg.decomposition_sequences:
+            if t == s + 1 and cfg.decomposition_sequences and subject.parts_unavailable is None:
                 row.update(_alignment(subject, model, p.opened.val, s, cfg))
             return row
 
@@ -230,10 +231,15 @@ def _results(p: _Profile, models: dict, trained: dict, rows: list[dict], ridge_t
                    "tokens_seen": trained["tokens_seen"], "passes": trained["passes"],
                    "train_seconds": first["seconds"]},
         "rows": rows,
+        "skipped": None if subject.parts_unavailable is None else {  # what a subject without block parts cannot give
+            "analyses": [ALIGNMENT_SKIPPED], "reason": subject.parts_unavailable},
         "seed": cfg.seed,
         "seconds": seconds,
         "stages": p.store.log,
     }
+
+
+ALIGNMENT_SKIPPED = "the one-block pairs' decomposition alignment (mlp_cos_residual, heads_cos_residual_mean, heads_norm_share)"
 
 
 def _alignment(subject, model: torch.nn.Module, val: torch.Tensor, source: int, cfg: ProfileConfig) -> dict:
@@ -287,6 +293,10 @@ def write_profile_report(out: Path, r: dict) -> None:
         "A pair the ridge map already matches is affine-compressible; a low update R² where skipping costs a lot marks "
         "computation a small observer does not anticipate. Recovery = 1 - KL_sub / KL_skip; read it with KL skipped.\n",
     ]
+    if r.get("skipped"):
+        lines.append(f"> **Skipped**: {', '.join(r['skipped']['analyses'])}. Why: {r['skipped']['reason']}.\n")
+    if m.get("structure", {}).get("norms") in ("pre+post", "post"):  # the heads' alignment columns: how heads are split
+        lines.append(f"Post-norm blocks: {m['structure']['heads']}.\n")
     behind = [x for x in rows if x["ridge_recovery"] > x["recovery"]]
     if len(behind) * 2 > len(rows):
         lines.append(f"> **At this budget the forward models are undertrained**: the closed-form ridge map recovers more than the "

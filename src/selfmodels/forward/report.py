@@ -177,6 +177,13 @@ def _sweeps(r: dict, out: Path) -> list[str]:
     return lines
 
 
+def _post_norm_note(subject: dict) -> str:
+    """How the heads are split where the block normalises the attention output before adding it (Gemma, OLMo 2):
+    the subject's own words (``describe()["structure"]["heads"]``, also in results.json)."""
+    structure = subject.get("structure") or {}
+    return f" Post-norm block: {structure['heads']}." if structure.get("norms") in ("pre+post", "post") else ""
+
+
 def _decomposition(r: dict) -> list[str]:
     d, p = r.get("decomposition"), r["paper"].get("decomposition") or {}
     if not d:
@@ -184,7 +191,7 @@ def _decomposition(r: dict) -> list[str]:
     return [
         "## Decomposition of the predicted block's update\n",
         f"Update = per-head writes + output-projection bias + MLP output; reconstruction error {d['reconstruction_error']:.2e} "
-        "(relative Frobenius). Residual = target - forward-model prediction.\n",
+        "(relative Frobenius). Residual = target - forward-model prediction." + _post_norm_note(r["subject"]) + "\n",
         table(["", "ours", "paper (Llama 7 -> 8)"], [
             ["attention norm share", _pct(d["heads_norm_share"]), _pct(p.get("heads_norm_share"))],
             ["MLP norm share", _pct(d["mlp_norm_share"]), _pct(p.get("mlp_norm_share"))],
@@ -204,59 +211,69 @@ def _decomposition(r: dict) -> list[str]:
 
 
 def _analyses(r: dict) -> list[str]:
+    """The analyses of the pair; what a subject without block parts skipped is named, with the reason, first."""
     a = r.get("analysis")
     if not a:
         return []
     p, plot = r["paper"]["analysis"], r["plots"]
-    g, sp = a["gauge"], a["residual_spectrum"]
+    sp = a["residual_spectrum"]
     ranks = sp["variance_ranks"]
     cosines = lambda xs: " / ".join(f"{x:.3f}" for x in xs)  # noqa: E731
     block = a["compared_block"]
     lines = [f"## Analyses of the pair ({a['tokens']:,} held-out tokens)\n",
              f"The forward model is compared with block {block}, the first block it stands in for (it reads the same residual). "
              "The paper's values are from its toy GPT's pair (0 -> 1, 4 heads of 64, d = 256): a different block of a different "
-             "model, shown for scale, not like for like.\n",
-             f"### Attention similarity (forward model vs each head of block {block})\n",
-             "Best forward-model head per subject head. Per example: each sequence's own pattern, then averaged. "
-             "Batch-averaged (the paper's way): patterns averaged over sequences first, which leaves mostly positional structure.\n",
-             table(["", "per subject head (ours)", "paper"], [
-                 ["per example", cosines(a["attention_cosine_per_example"]), "-"],
-                 ["batch-averaged", cosines(a["attention_cosine_batch_averaged"]), p["attention_cosine"]]]),
-             f"\n![attention similarity](plots/{plot['attention']})\n",
-             "### Gauge symmetry (forward head vs each subject head, means over subject heads)\n",
-             "Raw cosines of the Q/K/V read weights (norm gains folded in) are not expected to match (any invertible R gives "
-             "the same function) and need equal head widths ('-' otherwise); the QK circuit W_Qᵀ W_K (before any rotary "
-             "embedding) and OV circuit W_O W_V are gauge-invariant. Overlaps: mean cos² of principal angles between read / "
-             "write subspaces (null: random subspaces).\n",
-             table(["", "Q cos", "K cos", "V cos", "QK circuit cos", "OV circuit cos", "Q read overlap", "O write overlap", "null overlap"], [
-                 ["ours", g["mean_q_cosine"], g["mean_k_cosine"], g["mean_v_cosine"], g["mean_qk_circuit_cosine"],
-                  g["mean_ov_circuit_cosine"], g["mean_q_read_overlap"], g["mean_o_write_overlap"], g["mean_null_overlap"]],
-                 ["paper", p["qkv_weight_cosine"], "", "", "-", "-", "-", "-", "-"]]),
-             "\n### Linear CKA\n",
-             table(["", "prediction vs target", "post-attention (forward vs subject block)", "source vs target", "source vs prediction"], [
-                 ["ours", a["cka"]["prediction_vs_target"], a["cka"]["post_attention"], a["cka"]["source_vs_target"], a["cka"]["source_vs_prediction"]],
-                 ["paper", p["cka"], "-", p["cka_source"], p["cka_source"]]]),
-             "\nSource vs target is the baseline: how similar the representations already are before the block.\n",
-             "### Residual structure (r = target - prediction)\n",
-             table(["", "ours", "paper (toy GPT, d=256)"], [
-                 ["ranks for 50 / 90 / 95% variance", f"{ranks['50%']} / {ranks['90%']} / {ranks['95%']} of {sp['max_rank']}", p["variance_ranks"]],
-                 ["effective rank exp(H(S²/ΣS²))", f"{a['effective_rank_entropy_s2']:.1f} of {sp['max_rank']}", p["eff_rank_s2"]],
-                 ["effective rank exp(H(S/ΣS))", f"{a['effective_rank_entropy_s']:.1f} of {sp['max_rank']}", p["eff_rank_s"]],
-                 ["top-1 PC variance", f"{100 * sp['top1_variance']:.1f}%", p["top1_variance"]],
-                 ["corr(residual norm, attention entropy)", a["entropy_correlation"]["raw"], "-"],
-                 ["corr(residual norm / update norm, attention entropy)", a["entropy_correlation"]["normalised_by_update_norm"], p["entropy_corr"]],
-             ]),
-             ("\nPaper (Llama 7 -> 8): effective rank "
-              f"{_pct(p['llama_effective_rank_fraction'])} of the maximum (definition not stated), top-1 PC variance "
-              f"{_pct(p['llama_top1_variance'])}.\n" if "llama_effective_rank_fraction" in p else ""),
-             f"\n![residual spectrum](plots/{plot['spectrum']}) ![entropy vs residual](plots/{plot['entropy']})\n",
-             "Residual norm by token category: d vs overall = (category mean - overall mean) / overall std (what the paper calls "
-             f"Cohen's d); pooled d = two-group Cohen's d (category vs the rest). {a['positions'][0].upper() + a['positions'][1:]}; "
-             f"the update norm is ||target - source||; entropy is the head-mean attention entropy of block {block}.\n",
-             table(["category", "tokens", "mean residual norm", "d vs overall", "pooled d", "paper d (toy)"],
-                   [[n, c["tokens"], c["mean"], c["d_vs_overall"], c["d_pooled"], p["residual_category_d"].get(n, "-")]
-                    for n, c in a["residual_categories"].items()]),
-             f"\n![residual by category](plots/{plot['categories']})\n"]
+             "model, shown for scale, not like for like.\n"]
+    if a.get("skipped"):
+        lines.append(f"> **Skipped**: {', '.join(a['skipped']['analyses'])}. Why: {a['skipped']['reason']}.\n")
+    if "attention_cosine_per_example" in a:
+        lines += [f"### Attention similarity (forward model vs each head of block {block})\n",
+                  "Best forward-model head per subject head. Per example: each sequence's own pattern, then averaged. "
+                  "Batch-averaged (the paper's way): patterns averaged over sequences first, which leaves mostly positional structure.\n",
+                  table(["", "per subject head (ours)", "paper"], [
+                      ["per example", cosines(a["attention_cosine_per_example"]), "-"],
+                      ["batch-averaged", cosines(a["attention_cosine_batch_averaged"]), p["attention_cosine"]]]),
+                  f"\n![attention similarity](plots/{plot['attention']})\n"]
+    if "gauge" in a:
+        g = a["gauge"]
+        lines += ["### Gauge symmetry (forward head vs each subject head, means over subject heads)\n",
+                  "Raw cosines of the Q/K/V read weights (norm gains folded in) are not expected to match (any invertible R gives "
+                  "the same function) and need equal head widths ('-' otherwise); the QK circuit W_Qᵀ W_K (before any rotary "
+                  "embedding) and OV circuit W_O W_V are gauge-invariant. Overlaps: mean cos² of principal angles between read / "
+                  "write subspaces (null: random subspaces).\n",
+                  table(["", "Q cos", "K cos", "V cos", "QK circuit cos", "OV circuit cos", "Q read overlap", "O write overlap", "null overlap"], [
+                      ["ours", g["mean_q_cosine"], g["mean_k_cosine"], g["mean_v_cosine"], g["mean_qk_circuit_cosine"],
+                       g["mean_ov_circuit_cosine"], g["mean_q_read_overlap"], g["mean_o_write_overlap"], g["mean_null_overlap"]],
+                      ["paper", p["qkv_weight_cosine"], "", "", "-", "-", "-", "-", "-"]])]
+    entropy = a.get("entropy_correlation")
+    structure = [
+        ["ranks for 50 / 90 / 95% variance", f"{ranks['50%']} / {ranks['90%']} / {ranks['95%']} of {sp['max_rank']}", p["variance_ranks"]],
+        ["effective rank exp(H(S²/ΣS²))", f"{a['effective_rank_entropy_s2']:.1f} of {sp['max_rank']}", p["eff_rank_s2"]],
+        ["effective rank exp(H(S/ΣS))", f"{a['effective_rank_entropy_s']:.1f} of {sp['max_rank']}", p["eff_rank_s"]],
+        ["top-1 PC variance", f"{100 * sp['top1_variance']:.1f}%", p["top1_variance"]],
+    ]
+    if entropy is not None:
+        structure += [["corr(residual norm, attention entropy)", entropy["raw"], "-"],
+                      ["corr(residual norm / update norm, attention entropy)", entropy["normalised_by_update_norm"], p["entropy_corr"]]]
+    lines += ["\n### Linear CKA\n",
+              table(["", "prediction vs target", "post-attention (forward vs subject block)", "source vs target", "source vs prediction"], [
+                  ["ours", a["cka"]["prediction_vs_target"], a["cka"].get("post_attention", "-"), a["cka"]["source_vs_target"],
+                   a["cka"]["source_vs_prediction"]],
+                  ["paper", p["cka"], "-", p["cka_source"], p["cka_source"]]]),
+              "\nSource vs target is the baseline: how similar the representations already are before the block.\n",
+              "### Residual structure (r = target - prediction)\n",
+              table(["", "ours", "paper (toy GPT, d=256)"], structure),
+              ("\nPaper (Llama 7 -> 8): effective rank "
+               f"{_pct(p['llama_effective_rank_fraction'])} of the maximum (definition not stated), top-1 PC variance "
+               f"{_pct(p['llama_top1_variance'])}.\n" if "llama_effective_rank_fraction" in p else ""),
+              f"\n![residual spectrum](plots/{plot['spectrum']})" + (f" ![entropy vs residual](plots/{plot['entropy']})" if "entropy" in plot else "") + "\n",
+              "Residual norm by token category: d vs overall = (category mean - overall mean) / overall std (what the paper calls "
+              f"Cohen's d); pooled d = two-group Cohen's d (category vs the rest). {a['positions'][0].upper() + a['positions'][1:]}; "
+              "the update norm is ||target - source||" + (f"; entropy is the head-mean attention entropy of block {block}" if entropy else "") + ".\n",
+              table(["category", "tokens", "mean residual norm", "d vs overall", "pooled d", "paper d (toy)"],
+                    [[n, c["tokens"], c["mean"], c["d_vs_overall"], c["d_pooled"], p["residual_category_d"].get(n, "-")]
+                     for n, c in a["residual_categories"].items()]),
+              f"\n![residual by category](plots/{plot['categories']})\n"]
     return lines
 
 

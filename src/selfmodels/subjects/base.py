@@ -182,6 +182,9 @@ class Subject:
     n_kv_heads: int
     d_head: int
     vocab_size: int
+    # Why this subject cannot split a block into heads and MLP (``block_parts``, ``head_weights``), or None where it
+    # can. A Hugging Face model found structurally (no FAMILIES row) says why; the analyses skip what needs them.
+    parts_unavailable: str | None = None
 
     # --- what a subclass provides ----------------------------------------------------------------
     @property

@@ -330,6 +330,9 @@ class HFSubject(Subject):
             raise UserError(f"{name}: config says {self.n_layers} layers, the model has {len(self.blocks)} blocks")
         cap = getattr(text, "final_logit_softcapping", None) if self.spec is not None and self.spec.logit_softcap else None
         self.logit_softcap: float | None = float(cap) if cap else None
+        if self.spec is None:
+            self.parts_unavailable = (f"model_type {self.family!r} has no FAMILIES row (its blocks were found structurally): "
+                                      "a block's per-head writes, MLP write, attention weights and head weights need one")
 
     @property
     def device(self) -> torch.device:

@@ -45,6 +45,7 @@
         el("td", { class: "base", text: baseName }), el("td", { class: "v base", text: fmt(baseValue) })]));
     }
     top.append(table);
+    if (h.without_parts) top.append(el("p", { class: "hint", id: "without-parts", text: "Left out (the layer's attention rows and entropy, the head / MLP alignment): " + h.without_parts + "." }));
   }
 
   // --- profile chart -------------------------------------------------------------------------------
@@ -232,6 +233,8 @@
       const parts = P.ah.map((v, h) => ["head " + h, v]).concat([["MLP", P.am]]);
       const best = parts.reduce((a, b) => (Math.abs(b[1]) > Math.abs(a[1]) ? b : a));
       box.append(el("table", { id: "alignment" }, parts.map(([n, v]) => el("tr", { class: n === best[0] ? "best" : "" }, [el("td", { text: n }), el("td", { text: fmt(v, 3) })]))));
+    } else if (D.header.without_parts) {
+      box.append(el("p", { class: "hint", text: "No head / MLP alignment, layer attention or entropy: " + D.header.without_parts + "." }));
     } else {
       box.append(el("p", { class: "hint", text: "No head / MLP alignment: the pair spans " + (L.target - L.source) + " blocks (the decomposition needs one)." }));
     }
@@ -240,7 +243,7 @@
       // the window's tokens: shown in full, or the longest context of its worst positions (it reaches past t)
       const seq = L.sequences.find((s) => s.b === P.b) ||
         L.worst.filter((w) => w.b === P.b).reduce((a, w) => (w.ids.length > a.ids.length ? w : a));
-      box.append(attentionBlock("attention of block " + (L.source + 1) + " (the layer) at this position", A.layer, seq.ids, P.t, "attn-layer"));
+      if (A.layer) box.append(attentionBlock("attention of block " + (L.source + 1) + " (the layer) at this position", A.layer, seq.ids, P.t, "attn-layer"));
       box.append(attentionBlock("attention of the forward model at this position", A.forward, seq.ids, P.t, "attn-forward"));
     }
   }

@@ -42,7 +42,8 @@ def _position(data: dict[str, np.ndarray], b: int, t: int) -> dict:
         "e": _num(data["normalised_error"][b, t]) if data["flag"][b, t] == FLAG_OK else None, "f": int(data["flag"][b, t]),
         "err": _num(data["error"][b, t]), "upd": _num(data["update"][b, t]),
         "ks": _num(data["kl_substituted"][b, t]), "kk": _num(data["kl_skipped"][b, t]),
-        "c": int(data["categories"][b, t]), "h": _num(data["attention_entropy"][b, t]),
+        "c": int(data["categories"][b, t]),
+        "h": _num(data["attention_entropy"][b, t]) if "attention_entropy" in data else None,
         "top": data["top_ids"][b, t].tolist(), "p": [[_num(p, 4) for p in row] for row in data["top_probs"][b, t].tolist()],
     }
     if "align_heads" in data:
@@ -76,13 +77,15 @@ def layer_view(explored: ExploredRun, index: int, data: dict[str, np.ndarray], s
         start, stop = max(0, t - CONTEXT_BEFORE), min(length, t + CONTEXT_AFTER + 1)
         # ids from 0: the attention rows of the position reach back to the start of its window
         worst_rows.append({"b": b, "t": t, "start": start, "ids": data["ids"][b, :stop].tolist()})
-    heads = next(iter(attention.values()))["layer"].shape[0] if attention else 0
+    first = next(iter(attention.values()), {}).get("layer")
+    heads = 0 if first is None else first.shape[0]
     return {
         "name": pair.name, "source": pair.source, "target": pair.target, "summary": {k: _num(v) for k, v in pair.summary.items() if isinstance(v, (int, float))},
         "heads": 1 if mean_heads else heads, "mean_heads": mean_heads, "one_block": pair.target == pair.source + 1,
         "sequences": [{"b": b, "ids": data["ids"][b].tolist()} for b in shown],
         "worst": worst_rows, "positions": positions,
-        "attention": {f"{b}:{t}": {"layer": _rows(r["layer"], mean_heads), "forward": _rows(r["forward"], mean_heads)}
+        "attention": {f"{b}:{t}": {"layer": None if r["layer"] is None else _rows(r["layer"], mean_heads),
+                                   "forward": _rows(r["forward"], mean_heads)}
                       for (b, t), r in attention.items()},
         "flagged": {"position0": int((data["flag"] == 1).sum()), "near_zero": int((data["flag"] == 2).sum()),
                     "tokens": int(data["flag"].size)},
@@ -99,6 +102,8 @@ def _header(explored: ExploredRun) -> dict:
         "eval_sequences": int(explored.x.shape[0]), "seq_len": int(explored.x.shape[1]),
         "forward_model": {"params": f.get("params"), "share_of_main": _num(f.get("share_of_main")), "config": f.get("config")},
         "pairs": [p.name for p in explored.pairs], "run_dir": str(explored.run_dir),
+        # why the block's attention, entropy and head / MLP alignment are missing (None: they are there)
+        "without_parts": explored.subject.parts_unavailable,
     }
     if explored.kind == "pair":
         sub = r["substitution"]
