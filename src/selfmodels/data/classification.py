@@ -128,6 +128,10 @@ def load_classification(task: str, *, source: str = "auto", val_fraction: float 
     - ``hub``: the door to the hub, called as ``hub(repo)`` for the task's dataset splits;
       :func:`~selfmodels.data.hub.load_hub_dataset` unless given (e.g. an in-memory ``DatasetDict``
       stand-in, or one that raises :class:`~selfmodels.data.hub.HubUnavailable`).
+
+    Each part keeps its source's order, unshuffled: the offline MNIST subset is sorted by label, so the first
+    512 training images are all 0s and 1s. The training loops and the LLC draw batches through seeded
+    permutations; take a random subset (``torch.randperm``) before looking at a prefix.
     """
     spec = get_task(task)
     check_source(source)
