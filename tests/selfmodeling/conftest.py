@@ -45,3 +45,31 @@ def _file_states(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[int,
 def file_states():
     """``file_states(root, skip=())``: a snapshot of the files under ``root``; equal snapshots = nothing written."""
     return _file_states
+
+
+def make_tiny_text_data(n_train: int = 64, vocab: int = 30, length: int = 10, seed: int = 0) -> TinyData:
+    """Word ids shaped like the sentiment loader's output (task imdb): 2 classes, ids 0 = padding, 1 = unknown;
+    class k draws most of its 3-9 words from its own half of the vocabulary, the rest are padding."""
+    g = torch.Generator().manual_seed(seed)
+    half = (vocab - 2) // 2
+
+    def part(n):
+        y = torch.arange(n) % 2
+        own = 2 + y[:, None] * half + torch.randint(0, half, (n, length), generator=g)  # (n, L)
+        other = torch.randint(2, vocab, (n, length), generator=g)
+        ids = torch.where(torch.rand(n, length, generator=g) < 0.8, own, other)
+        words = torch.randint(3, length, (n, 1), generator=g)
+        ids[torch.arange(length)[None, :] >= words] = 0
+        return TensorDataset(ids, y)
+
+    split = {"val_is_test": True, "val_from": "the test set (as the paper)", "test_from": "generated", "sizes":
+             {"train": n_train, "val": 16, "test": 16}, "text": {"max_len": length, "min_count": 1, "max_vocab": vocab,
+                                                                "vocab_from": "train part only"}}
+    test = part(16)
+    return TinyData("imdb", "synthetic test text", part(n_train), test, test, 2, (length,), vocab, split,
+                    ["<pad>", "<unk>"] + [f"w{i}" for i in range(2, vocab)])
+
+
+@pytest.fixture
+def tiny_text() -> TinyData:
+    return make_tiny_text_data()

@@ -19,9 +19,15 @@ def test_mlp_and_bag_shapes_and_names():
 
 def test_bag_of_embeddings_leaves_padding_out_of_the_mean():
     bag = build_classifier(ClassifierConfig("bag", 8, embed_dim=4), num_classes=2, input_shape=(5,), vocab_size=10)
-    tokens = torch.tensor([[3, 7, 0, 0, 0]])
-    expected = bag.embed.weight[[3, 7]].mean(0, keepdim=True)
-    torch.testing.assert_close(bag.embed(tokens), expected)
+    tokens = torch.tensor([[3, 7, 0, 0, 0], [0, 0, 0, 0, 0], [1, 2, 2, 9, 4]])
+    w = bag.embed.weight
+    means = torch.stack([w[[3, 7]].mean(0), torch.zeros(4), w[[1, 2, 2, 9, 4]].mean(0)])  # a text of padding only: 0
+    expected = bag.head(torch.relu(bag.hidden(means)))
+    torch.testing.assert_close(bag(tokens), expected)
+    # The padding row starts at zero (as padding_idx=0 would) and no text looks it up: it gets no gradient.
+    assert torch.equal(w[0], torch.zeros(4))
+    bag(tokens).sum().backward()
+    assert torch.equal(w.grad[0], torch.zeros(4)) and w.grad[[1, 2, 3, 4, 7, 9]].abs().sum(1).gt(0).all()
 
 
 def test_resnet18_trunk_has_the_papers_shapes():

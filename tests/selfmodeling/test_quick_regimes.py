@@ -1,6 +1,6 @@
 """The quick reproduction's regimes: which one runs (paper regime on Fashion-MNIST, or the MNIST 5k
-fallback), their grids, and the whole quick reproduction end to end on tiny data (arm + main grid + the
-report's comparison with the paper)."""
+fallback), their grids, the sentiment grid (the paper's IMDB setup), and the whole quick reproduction end to end
+on tiny data (arm + sentiment + main grid + the report's comparisons with the paper)."""
 
 import dataclasses
 import json
@@ -9,7 +9,7 @@ import pytest
 
 from selfmodels.errors import UserError
 from selfmodels.selfmodeling import comparison, presets
-from selfmodels.selfmodeling.commands import ARM_DIR, quick_grid, regime_note, reproduce_quick, select_regime
+from selfmodels.selfmodeling.commands import ARM_DIR, SENTIMENT_DIR, quick_grid, regime_note, reproduce_quick, select_regime
 from selfmodels.selfmodeling.grid import expand
 
 
@@ -46,6 +46,21 @@ def test_the_paper_regime_has_the_papers_batch_epochs_and_steps():
     assert abs(8 * arm[0].optim.epochs - presets.PAPER_STEPS) < 8
 
 
+def test_the_sentiment_grid_has_the_papers_imdb_setup():
+    runs = expand(quick_grid(presets.SENTIMENT_REGIME))
+    first = runs[0]
+    assert first.data.task == "imdb" and first.data.val_is_test and first.data.source == "offline"
+    assert (first.model.arch, first.model.embed_dim, first.model.hidden) == ("bag", 64, 128)
+    assert (first.optim.optimizer, first.optim.lr, first.optim.momentum, first.optim.batch_size, first.optim.epochs) == \
+        ("sgd", 0.1, 0.0, 64, 500)
+    llc = first.llc
+    assert (llc.epsilon, llc.gamma, llc.chains, llc.draws, llc.batch_size) == (1e-3, 10.0, 4, 1000, 64)
+    by_method = {m: sorted({c.strength for c in runs if c.method == m}) for m in ("self-model", "activation-l2", "weight-decay")}
+    assert by_method["self-model"] == [100.0, 500.0]
+    assert len(by_method["activation-l2"]) == 1 and len(by_method["weight-decay"]) == 1  # one strength of their own
+    assert {c.seed for c in runs} == {0, 1, 2} and len(runs) == 3 * 5
+
+
 def test_paper_changes_and_verdicts():
     change = comparison.paper_change("weight_sd", 64, 10.0)
     assert change["direction"] == "falls" and change["relative"] == pytest.approx((0.230 - 0.262) / 0.262)
@@ -55,14 +70,28 @@ def test_paper_changes_and_verdicts():
     assert comparison._verdict("rises", change, False) == "differs"
     assert comparison._verdict("no clear change", change, False) == "unclear"
     assert comparison._verdict("falls", change, True) == "collapsed (ours)"
+    # The paper's IMDB figures: weight SD 2.05 -> 0.75 and RLCT 13.6 -> 5.2 fall, accuracy 0.819 -> 0.836 rises.
+    assert comparison.paper_change("weight_sd", 128, 500.0, "imdb")["relative"] == pytest.approx((0.75 - 2.05) / 2.05)
+    assert comparison.paper_change("llc_mean", 128, 100.0, "imdb")["direction"] == "falls"
+    assert comparison.paper_change("test_accuracy", 128, 100.0, "imdb")["direction"] == "about equal"  # +0.2%
+    assert comparison.paper_change("test_accuracy", 128, 500.0, "imdb")["direction"] == "rises"
+    assert comparison.paper_task("imdb") == "imdb" and comparison.paper_task("fashion-mnist") == "mnist"
+    # A direction other than the paper's is stated as a finding, with its CI.
+    rises = {"measure": "weight_sd", "hidden": 128, "strength": 500.0, "verdict": "differs", "direction": "rises",
+             "relative": 0.1, "relative_low": 0.05, "relative_high": 0.15, "paper": comparison.paper_change("weight_sd", 128, 500.0, "imdb")}
+    text = comparison.paper_sentences([rises])[0]
+    assert "**Differs from the paper (a finding)**: H 128, AW 500: ours rises (+10.0% [+5.0%, +15.0%]), paper falls (-63.4%)" in text
 
 
-def test_quick_reproduction_end_to_end_on_tiny_data(tiny_data, tmp_path):
+def test_quick_reproduction_end_to_end_on_tiny_data(tiny_data, tiny_text, tmp_path):
     tiny = dict(hidden=(5,), seeds=(0, 1), epochs=2, strengths=(1.0,))
     regime = dataclasses.replace(presets.PAPER_REGIME, activation_l2_strengths=(1.0,), weight_decay_strengths=(1e-3,), **tiny)
     arm = dataclasses.replace(presets.MNIST_5K_PAPER_STEPS, **dict(tiny, epochs=3))
-    results, arm_results = reproduce_quick(tmp_path, regime, "offline", "tiny test data", arm=arm, llc="none",
-                                           progress=False, data=tiny_data, arm_data=tiny_data)
+    # The sentiment grid as the demo runs it (H 128, AW 100 and 500, one strength per control), 2 epochs on tiny text.
+    sentiment = dataclasses.replace(presets.SENTIMENT_REGIME, seeds=(0, 1), epochs=2)
+    both = dict(arm=arm, llc="none", progress=False, data=tiny_data, arm_data=tiny_data, sentiment=sentiment,
+                sentiment_data=tiny_text)
+    results, arm_results = reproduce_quick(tmp_path, regime, "offline", "tiny test data", **both)
     assert len(arm_results["runs"]) == 4 and len(results["runs"]) == 2 * 4
     assert (tmp_path / ARM_DIR / "report.md").exists() and (tmp_path / ARM_DIR / "results.json").exists()
     stored = json.loads((tmp_path / "results.json").read_text())
@@ -74,14 +103,29 @@ def test_quick_reproduction_end_to_end_on_tiny_data(tiny_data, tmp_path):
     assert "## Dataset or regime?" in report and "paper (MNIST 60k, 5,900 steps)" in report
     # The comparison holds the paper's MNIST change at H 5? None was published: no paper column value.
     assert all(row["paper"] is None for row in comparison.compare_with_paper(stored["summary"], stored["trends"]))
+    # The sentiment grid: its own directory and report, and its rows beside the paper's IMDB figures in the main report.
+    part = stored["sentiment"]
+    assert (tmp_path / SENTIMENT_DIR / "report.md").exists() and part["dir"] == SENTIMENT_DIR
+    assert len(json.loads((tmp_path / SENTIMENT_DIR / "results.json").read_text())["runs"]) == 2 * 5
+    assert part["text"]["vocab_size"] == 30 and part["text"]["words"]["train"]["max"] <= 9
+    rows = comparison.compare_with_paper(part["summary"], part["trends"])
+    assert {(r["strength"], r["measure"]) for r in rows} == {(w, m) for w in (100.0, 500.0) for m in ("weight_sd", "llc_mean", "test_accuracy")} - \
+        {(w, "llc_mean") for w in (100.0, 500.0)}  # no LLC in this test (llc none)
+    assert all(r["paper"] is not None for r in rows)
+    assert "## The paper's IMDB setup, on Rotten Tomatoes snippets" in report and "paper (IMDB): baseline -> AW" in report
+    assert "2.05 -> 0.75" in report and "0.819 -> 0.836" in report  # the paper's IMDB figures beside ours
+    assert "Vocabulary: 30 ids" in report and "none was cut" in report and "seeds 0, 1" in report
+    assert "**CIFAR-10**" in report and "--task cifar10 --data hub" in report
+    own = (tmp_path / SENTIMENT_DIR / "report.md").read_text()
+    assert "## Compared with the paper" in own and "Rotten Tomatoes" in own and "training texts" in own
     # Run again: the finished runs are read back, nothing is trained (same records).
-    again, _ = reproduce_quick(tmp_path, regime, "offline", "tiny test data", arm=arm, llc="none",
-                               progress=False, data=tiny_data, arm_data=tiny_data)
+    again, _ = reproduce_quick(tmp_path, regime, "offline", "tiny test data", **both)
     assert again["runs"] == results["runs"]
+    assert [r["weight_sd_mean"] for r in again["sentiment"]["summary"]] == [r["weight_sd_mean"] for r in part["summary"]]
     # A changed regime is not read back: the run directories refuse settings other than their own.
     longer = dataclasses.replace(regime, epochs=3)
     with pytest.raises(UserError, match="already holds a different run"):
-        reproduce_quick(tmp_path, longer, "offline", "tiny", arm=arm, llc="none", progress=False, data=tiny_data, arm_data=tiny_data)
+        reproduce_quick(tmp_path, longer, "offline", "tiny", **both)
 
 
 def _weight_sd_row(grid: str, direction: str) -> dict:

@@ -95,3 +95,33 @@ def test_load_trained_classifier_of_an_unfinished_run_is_a_user_error(tiny_data,
     assert run_one(config, tiny_data, tmp_path / "run", progress=False, stop_after=1) is None
     with pytest.raises(UserError, match="no trained classifier"):
         load_trained_classifier(tmp_path / "run")
+
+
+@pytest.mark.parametrize("method", ["self-model", "weight-decay"])
+def test_sparse_embedding_gradients_give_the_dense_sgd_steps(tiny_text, tmp_path, method):
+    """Plain SGD trains the bag of embeddings with sparse table gradients; the weights match dense-gradient
+    training (the same step, rows summed in another order), and the tables are dense again afterwards."""
+    from selfmodels.nets.classifiers import BagOfEmbeddings
+    from selfmodels.selfmodeling.train import sparse_gradients_fit
+
+    config = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.0, nesterov=False, epochs=3, batch_size=16)
+    assert sparse_gradients_fit(config) and not sparse_gradients_fit(OptimConfig())  # OptimConfig(): momentum 0.9
+    weights, kinds = {}, {None: set(), False: set()}
+    for sparse in (None, False):  # None: sparse where the update is the same (here); False: dense
+        torch.manual_seed(0)
+        model = BagOfEmbeddings(30, 8, 6, 2)
+        obj = build_objective(method, model, 0.5, targets=["hidden_act"], example_input=tiny_text.train.tensors[0][:2])
+        train_objective(obj, tiny_text.train, tiny_text.val, tiny_text.test, config, tmp_path / str(sparse), seed=0,
+                        progress=False, sparse_embeddings=sparse,
+                        after_step=lambda n, s=sparse: kinds[s].add(model.embed.weight.grad.is_sparse))
+        assert model.embed.sparse is False  # dense again afterwards
+        weights[sparse] = {k: v.clone() for k, v in obj.module.state_dict().items()}
+    with pytest.raises(UserError, match="plain SGD"):
+        train_objective(obj, tiny_text.train, tiny_text.val, tiny_text.test, OptimConfig(epochs=1), tmp_path / "m",
+                        seed=0, progress=False, sparse_embeddings=True)
+    # The table's gradient was sparse (for weight decay the penalty's dense gradient is added to it), then dense.
+    assert kinds == {None: {method == "self-model"}, False: {False}}
+    for name, value in weights[None].items():
+        torch.testing.assert_close(value, weights[False][name], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(weights[None]["embed.weight" if method != "self-model" else "model.embed.weight"],
+                           BagOfEmbeddings(30, 8, 6, 2).embed.weight)  # it trained

@@ -48,8 +48,8 @@ def test_several_targets_are_flattened_and_concatenated_in_order():
     out = wrapped(tokens)
     assert out.prediction.shape == (5, 10) and out.target.shape == (5, 10)
     with torch.no_grad():
-        e = model.embed(tokens)
-        h = model.hidden_act(model.hidden(e))
+        e = torch.stack([model.embed.weight[t[t != 0]].mean(0) if (t != 0).any() else torch.zeros(6) for t in tokens])
+        h = model.hidden_act(model.hidden(e))  # e: each text's mean embedding, padding (id 0) left out
     torch.testing.assert_close(out.target, torch.cat([h, e], dim=1))
     # Only hidden_act is the head's own input: its block is the square one.
     assert wrapped.identity_rows == {"hidden_act": (0, 4)}

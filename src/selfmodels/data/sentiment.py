@@ -114,3 +114,30 @@ def load_imdb_hub(*, hub: Callable[[str], Any] = load_hub_dataset) -> RawSplits:
     train, test = hf_texts_to_arrays(splits["train"]), hf_texts_to_arrays(splits["test"])
     return RawSplits(*train, *test, source="hub: stanfordnlp/imdb", test_from="official test split",
                      extra=_text_settings(MAX_LEN_IMDB))
+
+
+def describe_text(data) -> dict:
+    """What a report says about a text task's data (a ClassificationData of word ids): vocabulary, split and
+    text length in words (counted before the cut at ``max_len``; a text at ``max_len`` ids may have been cut)."""
+    lengths = {}
+    for part in ("train", "test"):
+        ids = getattr(data, part).tensors[0]  # (N, L)
+        words = (ids != PAD).sum(1).double()  # (N,)
+        lengths[part] = {"mean": float(words.mean()), "median": float(words.median()), "max": int(words.max()),
+                         "at_max_len": int((words >= ids.shape[1]).sum())}
+    text = data.split.get("text", {})
+    return {"vocab_size": data.vocab_size, "min_count": text.get("min_count"), "max_vocab": text.get("max_vocab"),
+            "vocab_from": text.get("vocab_from"), "max_len": text.get("max_len"), "sizes": data.split.get("sizes"),
+            "test_from": data.split.get("test_from"), "val_from": data.split.get("val_from"), "words": lengths}
+
+
+def text_sentence(text: dict) -> str:
+    """One sentence on vocabulary, split and text length, from :func:`describe_text`'s record."""
+    sizes, words = text["sizes"], text["words"]
+    cut = sum(w["at_max_len"] for w in words.values())
+    return (f"Vocabulary: {text['vocab_size']:,} ids (padding, unknown, and every word seen at least {text['min_count']} times, "
+            f"counted on the {text['vocab_from']}; words lowercased, `!` and `?` kept). Split: {sizes['train']:,} training texts and "
+            f"{sizes['test']:,} test texts ({text['test_from']}); validation: {text['val_from']}. Length: "
+            f"{words['train']['mean']:.1f} words on average (median {words['train']['median']:.0f}, longest "
+            f"{words['train']['max']}) in the training part; each text is its first {text['max_len']} word ids, "
+            + ("so none was cut." if cut == 0 else f"so {cut:,} texts reached the cut and may have lost words."))

@@ -24,6 +24,7 @@ from selfmodels.configs import option
 from selfmodels.errors import UserError
 
 ARCHITECTURES = ("mlp", "resnet18", "bag")
+PAD = 0  # the padding id of token input (selfmodels.data.sentiment.PAD)
 
 # The module(s) each architecture self-models by default (the paper's choice).
 DEFAULT_TARGETS = {"mlp": ("hidden_act",), "resnet18": ("trunk", "fc_act"), "bag": ("hidden_act",)}
@@ -118,20 +119,28 @@ class ResNetClassifier(nn.Module):
 
 
 class BagOfEmbeddings(nn.Module):
-    """EmbeddingBag(V, E, mean, padding id 0), Linear(E, H), ReLU, Linear(H, C).
+    """EmbeddingBag(V, E, mean), Linear(E, H), ReLU, Linear(H, C).
 
-    Input is a LongTensor (B, L) of token ids padded with 0; padding is left out of the mean.
+    Input is a LongTensor (B, L) of token ids padded with 0; padding is left out of the mean (a text of
+    padding only gives the zero vector). The forward packs each text's non-padding ids into one flat bag
+    (ids + offsets), so the kernel never visits padding; row 0 of the table (the padding id) starts at
+    zero, as with ``padding_idx=0``, and no text ever looks it up, so it gets no gradient.
     """
 
     def __init__(self, vocab_size: int, embed_dim: int, hidden: int, num_classes: int):
         super().__init__()
-        self.embed = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean", padding_idx=0)
+        self.embed = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean")
+        with torch.no_grad():
+            self.embed.weight[PAD].zero_()
         self.hidden = nn.Linear(embed_dim, hidden)
         self.hidden_act = nn.ReLU()
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        e = self.embed(tokens)  # (B, E)
+        keep = tokens != PAD  # (B, L)
+        ids = tokens[keep]  # (T,) every text's words, text after text
+        starts = keep.sum(1).cumsum(0) - keep.sum(1)  # (B,) where each text's words begin in ids
+        e = self.embed(ids, starts)  # (B, E)
         return self.head(self.hidden_act(self.hidden(e)))  # (B, C)
 
 

@@ -5,7 +5,8 @@
 - ``selfmodels reproduce self-modeling [--preset quick] --out DIR``: the paper's MNIST experiment; ``quick``
   is a CPU-sized version: the paper's regime (batch, epochs, steps) on offline Fashion-MNIST when it is on
   this machine, else the MNIST 5k subset (not the paper's regime), plus a regime arm of MNIST 5k at the
-  paper's step count (see ``presets.PAPER_REGIME``, ``MNIST_5K_REGIME``, ``MNIST_5K_PAPER_STEPS``).
+  paper's step count (see ``presets.PAPER_REGIME``, ``MNIST_5K_REGIME``, ``MNIST_5K_PAPER_STEPS``), and the
+  paper's IMDB setup on the offline Rotten Tomatoes snippets (``presets.SENTIMENT_REGIME``).
 
 Both run under ``torchrun`` too (the runs are split across the processes; see :mod:`~selfmodels.selfmodeling.grid`).
 """
@@ -26,6 +27,7 @@ from selfmodels.selfmodeling.config import LLC_CHOICES, GridConfig
 
 REGIME_CHOICES = ("auto", "paper", "mnist-5k")
 ARM_DIR = "mnist-5k-paper-steps"  # inside --out: the regime arm's own runs, results.json and report.md
+SENTIMENT_DIR = "sentiment"  # inside --out: the sentiment grid's own runs, results.json and report.md
 
 
 def quick_grid(regime: presets.QuickRegime = presets.MNIST_5K_REGIME, workers: int = 1, llc: str = "paper",
@@ -131,12 +133,15 @@ def _reproduce(r, args: argparse.Namespace) -> int:
 
 def reproduce_quick(out: str | Path, regime: presets.QuickRegime, source: str, reason: str, *,
                     arm: presets.QuickRegime = presets.MNIST_5K_PAPER_STEPS, workers: int = 1, llc: str = "paper",
+                    sentiment: presets.QuickRegime | None = presets.SENTIMENT_REGIME,
                     device: str | None = None, progress: bool = True, log: tuple[str, ...] = (),
-                    data=None, arm_data=None) -> tuple[dict, dict]:
-    """The quick reproduction: the regime arm into ``out/ARM_DIR``, then the main grid (``regime``) into
-    ``out``, whose report sets both beside the paper's effects. Returns (main results, arm results).
+                    data=None, arm_data=None, sentiment_data=None) -> tuple[dict, dict]:
+    """The quick reproduction: the regime arm into ``out/ARM_DIR``, the sentiment grid (``sentiment``, the
+    paper's IMDB setup; None: left out) into ``out/SENTIMENT_DIR``, then the main grid (``regime``) into ``out``,
+    whose report sets all of them beside the paper's effects. Returns (main results, arm results); the
+    sentiment grid's results are in the main results' ``sentiment``.
 
-    ``data`` / ``arm_data`` (ClassificationData) skip loading, e.g. tiny data in tests."""
+    ``data`` / ``arm_data`` / ``sentiment_data`` (ClassificationData) skip loading, e.g. tiny data in tests."""
     from selfmodels.selfmodeling.grid import run_and_report
 
     device_field = {"device": device} if device else {}
@@ -147,14 +152,54 @@ def reproduce_quick(out: str | Path, regime: presets.QuickRegime, source: str, r
                 "of regime. Its runs are in this directory; the main report sets it beside the main grid.")
     arm_results = run_and_report(arm_grid, Path(out) / ARM_DIR, progress=progress, log=log, data=arm_data,
                                  extra={"note": arm_note, "mode": "quick (regime arm)"})
+    sentiment_part = None if sentiment is None else _sentiment_part(
+        out, sentiment, workers, llc, device_field, progress, log, sentiment_data)
     grid = dataclasses.replace(quick_grid(regime, workers, llc, source), **device_field)
     extra = {
         "note": regime_note(regime, reason), "mode": "quick",
         "regime": {"name": regime.name, "paper_regime": regime.paper_regime, "reason": reason},
         "arm": {"dir": ARM_DIR, "settings": arm_results["settings"], "summary": arm_results["summary"],
                 "trends": arm_results["trends"]},
+        **({"sentiment": sentiment_part} if sentiment_part else {}),
     }
     return run_and_report(grid, out, progress=progress, extra=extra, log=log, data=data), arm_results
+
+
+def sentiment_note(regime: presets.QuickRegime, text: dict, steps: int, llc: str = "paper") -> str:
+    """The sentiment report's opening paragraph: the paper's IMDB setup, on which data, for how many steps."""
+    from selfmodels.data.sentiment import text_sentence
+
+    sgld = ("LLC with the paper's IMDB SGLD settings: epsilon 1e-3, gamma 10, 4 chains x 1,000 draws" if llc == "paper"
+            else "no LLC")
+    return (
+        f"The paper's IMDB setup (bag of embeddings 64, hidden {', '.join(map(str, regime.hidden))}, SGD lr 0.1, batch 64, "
+        f"{regime.epochs} epochs = {steps:,} SGD steps, AW {', '.join(f'{w:g}' for w in regime.strengths)}; {sgld}) "
+        f"on the **offline Rotten Tomatoes review snippets** "
+        f"standing in for IMDB's reviews (short snippets, not 230-word reviews: compare directions and relative changes "
+        f"with the paper's IMDB figures, not values). {text_sentence(text)} Controls at strengths of their own: "
+        f"activation-l2 at w {', '.join(f'{w:g}' for w in regime.activation_l2_strengths)}, weight decay at "
+        f"w {', '.join(f'{w:g}' for w in regime.weight_decay_strengths)}; seeds {', '.join(map(str, regime.seeds))}."
+    )
+
+
+def _sentiment_part(out, regime: presets.QuickRegime, workers: int, llc: str, device_field: dict, progress: bool,
+                    log: tuple[str, ...], data) -> dict:
+    """Run the sentiment grid into ``out/SENTIMENT_DIR``; what the main report shows of it."""
+    from selfmodels import distributed
+    from selfmodels.data.sentiment import describe_text
+    from selfmodels.selfmodeling.grid import expand, run_and_report
+    from selfmodels.selfmodeling.runs import load_data
+
+    grid = dataclasses.replace(quick_grid(regime, workers, llc), **device_field)
+    if data is None:
+        with distributed.main_first():
+            data = load_data(expand(grid)[0].data)
+    text = describe_text(data)
+    steps = -(-len(data.train) // expand(grid)[0].optim.batch_size) * regime.epochs
+    results = run_and_report(grid, Path(out) / SENTIMENT_DIR, progress=progress, log=log, data=data,
+                             extra={"note": sentiment_note(regime, text, steps, llc), "mode": "quick (sentiment)", "text": text})
+    return {"dir": SENTIMENT_DIR, "note": results["note"], "text": text, "settings": results["settings"],
+            "summary": results["summary"], "trends": results["trends"]}
 
 
 def _reproduce_quick(r, workers: int, log: tuple[str, ...]) -> int:
@@ -165,8 +210,9 @@ def _reproduce_quick(r, workers: int, log: tuple[str, ...]) -> int:
     results, arm_results = reproduce_quick(r.out, regime, source, reason, workers=workers, llc=r.llc,
                                            device=r.device, progress=not r.quiet, log=log)
     if distributed.is_main():
-        print(f"wrote {Path(r.out) / 'report.md'} ({len(results['runs'])} runs; regime {regime.name}: {reason}) "
-              f"and {Path(r.out) / ARM_DIR / 'report.md'} ({len(arm_results['runs'])} runs)")
+        print(f"wrote {Path(r.out) / 'report.md'} ({len(results['runs'])} runs; regime {regime.name}: {reason}), "
+              f"{Path(r.out) / ARM_DIR / 'report.md'} ({len(arm_results['runs'])} runs) and "
+              f"{Path(r.out) / SENTIMENT_DIR / 'report.md'} (the IMDB setup on Rotten Tomatoes)")
     return 0
 
 
@@ -200,11 +246,13 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
                      help="paper: estimate each run's LLC with the paper's SGLD settings; none: no LLC")
 
     rep = command.parser(
-        reproduce, "self-modeling", help="the self-modeling paper's MNIST experiment (--preset quick: CPU-sized, offline)",
+        reproduce, "self-modeling", help="the self-modeling paper's MNIST experiment (--preset quick: CPU-sized, offline, "
+        "with its IMDB setup on Rotten Tomatoes snippets)",
         description="Preset full (the default): the paper's full MNIST grid (H 64-512, AW 1-50, both controls, 10 seeds, "
         "50 epochs; hub data when reachable). Preset quick: H 64 and 128, self-model at w 1, 10, 50, 3 seeds, in the "
         "paper's regime (batch 512, 5,900 steps) on offline Fashion-MNIST when present, else on the offline MNIST "
-        "subset for 800 steps; plus MNIST 5k at 5,900 steps (H 64, baseline and w 10). The controls run at their own "
-        "strengths (see docs/self-modeling.md). The presets are the grids of selfmodeling/presets.py.",
+        "subset for 800 steps; plus MNIST 5k at 5,900 steps (H 64, baseline and w 10); plus the paper's IMDB setup "
+        "(bag of embeddings, 500 epochs, AW 100 and 500, 3 seeds) on the offline Rotten Tomatoes snippets. The controls "
+        "run at their own strengths (see docs/self-modeling.md). The presets are the grids of selfmodeling/presets.py.",
         extra=lambda p: reproduce_flags(p.add_argument_group("reproduction options")))
     rep.set_defaults(func=runner(command, _reproduce))

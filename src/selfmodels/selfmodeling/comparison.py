@@ -7,7 +7,8 @@ same hidden size:
   :func:`~selfmodels.selfmodeling.statistics.trends`), and ``relative`` = difference / mean(baseline),
   whose CI is the difference's CI over the same baseline mean (the baseline mean's own uncertainty is
   left out of it);
-- the paper's relative change, read off its MNIST figures (:mod:`~selfmodels.selfmodeling.reference`);
+- the paper's relative change, read off its figures for the same setup (:mod:`~selfmodels.selfmodeling.reference`):
+  MNIST for our MNIST and Fashion-MNIST runs, IMDB for our sentiment runs (IMDB or the Rotten Tomatoes snippets);
 - ``verdict``: ``agrees`` when our CI excludes 0 on the paper's side, ``differs`` when it excludes 0 on
   the other side, ``unclear`` when it includes 0, ``collapsed`` where our fit or the paper's failed
   (accuracy near chance: its weight SD and LLC describe a failed fit). A paper change under 1% counts
@@ -23,6 +24,12 @@ from selfmodels.selfmodeling import reference
 from selfmodels.stats import direction
 
 PAPER_TASK = "mnist"  # the paper's only task with an MLP grid; Fashion-MNIST runs are compared with it
+# Our task -> the paper's task whose figures it is compared with, and that task's name in the report.
+PAPER_TASKS = {"mnist": "mnist", "fashion-mnist": "mnist", "imdb": "imdb"}
+PAPER_LABELS = {"mnist": "MNIST", "imdb": "IMDB"}
+# The measures compared per paper task: the paper's IMDB accuracy changes with AW (0.819 -> 0.836); its MNIST
+# accuracy is flat (~0.965) outside the collapsed runs, so there only weight SD and LLC are compared.
+COMPARED = {"mnist": ("weight_sd", "llc_mean"), "imdb": ("weight_sd", "llc_mean", "test_accuracy")}
 MEASURES = {"weight_sd": ("weight SD", reference.WEIGHT_SD), "llc_mean": ("LLC", reference.RLCT),
             "test_accuracy": ("test accuracy", reference.ACCURACY)}
 PAPER_COLLAPSE_ACCURACY = 0.5  # the paper's runs below this accuracy had collapsed (0.11-0.27)
@@ -33,13 +40,19 @@ def _finite(value) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def paper_change(measure: str, hidden: int, strength: float) -> dict | None:
-    """The paper's baseline and AW values and relative change for a measure, or None if not published."""
-    table_ = MEASURES[measure][1].get(PAPER_TASK, {}).get(hidden, {})
+def paper_task(task: str) -> str:
+    """The paper's task our ``task`` is compared with (MNIST's for an unknown one)."""
+    return PAPER_TASKS.get(task, PAPER_TASK)
+
+
+def paper_change(measure: str, hidden: int, strength: float, task: str = PAPER_TASK) -> dict | None:
+    """The paper's baseline and AW values and relative change for a measure on the paper's ``task``, or None if
+    not published."""
+    table_ = MEASURES[measure][1].get(task, {}).get(hidden, {})
     base, value = table_.get(0), table_.get(float(strength), table_.get(strength))
     if base is None or value is None:
         return None
-    collapsed = reference.ACCURACY[PAPER_TASK].get(hidden, {}).get(strength, 1.0) < PAPER_COLLAPSE_ACCURACY
+    collapsed = reference.ACCURACY[task].get(hidden, {}).get(strength, 1.0) < PAPER_COLLAPSE_ACCURACY
     relative = (value - base) / abs(base)
     direction = "about equal" if abs(relative) < ABOUT_EQUAL else ("falls" if relative < 0 else "rises")
     return {"base": base, "value": value, "relative": relative, "direction": direction, "collapsed": collapsed}
@@ -80,7 +93,8 @@ def effect(summary: list[dict], trends: list[dict], hidden: int, strength: float
     relative = {k: (diff[k] / scale if _finite(diff[k]) else None) for k in ("difference", "ci95_low", "ci95_high")}
     ours = our_direction(diff["ci95_low"], diff["ci95_high"])
     collapsed = strength in trend["collapsed"]
-    paper = paper_change(measure, hidden, strength) if method == "self-model" else None
+    task = base.get("task", PAPER_TASK)
+    paper = paper_change(measure, hidden, strength, paper_task(task)) if method == "self-model" else None
     return {
         "hidden": hidden, "strength": strength, "measure": measure, "baseline": base_mean,
         "difference": diff["difference"], "ci95_low": diff["ci95_low"], "ci95_high": diff["ci95_high"],
@@ -90,12 +104,14 @@ def effect(summary: list[dict], trends: list[dict], hidden: int, strength: float
 
 
 def compare_with_paper(summary: list[dict], trends: list[dict]) -> list[dict]:
-    """One row per (hidden, self-model AW, measure in weight SD, LLC): ours beside the paper's."""
+    """One row per (hidden, self-model AW, measure compared for the paper's task: weight SD, LLC, and for IMDB
+    accuracy): ours beside the paper's."""
     rows = []
+    measures = COMPARED[paper_task(summary[0]["task"])] if summary else ()
     for hidden in sorted({r["hidden"] for r in summary}):
         strengths = sorted({r["strength"] for r in summary if r["hidden"] == hidden and r["method"] == "self-model"})
         for strength in strengths:
-            for measure in ("weight_sd", "llc_mean"):
+            for measure in measures:
                 row = effect(summary, trends, hidden, strength, measure)
                 if row is not None:
                     rows.append(row)
@@ -110,14 +126,14 @@ def _change_cell(row: dict) -> str:
     return f"{_pct(row['relative'])} [{_pct(row['relative_low'])}, {_pct(row['relative_high'])}]"
 
 
-def paper_table(rows: list[dict]) -> str:
-    """The comparison as a markdown table."""
-    headers = ["H", "AW", "measure", "ours: baseline", "ours: change (95% CI)", "ours", "paper (MNIST): baseline -> AW",
-               "paper change", "paper", "verdict"]
+def paper_table(rows: list[dict], task: str = PAPER_TASK) -> str:
+    """The comparison as a markdown table; ``task`` is the paper's task the rows are compared with."""
+    headers = ["H", "AW", "measure", "ours: baseline", "ours: change (95% CI)", "ours",
+               f"paper ({PAPER_LABELS.get(task, task)}): baseline -> AW", "paper change", "paper", "verdict"]
     body = []
     for r in rows:
         p = r["paper"]
-        digits = 4 if r["measure"] == "weight_sd" else 1
+        digits = {"weight_sd": 4, "llc_mean": 1}.get(r["measure"], 3)
         body.append([r["hidden"], f"{r['strength']:g}", MEASURES[r["measure"]][0], fmt(r["baseline"], digits), _change_cell(r),
                      r["direction"], "-" if p is None else f"{p['base']:g} -> {p['value']:g}",
                      "-" if p is None else _pct(p["relative"]), "-" if p is None else p["direction"], r["verdict"]])
@@ -127,7 +143,7 @@ def paper_table(rows: list[dict]) -> str:
 def paper_sentences(rows: list[dict]) -> list[str]:
     """Counts of agreeing / differing / unclear effects, and every one that differs, in words."""
     lines = []
-    for measure in ("weight_sd", "llc_mean"):
+    for measure in MEASURES:
         mine = [r for r in rows if r["measure"] == measure]
         if not mine:
             continue

@@ -113,32 +113,71 @@ def _condition_rows(summary: list[dict], hidden: int, has_llc: bool) -> tuple[li
     return headers, rows
 
 
-def _steps(settings: dict) -> str:
+TEXT_TASKS = ("imdb",)
+# The quick reproduction leaves CIFAR-10 out: one line in its report says why and how to run it.
+CIFAR_LINE = ("**CIFAR-10**, the paper's third task, is not in the quick reproduction: no package ships it, so it needs "
+              "the Hugging Face hub (`uoft-cs/cifar10`); with internet, `selfmodels regularize --task cifar10 --data hub "
+              "--val-is-test --methods baseline self-model --seeds 0 1 2 --llc paper --device cuda --out runs/cifar10` runs "
+              "the paper's setup (ResNet-18, Adam 1e-4, batch 64, 250 epochs, AW 0.5, 1, 2; a GPU job).")
+
+
+def _steps(settings: dict, task: str = "mnist") -> str:
     """' of 118 steps (5,900 SGD steps on 60,000 training images; validation = test set)' where known."""
     if not settings.get("steps"):
         return ""
     val = "; validation = the test set, as the paper" if settings.get("val_is_test") else ""
+    noun = "texts" if task in TEXT_TASKS else "images"
     return (f" of {settings['steps_per_epoch']:,} steps ({settings['steps']:,} SGD steps on {settings['train_size']:,} "
-            f"training images{val})")
+            f"training {noun}{val})")
 
 
-def _paper_section(results: dict) -> list[str]:
-    """Directions and relative changes beside the paper's MNIST ones; and, with a regime arm, whether a
-    difference comes from the dataset or from the regime."""
-    summary, trends = results["summary"], results["trends"]
-    if not summary or summary[0]["task"] not in ("mnist", "fashion-mnist"):
-        return []
+def _comparison(summary: list[dict], trends: list[dict], data_source: str = "") -> list[str]:
+    """The self-model's changes beside the paper's figures for the same setup: sentences, then the table."""
     rows = comparison.compare_with_paper(summary, trends)
     if not rows:
         return []
-    lines = ["## Compared with the paper", "",
-             "Self-model against the baseline at the same H, as a relative change (difference / baseline mean; the CI is "
+    task = summary[0]["task"]
+    paper = comparison.paper_task(task)
+    label = comparison.PAPER_LABELS[paper]
+    measures = ", ".join(comparison.MEASURES[m][0] for m in comparison.COMPARED[paper])
+    lines = ["Self-model against the baseline at the same H, as a relative change (difference / baseline mean; the CI is "
              "the Welch 95% CI of the difference over the baseline mean), beside the paper's relative change read off its "
-             "MNIST figures. Verdict: *agrees* / *differs* when our CI excludes 0 on the paper's / the other side, "
-             "*unclear* when it includes 0, *collapsed* where the fit failed (accuracy near chance).", ""]
-    if summary[0]["task"] != comparison.PAPER_TASK:
-        lines += [f"Our data is {summary[0]['task']}, the paper's MNIST: compare directions and relative sizes, not values.", ""]
-    lines += comparison.paper_sentences(rows) + ["", comparison.paper_table(rows)]
+             f"{label} figures ({measures}). Verdict: *agrees* / *differs* when our CI excludes 0 on the paper's / the other "
+             "side, *unclear* when it includes 0, *collapsed* where the fit failed (accuracy near chance). A verdict "
+             "*differs* is a finding, stated with its CI.", ""]
+    if task != paper or str(data_source).startswith("offline") and task in TEXT_TASKS:
+        ours = "the Rotten Tomatoes snippets" if task in TEXT_TASKS else task
+        lines += [f"Our data is {ours}, the paper's {label}: compare directions and relative sizes, not values.", ""]
+    return lines + comparison.paper_sentences(rows) + ["", comparison.paper_table(rows, paper)]
+
+
+def _sentiment_section(sentiment: dict) -> list[str]:
+    """The main report's part on the sentiment grid: its setup and data in words, its effects beside the paper's
+    IMDB figures, its conditions."""
+    summary, trends = sentiment["summary"], sentiment["trends"]
+    if not summary:
+        return []
+    lines = ["## The paper's IMDB setup, on Rotten Tomatoes snippets", "",
+             f"Its runs, results.json and report are in `{sentiment['dir']}/`. " + sentiment.get("note", ""), ""]
+    lines += _comparison(summary, trends, sentiment.get("settings", {}).get("data_source", ""))
+    has_llc = any("llc_mean" in r for r in summary)
+    for hidden in sorted({r["hidden"] for r in summary}):
+        headers, rows = _condition_rows(summary, hidden, has_llc)
+        lines += ["", f"Conditions at H = {hidden} (mean ± 95% CI over seeds; paper values for IMDB):", "", table(headers, rows)]
+    return lines
+
+
+def _paper_section(results: dict) -> list[str]:
+    """Directions and relative changes beside the paper's figures for the same setup (MNIST's for MNIST and
+    Fashion-MNIST, IMDB's for sentiment); with a regime arm, whether a difference comes from the dataset or from the
+    regime; with a sentiment grid, its part; in the quick reproduction, the line on CIFAR-10."""
+    summary, trends = results["summary"], results["trends"]
+    if not summary or summary[0]["task"] not in comparison.PAPER_TASKS:
+        return []
+    found = _comparison(summary, trends, results.get("settings", {}).get("data_source", ""))
+    if not found:
+        return []
+    lines = ["## Compared with the paper", ""] + found
     arm = results.get("arm")
     if arm:
         regime = results.get("regime") or {}
@@ -149,6 +188,10 @@ def _paper_section(results: dict) -> list[str]:
                   f"The regime arm (`{arm['dir']}/`) trains the MNIST 5k subset for the paper's step count, H {hidden}, "
                   f"baseline and AW {strength:g}, {seeds} seeds; beside it the same conditions of this grid.", "",
                   comparison.regime_sentence(rows, bool(regime.get("paper_regime"))), "", comparison.regime_table(rows)]
+    if results.get("sentiment"):
+        lines += _sentiment_section(results["sentiment"]) + [""]
+    if results.get("mode") == "quick":
+        lines += ["## Not run here", "", CIFAR_LINE, ""]
     return lines
 
 
@@ -170,7 +213,7 @@ def render(results: dict, images: dict[str, str | None]) -> str:
         f"- **Training**: {optim.get('optimizer', '?')} lr {optim.get('lr')} "
         f"{'(momentum ' + str(optim.get('momentum')) + (', Nesterov' if optim.get('nesterov') else '') + ')' if optim.get('optimizer') == 'sgd' else ''}, "
         f"batch {optim.get('batch_size')}, {optim.get('epochs')} epochs{', augmentation' if optim.get('augment') else ''}"
-        f"{_steps(settings)}; "
+        f"{_steps(settings, grid['task'])}; "
         f"targets {', '.join(settings.get('targets', []))} ({'detached' if settings.get('detach', True) else 'not detached'}).",
         "- **Definitions**: accuracy = test accuracy after the last epoch (argmax over the class logits); "
         "weight SD = standard deviation of the final layer's classification rows (self-model rows excluded); "

@@ -11,20 +11,27 @@ Per epoch, ``metrics.jsonl`` gets one line with: ``epoch`` (1-based), ``train_lo
 regulariser R, see :mod:`~selfmodels.selfmodeling.objectives`), ``val_accuracy``, ``test_accuracy``,
 ``weight_sd`` (classification rows of the final layer, see :mod:`selfmodels.complexity.weights`),
 ``identity_distance`` (``||W_self - I||_F`` where defined, else null) and ``seconds``.
+
+Speed: under plain SGD (no momentum) the embedding tables (``nn.Embedding`` / ``nn.EmbeddingBag``) get sparse
+gradients while training (:func:`sparse_embedding_grads`): only the rows a batch looked up. The update is the
+same SGD step (every other row's gradient is zero); it saves the dense pass over the table each step.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from selfmodels import training
 from selfmodels.artifacts import read_jsonl
 from selfmodels.curves import Mirror
+from selfmodels.errors import UserError
 from selfmodels.selfmodeling.augment import random_affine_flip
 from selfmodels.selfmodeling.objectives import Objective
 from selfmodels.selfmodeling.presets import OptimConfig  # defined there, torch-free
@@ -39,6 +46,27 @@ def make_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=config.lr)
     nesterov = config.nesterov and config.momentum > 0
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=nesterov)
+
+
+def sparse_gradients_fit(config: OptimConfig) -> bool:
+    """Whether the optimizer's update is the same with sparse embedding gradients: plain SGD without momentum
+    (momentum buffers and Adam's moments would treat untouched rows differently, or refuse sparse tensors)."""
+    return config.optimizer == "sgd" and config.momentum == 0
+
+
+@contextmanager
+def sparse_embedding_grads(module: nn.Module, enabled: bool = True):
+    """While inside, every embedding table of ``module`` gives a sparse gradient (``sparse=True``, a documented
+    attribute the forward reads); afterwards each is as it was (the LLC's vmap path needs dense gradients)."""
+    tables = [m for m in module.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))] if enabled else []
+    before = [m.sparse for m in tables]
+    for m in tables:
+        m.sparse = True
+    try:
+        yield
+    finally:
+        for m, sparse in zip(tables, before):
+            m.sparse = sparse
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -82,13 +110,13 @@ class ClassifierTask(Task):
             self.generator = epoch_generator(self.seed, epoch)
             self.order = torch.randperm(len(self.y), generator=self.generator).to(self.device)  # (N,)
             self.objective.module.train()
-            self.sums, self.began = torch.zeros(3, dtype=torch.float64), time.perf_counter()
+            self.sums, self.began = torch.zeros(3, dtype=torch.float64, device=self.device), time.perf_counter()
         idx = self.order[batch * self.config.batch_size:(batch + 1) * self.config.batch_size]
         xb, yb = self.x[idx], self.y[idx]
         if self.config.augment:
             xb = random_affine_flip(xb, self.generator)
         terms = self.objective.loss(xb, yb)
-        self.sums += torch.tensor([terms.total.item(), terms.ce.item(), terms.aux.item()], dtype=torch.float64)
+        self.sums += torch.stack([terms.total, terms.ce, terms.aux]).detach().to(self.sums)  # summed where they are
         return Step(terms.total)
 
     def evaluate(self, step: int) -> dict:
@@ -132,13 +160,15 @@ def train_objective(
     stop_after: int | None = None,
     mirror: Mirror | None = None,
     after_step: Callable[[int], None] | None = None,
+    sparse_embeddings: bool | None = None,
 ) -> list[dict]:
     """Train ``objective.module`` for ``config.epochs``, resuming from ``run_dir``'s checkpoint if any.
 
     ``stop_after`` ends the call once epoch ``stop_after`` is done (a planned interruption); ``after_step`` as in
     :func:`selfmodels.training.train` (steps are minibatches). Returns the metrics of every finished epoch (also
     those of earlier, resumed calls). ``mirror`` also receives each epoch's line, as curve ``classifier`` over
-    ``epoch`` (see :mod:`selfmodels.curves`).
+    ``epoch`` (see :mod:`selfmodels.curves`). ``sparse_embeddings``: sparse gradients for the embedding tables
+    (:func:`sparse_embedding_grads`); None = where the update is the same (:func:`sparse_gradients_fit`), False = dense.
     """
     config.validate()
     run_dir = Path(run_dir)
@@ -146,6 +176,11 @@ def train_objective(
     epochs = config.epochs if stop_after is None else min(config.epochs, stop_after)
     schedule = Schedule(config.epochs * task.batches, eval_every=task.batches, checkpoint_every=task.batches,
                         until=epochs * task.batches)
-    training.train(task, schedule, run_dir, progress=progress, mirror=mirror, after_step=after_step)
+    if sparse_embeddings and not sparse_gradients_fit(config):
+        raise UserError(f"sparse embedding gradients need plain SGD without momentum, not {config.optimizer} with "
+                        f"momentum {config.momentum}")
+    sparse = sparse_gradients_fit(config) if sparse_embeddings is None else sparse_embeddings
+    with sparse_embedding_grads(objective.module, sparse):
+        training.train(task, schedule, run_dir, progress=progress, mirror=mirror, after_step=after_step)
     objective.module.eval()
     return read_jsonl(run_dir / METRICS)
