@@ -477,6 +477,8 @@ def subject_shape(name: str) -> dict | None:
         config = AutoConfig.from_pretrained(str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name)
     except Exception:  # not in the cache offline, no such id, a config transformers does not know: the load reports it
         return None
+    if getattr(config, "is_encoder_decoder", False):  # not a subject at all: loading it says so, not a layer check
+        return None
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     blocks = getattr(text, "num_hidden_layers", None)
     positions = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)

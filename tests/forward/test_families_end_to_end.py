@@ -137,6 +137,16 @@ def test_a_model_without_a_row_runs_everything_but_what_needs_one(model_dir, cor
     capsys.readouterr()
 
 
+def _encoder_decoder(directory):
+    """BART: an encoder and a decoder, two residual streams; a config alone (refused before any weights). One layer
+    each, so the pair 0 -> 1 does not fit it either: the message must still be that it is not decoder-only."""
+    from transformers import BartConfig
+
+    BartConfig(vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+               decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32).save_pretrained(directory)
+    return directory
+
+
 def _unfindable_blocks(directory):
     """Jamba's blocks are one ModuleList of two classes (Mamba and attention layers): not found structurally, and no
     row. A config alone: the refusal comes before any weights (or a tokenizer) are read."""
@@ -154,11 +164,11 @@ def _tokenizer_beyond_the_embedding(directory):
 
 
 @pytest.mark.parametrize("make, message", [
+    (_encoder_decoder, r"'bart'\) is an encoder-decoder model: a subject is a decoder-only causal LM"),
     (_unfindable_blocks, r"the blocks of JambaForCausalLM \(model_type 'jamba'\) cannot be found"),
     (_tokenizer_beyond_the_embedding, rf"has {TOKENS} tokens but model '.*' embeds only {TOKENS - 20}"),
-], ids=["blocks-not-found", "token-ids-beyond-the-embedding"])
+], ids=["not-decoder-only", "blocks-not-found", "token-ids-beyond-the-embedding"])
 def test_a_directory_that_cannot_be_a_subject_exits_2(make, message, corpus, tmp_path, capsys):
-    """The third refusal, a model that is not decoder-only, is test_pipeline's test_unsupported_family_exits_2."""
     model = make(tmp_path / "model")
     capsys.readouterr()  # what saving the model printed
     out = tmp_path / "out"
