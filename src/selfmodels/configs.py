@@ -25,8 +25,11 @@ T = TypeVar("T")
 
 
 def option(default: Any, help: str, *, choices: typing.Sequence[Any] | None = None, cli: bool = True) -> Any:
-    """A dataclass field with a help string (and optional choices) for the generated CLI."""
-    meta = {"help": help, "choices": tuple(choices) if choices else None, "cli": cli}
+    """A dataclass field with a help string (and optional choices) for the generated CLI. ``choices`` may be a live
+    collection (a :class:`selfmodels.registries.Registry`): it is read when a command line is parsed, so entries
+    registered after this field was defined are accepted too."""
+    meta = {"help": help, "choices": (tuple(choices) if isinstance(choices, (list, tuple)) else choices) if choices else None,
+            "cli": cli}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -22,11 +22,10 @@ This module imports no torch (the command line's help and validation read it); b
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from selfmodels.errors import UserError
+from selfmodels.registries import Registry, resolve
 
 if TYPE_CHECKING:
     from torch import nn
@@ -44,35 +43,22 @@ class Architecture:
     attention: bool = False  # the analyses may read per-head attention (patterns and Q/K/V/O weights)
 
     def build(self, cfg: "ForwardModelConfig") -> "nn.Module":
-        builder = self.builder
-        if isinstance(builder, str):
-            module, _, path = builder.partition(":")
-            builder = importlib.import_module(module)
-            for part in path.split("."):
-                builder = getattr(builder, part)
-        return builder(cfg)
+        return resolve(self.builder)(cfg)
 
 
-ARCHITECTURES: dict[str, Architecture] = {}
+ARCHITECTURES: Registry[Architecture] = Registry("forward-model architecture")
 
 
 def register_architecture(name: str, build: Callable[["ForwardModelConfig"], "nn.Module"] | str, description: str, *,
                           attention: bool = False, replace: bool = False) -> Architecture:
     """Add an architecture under ``name`` (``replace=True`` to redefine one); returns its entry. ``build``: a callable
     ``ForwardModelConfig -> nn.Module``, or its ``"module:attribute"`` path."""
-    if not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise UserError(f"an architecture's name is letters, digits, '-' and '_', got {name!r}")
-    if name in ARCHITECTURES and not replace:
-        raise UserError(f"forward-model architecture {name!r} is already registered (pass replace=True to redefine it)")
-    ARCHITECTURES[name] = Architecture(name, build, description, attention)
-    return ARCHITECTURES[name]
+    return ARCHITECTURES.register(name, Architecture(name, build, description, attention), replace=replace)
 
 
 def architecture(name: str) -> Architecture:
     """The entry of ``name``; a UserError listing the registered ones when there is none."""
-    if name not in ARCHITECTURES:
-        raise UserError(f"unknown forward-model architecture {name!r}; registered: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[name]
+    return ARCHITECTURES.get(name)
 
 
 def build_forward_model(cfg: "ForwardModelConfig", d_model: int | None = None) -> "nn.Module":
@@ -95,11 +81,11 @@ def reads_attention(model: "nn.Module") -> bool:
     """Whether the analyses may read per-head attention from ``model`` (its architecture says so)."""
     cfg = getattr(model, "cfg", None)
     name = getattr(cfg, "architecture", None)
-    return name in ARCHITECTURES and ARCHITECTURES[name].attention
+    return name in ARCHITECTURES and ARCHITECTURES.get(name).attention
 
 
-# The built-in builders are named by module path, resolved when a model is built, as Hugging Face's auto classes
-# name theirs: knowing the names (validation, --help) then needs no torch, and this registry imports no model.
+# The built-in builders are named by module path (selfmodels.registries.resolve), imported when a model is built:
+# knowing the names (validation, --help) then needs no torch, and this registry imports no model.
 register_architecture("transformer", "selfmodels.forward.model:ForwardModel", "pre-norm causal transformer blocks, output "
                       "projections zero at init (the identity map); GELU or SwiGLU MLP (the paper's forward model)",
                       attention=True)

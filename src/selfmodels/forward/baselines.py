@@ -43,11 +43,12 @@ import torch
 
 from selfmodels import training
 from selfmodels.artifacts import load_tensors, save_tensors
-from selfmodels.errors import UserError, require
+from selfmodels.errors import require
 from selfmodels.forward.architectures import build_forward_model, num_params
 from selfmodels.forward.config import ForwardModelConfig
 from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
 from selfmodels.forward.train import ForwardTask, ForwardTrainConfig, PairBatches
+from selfmodels.registries import Registry
 
 if TYPE_CHECKING:
     from selfmodels.forward.pipeline import PipelineRun
@@ -100,16 +101,13 @@ class Baseline:
                 "note": self.note(entry)}
 
 
-BASELINES: dict[str, Baseline] = {}
+BASELINES: Registry[Baseline] = Registry("baseline")
 
 
 def register_baseline(baseline: Baseline, *, replace: bool = False) -> Baseline:
     """Add ``baseline`` to every pipeline run from now on (``replace=True`` to redefine one of the same name)."""
-    require(bool(baseline.name) and bool(baseline.column), "a baseline needs a name (its results key) and a column (its report header)")
-    if baseline.name in BASELINES and not replace:
-        raise UserError(f"baseline {baseline.name!r} is already registered (pass replace=True to redefine it)")
-    BASELINES[baseline.name] = baseline
-    return baseline
+    require(bool(baseline.column), f"baseline {baseline.name!r} needs a column (its report header)")
+    return BASELINES.register(baseline.name, baseline, replace=replace)
 
 
 def _seconds_per_step(model: torch.nn.Module, pairs, train: ForwardTrainConfig, device: torch.device, steps: int = 4) -> float:

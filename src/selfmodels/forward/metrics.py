@@ -27,6 +27,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from selfmodels.errors import require
+from selfmodels.registries import Registry
+
 _EPS = 1e-8  # a zero vector has cosine 0 with anything (torch's convention for cosine_similarity)
 
 
@@ -95,24 +98,19 @@ class RegressionMetric:
     digits: int | None = None  # the report's digits (None: the table's)
 
 
-METRICS: dict[str, RegressionMetric] = {}
+METRICS: Registry[RegressionMetric] = Registry("metric")
 
 
 def register_metric(metric: RegressionMetric, *, replace: bool = False) -> RegressionMetric:
     """Add ``metric``: every evaluation from then on reports it, ``results.json`` defines it, the report shows it."""
-    from selfmodels.errors import UserError
-
-    if metric.name in METRICS and not replace:
-        raise UserError(f"metric {metric.name!r} is already registered (pass replace=True to redefine it)")
-    if metric.name in ("tokens", "elements"):
-        raise UserError(f"{metric.name!r} names a count every metric reads: give the metric another name")
-    METRICS[metric.name] = metric
-    return metric
+    require(metric.name not in ("tokens", "elements"), f"{metric.name!r} names a count every metric reads: give the "
+                                                       "metric another name")
+    return METRICS.register(metric.name, metric, replace=replace)
 
 
 def metric_names() -> tuple[str, ...]:
     """The registered metrics' names, in the order they were registered (the report's order)."""
-    return tuple(METRICS)
+    return METRICS.names()
 
 
 def metric_definitions() -> dict[str, str]:

@@ -330,7 +330,7 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
         "substitution": {k: v for k, v in sub.items() if k != "categories"},
         "categories": sub["categories"],
         **baselines,
-        "baselines": {name: BASELINES[name].presentation(entry) for name, entry in baselines.items()},
+        "baselines": {name: BASELINES.get(name).presentation(entry) for name, entry in baselines.items()},
         "capacity_sweep": capacity,
         "layer_gap_sweep": gaps,
         "decomposition": analyses["decomposition"],

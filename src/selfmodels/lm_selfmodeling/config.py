@@ -14,12 +14,50 @@ from selfmodels.configs import option, to_dict
 from selfmodels.errors import UserError, require
 from selfmodels.nets.config import GPTConfig
 from selfmodels.options import Presets
+from selfmodels.registries import Registry
 from selfmodels.subjects.config import CorpusConfig, LMTrainConfig
 
-METHODS = ("baseline", "self-model", "forward", "activation-l2", "random-target", "weight-decay")
 LOSSES = ("mse", "scaled-mse", "cosine")
 FLOWS = ("source", "target", "both", "none")
-PREDICTING = ("self-model", "random-target")  # methods with extra LM-head outputs
+
+
+@dataclass(frozen=True)
+class Method:
+    """An objective of the LM runs: the self-model, the forward form, a control, or the baseline. ``term``: an
+    :class:`~selfmodels.lm_selfmodeling.objective.Term` subclass (or its ``"module:Class"`` path, imported when a
+    run is built) that names the sites it reads and computes A from them. What the rest of a run needs to know of
+    it: ``predicting`` (extra LM-head outputs predicting the site: their width is the site's), ``reads_site``
+    (``--site`` is its site: the observer's pair must avoid it), ``forward_form`` (a co-trained forward model on
+    ``--source`` -> ``--target``), ``decay_from_strength`` (the strength is AdamW's decay instead of a term's weight)."""
+
+    name: str
+    term: object
+    description: str
+    predicting: bool = False
+    reads_site: bool = False
+    forward_form: bool = False
+    decay_from_strength: bool = False
+
+
+# Every objective a run or grid can use, in the order reports show them (the baseline first).
+METHODS: Registry[Method] = Registry("method")
+
+
+def register_method(method: Method, *, replace: bool = False) -> Method:
+    """Add an objective to the LM runs and grids (``ObjectiveConfig(method=name)``)."""
+    return METHODS.register(method.name, method, replace=replace)
+
+
+_TERMS = "selfmodels.lm_selfmodeling.objective"
+register_method(Method("baseline", f"{_TERMS}:Term", "CE only"))
+register_method(Method("self-model", f"{_TERMS}:SelfModelTerm", "extra head outputs predict the site: A = D(P, sg(a))",
+                       predicting=True, reads_site=True))
+register_method(Method("forward", f"{_TERMS}:ForwardTerm", "a co-trained forward model: A = D(F(h_i), h_j)", forward_form=True))
+register_method(Method("activation-l2", f"{_TERMS}:ActivationL2Term", "A = mean(a^2) over the site", reads_site=True))
+register_method(Method("random-target", f"{_TERMS}:RandomTargetTerm", "the self-model's head predicts another "
+                       "sequence's site (b predicts b-1's)", predicting=True, reads_site=True))
+register_method(Method("weight-decay", f"{_TERMS}:Term", "A = 0; the strength is AdamW's decay coefficient",
+                       decay_from_strength=True))
 HEAD_INPUT = "head-input"
 RESULT_VERSION = 1
 
@@ -30,7 +68,7 @@ PRESETS = Presets("selfmodels.lm_selfmodeling", (("gpt-", "gpt"), ("pretrained-"
 
 def check_objective(method: str, strength: float, loss: str, flow: str) -> None:
     """One clear message for a method, strength, loss or gradient-flow option that is not allowed."""
-    require(method in METHODS, f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    METHODS.get(method)  # unknown -> UserError listing the registered ones
     require(isinstance(strength, (int, float)) and math.isfinite(strength) and strength >= 0,
             f"strengths must be finite and non-negative, got {strength}")
     require(loss in LOSSES, f"unknown self-model loss {loss!r}; choose from {', '.join(LOSSES)}")
@@ -106,8 +144,8 @@ class ObserverConfig:
 class ObjectiveConfig:
     """Which objective trains the LM (see :mod:`selfmodels.lm_selfmodeling.objective`)."""
 
-    method: str = option("baseline", "baseline, self-model, forward, activation-l2, random-target or weight-decay",
-                         choices=METHODS)
+    method: str = option("baseline", "the objective, from the registry (lm_selfmodeling/config.py METHODS): baseline, "
+                         "self-model, forward, activation-l2, random-target or weight-decay", choices=METHODS)
     strength: float = option(0.0, "w in CE + w * A (weight-decay: AdamW's decay coefficient instead of the baseline's)")
     site: str = option("head-input", "site the self-model predicts / activation-l2 regularises: head-input, resid:K, mlp:K")
     loss: str = option("mse", "discrepancy: mse, scaled-mse (mse / mean target²) or cosine (1 - cos)")
@@ -122,16 +160,17 @@ class ObjectiveConfig:
         """Everything that can be wrong with the objective, as one message (exit 2)."""
         check_objective(self.method, self.strength, self.loss, self.flow)
         parse_site(self.site, n_layers)
-        if self.method == "forward":
+        if METHODS.get(self.method).forward_form:
             require(-1 <= self.source < self.target < n_layers,
                     f"forward-form pair {self.source} -> {self.target} is out of range for {n_layers} blocks: use "
                     f"-1 <= source < target <= {n_layers - 1}")
 
     def trained_indices(self, n_layers: int) -> set[int]:
         """Residual indices the objective acts on (a fresh observer's pair must avoid them)."""
-        if self.method in PREDICTING or self.method == "activation-l2":
+        method = METHODS.get(self.method)
+        if method.reads_site:
             return site_indices(self.site, n_layers)
-        if self.method == "forward":
+        if method.forward_form:
             return set(range(self.source, self.target + 1))
         return set()
 

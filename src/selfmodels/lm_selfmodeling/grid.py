@@ -30,7 +30,7 @@ import torch
 from selfmodels import distributed
 from selfmodels.configs import to_dict
 from selfmodels.errors import UserError, require
-from selfmodels.lm_selfmodeling.objective import METHODS, check_objective
+from selfmodels.lm_selfmodeling.config import METHODS, check_objective
 from selfmodels.lm_selfmodeling.run import LMRunConfig, ObjectiveConfig, load_data, measure_snapshot, nearest_snapshot, run_one
 from selfmodels.stats import mean_ci95, welch_difference
 from selfmodels.workers import run_units
@@ -194,7 +194,7 @@ def summarize_results(grid: LMGrid, records: list[dict]) -> dict:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["method"], r["strength"])].append(r)
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(METHODS.names())}
     summary, differences = [], []
     base = groups.get(("baseline", 0.0), [])
     for (method, strength) in sorted(groups, key=lambda k: (order[k[0]], k[1])):

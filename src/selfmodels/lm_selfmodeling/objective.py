@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfmodels.errors import UserError, require
-from selfmodels.lm_selfmodeling.config import FLOWS, LOSSES, METHODS, PREDICTING, check_objective  # defined there, torch-free
+from selfmodels.lm_selfmodeling.config import FLOWS, LOSSES, METHODS, check_objective  # defined there, torch-free
 from selfmodels.lm_selfmodeling.sites import capture, logits_of
+from selfmodels.registries import resolve
 from selfmodels.subjects.base import Subject
 
 def discrepancy(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
@@ -46,8 +47,74 @@ def discrepancy(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Te
     raise UserError(f"unknown self-model loss {loss!r}; choose from {', '.join(LOSSES)}")
 
 
+class Term:
+    """What one method adds to the LM's loss: the sites it reads in the training pass and A computed from them
+    (None: no term). The built-in methods' terms below; a new method subclasses this (see
+    :func:`selfmodels.lm_selfmodeling.config.register_method`). ``o`` is the :class:`AuxiliaryObjective` holding
+    the settings and the auxiliary parameters (``aux_head``, ``forward_model``)."""
+
+    def sites(self, o: "AuxiliaryObjective") -> list[str]:
+        return []
+
+    def prediction_and_target(self, o: "AuxiliaryObjective", acts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(P, T) of a predicting method, detached as configured; None for the others."""
+        return None
+
+    def term(self, o: "AuxiliaryObjective", acts: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        pair = self.prediction_and_target(o, acts)
+        return None if pair is None else discrepancy(*pair, o.loss)
+
+
+class SelfModelTerm(Term):
+    """The LM head's extra outputs on the head's input predict the site: A = D(P, sg(a))."""
+
+    def sites(self, o):
+        return ["head-input", o.site]
+
+    def target(self, o, acts):
+        return acts[o.site].detach() if o.detach_target else acts[o.site]
+
+    def prediction_and_target(self, o, acts):
+        return o.aux_head(acts["head-input"]), self.target(o, acts)
+
+
+class RandomTargetTerm(SelfModelTerm):
+    """The self-model's head predicts another sequence's site: sequence b gets sequence b-1's activations."""
+
+    def target(self, o, acts):
+        target = super().target(o, acts)
+        require(target.shape[0] >= 2, "the random-target control needs batches of at least 2 sequences")
+        return target.roll(1, dims=0)
+
+
+class ForwardTerm(Term):
+    """A co-trained forward model F predicts residual j from residual i: A = D(F(h_i'), h_j'), detached by ``flow``."""
+
+    def sites(self, o):
+        return [f"resid:{o.source}", f"resid:{o.target}"]
+
+    def prediction_and_target(self, o, acts):
+        src, tgt = acts[f"resid:{o.source}"], acts[f"resid:{o.target}"]
+        if o.flow not in ("source", "both"):
+            src = src.detach()
+        if o.flow not in ("target", "both"):
+            tgt = tgt.detach()
+        return o.forward_model(src.float()), tgt
+
+
+class ActivationL2Term(Term):
+    """A = mean(a^2) over the site's elements."""
+
+    def sites(self, o):
+        return [o.site]
+
+    def term(self, o, acts):
+        return acts[o.site].float().pow(2).mean()
+
+
 class AuxiliaryObjective(nn.Module):
-    """The auxiliary parameters (extra LM-head outputs, or a co-trained forward model) and the term A.
+    """The auxiliary parameters (extra LM-head outputs, or a co-trained forward model) and the term A of the
+    registered ``method`` (:data:`selfmodels.lm_selfmodeling.config.METHODS`).
 
     ``lr`` is the auxiliary optimizer's learning rate (None: the main model's). ``sites()`` lists the activations the training loop must capture; :meth:`term` computes A from them.
     """
@@ -59,13 +126,15 @@ class AuxiliaryObjective(nn.Module):
         self.lr = lr  # the auxiliary optimizer's learning rate (None: the main model's)
         self.method, self.site, self.loss, self.detach_target = method, site, loss, detach_target
         self.source, self.target, self.flow = source, target, flow
+        entry = METHODS.get(method)
+        self.kind: Term = resolve(entry.term)()
         self.aux_head = None
         self.forward_model = forward_model
-        if method in PREDICTING:
+        if entry.predicting:
             self.aux_head = nn.Linear(d_model, site_width)  # the extra rows of the LM head (with a bias)
             nn.init.normal_(self.aux_head.weight, std=0.02)
             nn.init.zeros_(self.aux_head.bias)
-        require(method != "forward" or forward_model is not None, "the forward form needs a forward model")
+        require(not entry.forward_form or forward_model is not None, "the forward form needs a forward model")
 
     metric = "aux"  # the name of the term A in metrics.jsonl
 
@@ -76,36 +145,13 @@ class AuxiliaryObjective(nn.Module):
         return logits, self.term(acts)
 
     def sites(self) -> list[str]:
-        if self.method in PREDICTING:
-            return ["head-input", self.site]
-        if self.method == "activation-l2":
-            return [self.site]
-        if self.method == "forward":
-            return [f"resid:{self.source}", f"resid:{self.target}"]
-        return []
+        return self.kind.sites(self)
 
     def prediction_and_target(self, acts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(P, T) of the predicting methods and the forward form (None for the others), detached as configured."""
-        if self.method in PREDICTING:
-            target = acts[self.site]
-            if self.detach_target:
-                target = target.detach()
-            if self.method == "random-target":
-                require(target.shape[0] >= 2, "the random-target control needs batches of at least 2 sequences")
-                target = target.roll(1, dims=0)  # sequence b gets sequence b-1's activations
-            return self.aux_head(acts["head-input"]), target
-        if self.method == "forward":
-            src, tgt = acts[f"resid:{self.source}"], acts[f"resid:{self.target}"]
-            if self.flow not in ("source", "both"):
-                src = src.detach()
-            if self.flow not in ("target", "both"):
-                tgt = tgt.detach()
-            return self.forward_model(src.float()), tgt
-        return None
+        return self.kind.prediction_and_target(self, acts)
 
     def term(self, acts: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The auxiliary term A (None for baseline and weight decay)."""
-        if self.method == "activation-l2":
-            return acts[self.site].float().pow(2).mean()
-        pair = self.prediction_and_target(acts)
-        return None if pair is None else discrepancy(*pair, self.loss)
+        return self.kind.term(self, acts)
+

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from selfmodels.artifacts import write_text
-from selfmodels.lm_selfmodeling.objective import METHODS
+from selfmodels.lm_selfmodeling.config import METHODS
 from selfmodels.report.figures import save_figure, subplots
 from selfmodels.report.markdown import fmt, fmt_ci, table
 
@@ -49,7 +49,7 @@ def measure_vs_strength(summary: list[dict], out: Path) -> str:
     fig, axes = subplots(2, 4, figsize=(18, 7.5), squeeze=False, constrained_layout=True)
     base = [r for r in summary if r["method"] == "baseline"]
     for ax, (measure, label) in zip(axes.flat, PLOTTED):
-        for method in METHODS[1:]:
+        for method in METHODS.names()[1:]:
             rows = sorted((r for r in summary if r["method"] == method), key=lambda r: r["strength"])
             if not rows:
                 continue

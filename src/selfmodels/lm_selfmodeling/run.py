@@ -33,8 +33,8 @@ from selfmodels.configs import to_dict
 from selfmodels.curves import Mirror
 from selfmodels.data.windows import consecutive_windows, spread_windows
 from selfmodels.errors import UserError, require
-from selfmodels.lm_selfmodeling.config import RESULT_VERSION, LMRunConfig, ObjectiveConfig  # defined there, torch-free
-from selfmodels.lm_selfmodeling.objective import PREDICTING, AuxiliaryObjective
+from selfmodels.lm_selfmodeling.config import METHODS, RESULT_VERSION, LMRunConfig, ObjectiveConfig  # defined there, torch-free
+from selfmodels.lm_selfmodeling.objective import AuxiliaryObjective
 from selfmodels.lm_selfmodeling.observer import observe
 from selfmodels.lm_selfmodeling.sites import site_width
 from selfmodels.lm_selfmodeling import measure
@@ -97,22 +97,23 @@ def build_subject(cfg: LMRunConfig, data: LMData | None, device: torch.device, p
 
 def build_objective(cfg: ObjectiveConfig, subject: Subject) -> AuxiliaryObjective:
     """The auxiliary parameters for ``cfg`` on ``subject`` (created after the main model: its init is untouched)."""
+    method = METHODS.get(cfg.method)
     forward_model = None
-    if cfg.method == "forward":
+    if method.forward_form:
         from selfmodels.forward.architectures import build_forward_model
         from selfmodels.forward.config import ForwardModelConfig
 
         forward_model = build_forward_model(ForwardModelConfig(d_head=cfg.forward_d_head), subject.d_model)
-    width = site_width(subject, cfg.site) if cfg.method in PREDICTING else 0
+    width = site_width(subject, cfg.site) if method.predicting else 0
     objective = AuxiliaryObjective(cfg.method, cfg.site, cfg.loss, cfg.detach_target, subject.d_model, width,
                                    forward_model, cfg.source, cfg.target, cfg.flow,
-                                   lr=cfg.forward_lr if cfg.method == "forward" else None)
+                                   lr=cfg.forward_lr if method.forward_form else None)
     return objective.to(subject.device)
 
 
 def lm_train_config(cfg: LMRunConfig) -> LMTrainConfig:
     """The main model's optimisation; the weight-decay control replaces the baseline's decay by its strength."""
-    if cfg.objective.method == "weight-decay":
+    if METHODS.get(cfg.objective.method).decay_from_strength:
         return dataclasses.replace(cfg.lm, weight_decay=cfg.objective.strength)
     return cfg.lm
 
@@ -225,12 +226,12 @@ def run_one(cfg: LMRunConfig, out: str | Path, data: LMData | None = None, devic
     sinks = log if distributed.is_main() else ()
     with Mirror(out, sinks, name=f"{cfg.objective.label}-seed{cfg.seed}", config=to_dict(cfg)) as mirror:
         training = _train(cfg, out, subject, objective, data, progress, mirror)
-        o = cfg.objective
+        o, method = cfg.objective, METHODS.get(cfg.objective.method)
         record = {
             "key": key, "condition": o.label, "method": o.method, "strength": o.strength, "seed": cfg.seed,
-            "site": o.site if o.method in PREDICTING + ("activation-l2",) else None, "loss": o.loss,
-            "detach_target": o.detach_target, "forward_pair": [o.source, o.target] if o.method == "forward" else None,
-            "flow": o.flow if o.method == "forward" else None, "main": cfg.main, "params": subject.n_params,
+            "site": o.site if method.reads_site else None, "loss": o.loss,
+            "detach_target": o.detach_target, "forward_pair": [o.source, o.target] if method.forward_form else None,
+            "flow": o.flow if method.forward_form else None, "main": cfg.main, "params": subject.n_params,
             "training": training, "data": data.info,
             **measure_model(subject, objective, data, cfg, cfg.estimate_llc, mirror),
         }

@@ -6,9 +6,35 @@ from dataclasses import dataclass
 
 from selfmodels.configs import option
 from selfmodels.errors import UserError
+from selfmodels.registries import Registry
 from selfmodels.selfmodeling.presets import preset
 
-METHODS = ("baseline", "self-model", "activation-l2", "weight-decay")
+
+@dataclass(frozen=True)
+class Method:
+    """A training objective of the classifier grid: the self-model or one of its controls (or the baseline).
+    ``objective``: an :class:`~selfmodels.selfmodeling.objectives.Objective` subclass, or its ``"module:Class"`` path
+    (imported when a run is built); its ``build`` classmethod makes the objective of a run."""
+
+    name: str
+    objective: object
+    description: str
+
+
+# Every method a grid can run, in the order reports show them (the baseline first); register_method adds one.
+METHODS: Registry[Method] = Registry("method")
+
+
+def register_method(name: str, objective, description: str, *, replace: bool = False) -> Method:
+    """Add a method (e.g. a new control) to every grid and run: ``GridConfig(methods=[..., name])``."""
+    return METHODS.register(name, Method(name, objective, description), replace=replace)
+
+
+_OBJECTIVES = "selfmodels.selfmodeling.objectives"
+register_method("baseline", f"{_OBJECTIVES}:Objective", "CE only")
+register_method("self-model", f"{_OBJECTIVES}:SelfModelObjective", "CE + w mse(prediction, sg(target)), extra head outputs")
+register_method("activation-l2", f"{_OBJECTIVES}:ActivationL2Objective", "CE + w mean(a^2) on the target modules")
+register_method("weight-decay", f"{_OBJECTIVES}:WeightDecayObjective", "CE + w/2 ||theta||^2 (coupled L2)")
 LLC_CHOICES = ("none", "paper")
 
 
@@ -19,7 +45,7 @@ class GridConfig:
     task: str = option("mnist", "classification task (mnist, fashion-mnist, cifar10, imdb)")
     source: str = option("auto", "data source: auto (hub when reachable, else offline), hub or offline", choices=("auto", "hub", "offline"))
     hidden: list[int] = option([], "hidden sizes H; [] = the paper's grid for the task")
-    methods: list[str] = option(list(METHODS), "methods to run", choices=METHODS)
+    methods: list[str] = option(list(METHODS.names()), "methods to run", choices=METHODS)
     strengths: list[float] = option([], "strengths w for every non-baseline method; [] = the paper's auxiliary weights")
     activation_l2_strengths: list[float] = option([], "strengths of activation-l2 only; [] = --strengths")
     weight_decay_strengths: list[float] = option(

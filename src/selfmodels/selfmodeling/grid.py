@@ -133,7 +133,7 @@ def summarize(records: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
         groups[tuple(record[k] for k in CONDITION)].append(record)
-    method_order = {m: i for i, m in enumerate(METHODS)}
+    method_order = {m: i for i, m in enumerate(METHODS.names())}
     summary = []
     for key in sorted(groups, key=lambda k: (k[0], k[1], method_order[k[2]], k[3])):
         rows = groups[key]

@@ -24,7 +24,8 @@ from torch import nn
 
 from selfmodels.complexity.weights import classification_weight_sd, identity_distance
 from selfmodels.errors import UserError
-from selfmodels.selfmodeling.config import METHODS  # the names, beside the grid settings that use them
+from selfmodels.registries import resolve
+from selfmodels.selfmodeling.config import METHODS  # the registry, beside the grid settings that use it
 from selfmodels.selfmodeling.targets import capture_outputs, flatten_targets, resolve_modules
 from selfmodels.selfmodeling.wrapper import SelfModelOutput, SelfModeling
 
@@ -71,6 +72,12 @@ class Objective:
         self.strength = float(strength)
         self.head_name = head
 
+    @classmethod
+    def build(cls, model: nn.Module, strength: float, *, targets: Sequence[str], example_input: torch.Tensor,
+              head: str = "head", detach: bool = True, seed: int = 0) -> "Objective":
+        """The objective of one run (a registered method's entry point): each takes what it needs of the run."""
+        return cls(model, strength, head)
+
     @property
     def module(self) -> nn.Module:
         """What the optimizer trains and the checkpoint saves."""
@@ -115,6 +122,10 @@ class SelfModelObjective(Objective):
         super().__init__(model, strength, head)
         self.wrapper = SelfModeling(model, targets, example_input, head=head, detach=detach, seed=seed)
 
+    @classmethod
+    def build(cls, model, strength, *, targets, example_input, head="head", detach=True, seed=0):
+        return cls(model, strength, targets=targets, example_input=example_input, head=head, detach=detach, seed=seed)
+
     @property
     def module(self) -> nn.Module:
         return self.wrapper
@@ -153,6 +164,10 @@ class ActivationL2Objective(Objective):
         resolve_modules(model, targets)
         self.targets = tuple(targets)
 
+    @classmethod
+    def build(cls, model, strength, *, targets, example_input, head="head", detach=True, seed=0):
+        return cls(model, strength, targets=targets, head=head)
+
     def loss(self, x, y):
         with capture_outputs(self.model, self.targets, detach=False) as outputs:
             logits = self.model(x)  # (B, C)
@@ -181,13 +196,7 @@ def build_objective(
     detach: bool = True,
     seed: int = 0,
 ) -> Objective:
-    """The objective ``method`` names, around ``model`` (which a self-model objective extends in place)."""
-    if method == "baseline":
-        return Objective(model, strength, head)
-    if method == "self-model":
-        return SelfModelObjective(model, strength, targets=targets, example_input=example_input, head=head, detach=detach, seed=seed)
-    if method == "activation-l2":
-        return ActivationL2Objective(model, strength, targets=targets, head=head)
-    if method == "weight-decay":
-        return WeightDecayObjective(model, strength, head)
-    raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    """The objective of the registered ``method`` (:data:`selfmodels.selfmodeling.config.METHODS`), around ``model``
+    (which a self-model objective extends in place)."""
+    objective = resolve(METHODS.get(method).objective)
+    return objective.build(model, strength, targets=targets, example_input=example_input, head=head, detach=detach, seed=seed)

@@ -11,7 +11,7 @@ import numpy as np
 
 from selfmodels.artifacts import read_jsonl
 from selfmodels.report.figures import colormap, save_figure, subplots
-from selfmodels.selfmodeling.objectives import METHODS
+from selfmodels.selfmodeling.config import METHODS
 
 COLORS = {"baseline": "black", "self-model": "tab:blue", "activation-l2": "tab:orange", "weight-decay": "tab:green"}
 
@@ -28,7 +28,7 @@ def measure_vs_strength(summary: list[dict], out: Path, measure: str, label: str
     for ax, hidden in zip(axes[0], hiddens):
         rows = [r for r in summary if r["hidden"] == hidden]
         base = [r for r in rows if r["method"] == "baseline"]
-        for method in METHODS[1:]:
+        for method in METHODS.names()[1:]:
             line = base + sorted((r for r in rows if r["method"] == method), key=lambda r: r["strength"])
             if len(line) == len(base):
                 continue
@@ -69,7 +69,7 @@ def _curves(records: list[dict], runs_dir: Path, key: str) -> dict[tuple, np.nda
 def training_curves(records: list[dict], runs_dir: Path, out: Path, hidden: int) -> str:
     """For one hidden size: weight SD and test accuracy per epoch, one column per method, one line per
     strength (the baseline in black in every column)."""
-    methods = [m for m in METHODS[1:] if any(r["method"] == m and r["hidden"] == hidden for r in records)]
+    methods = [m for m in METHODS.names()[1:] if any(r["method"] == m and r["hidden"] == hidden for r in records)]
     rows = [("weight_sd", "weight SD (classification rows)"), ("test_accuracy", "test accuracy")]
     fig, axes = subplots(len(rows), max(len(methods), 1), figsize=(4.6 * max(len(methods), 1), 3.2 * len(rows)), squeeze=False, constrained_layout=True)
     mine = [r for r in records if r["hidden"] == hidden]

@@ -25,7 +25,8 @@ from selfmodels.curves import Mirror
 from selfmodels.errors import UserError
 from selfmodels.nets.classifiers import ClassifierConfig, build_classifier
 from selfmodels.runtime import seed_everything
-from selfmodels.selfmodeling.objectives import METHODS, build_objective
+from selfmodels.selfmodeling.config import METHODS
+from selfmodels.selfmodeling.objectives import build_objective
 from selfmodels.selfmodeling.presets import preset
 from selfmodels.selfmodeling.train import CHECKPOINT, METRICS, OptimConfig, train_objective
 
