@@ -1,4 +1,5 @@
-"""The command line as a whole: shared options, presets, config files, --print-config, grouped help, bad input."""
+"""The command line as a whole: every command walked for its shared options and flags, presets, config files,
+--print-config, grouped help without torch, bad input refused before anything is loaded."""
 
 from __future__ import annotations
 
