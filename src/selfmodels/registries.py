@@ -36,6 +36,12 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def remove(self, name: str) -> T:
+        """Take ``name``'s entry out (e.g. a test's toy entry when it is done); returns it."""
+        entry = self.get(name)  # an unknown name: the lookup's message
+        del self._entries[name]
+        return entry
+
     def get(self, name: str) -> T:
         if name not in self._entries:
             raise UserError(f"unknown {self.what} {name!r}; registered: {', '.join(self._entries)}")

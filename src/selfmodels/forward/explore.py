@@ -39,11 +39,11 @@ from selfmodels.artifacts import load_tensors, read_json
 from selfmodels.configs import from_dict
 from selfmodels.errors import UserError, require
 from selfmodels.forward.analysis.attention import attention_entropy
+from selfmodels.forward.architectures import build_forward_model
 from selfmodels.forward.categories import CATEGORIES, TokenCategories
+from selfmodels.forward.config import ForwardModelConfig
 from selfmodels.forward.evaluate import as_predictor, batches_of
 from selfmodels.forward.metrics import kl_per_token
-from selfmodels.forward.architectures import build_forward_model
-from selfmodels.forward.config import ForwardModelConfig
 from selfmodels.forward.pretrained import load_forward_model
 from selfmodels.subjects.base import Subject
 

@@ -336,6 +336,7 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
         "decomposition": analyses["decomposition"],
         "analysis": analyses["analysis"],
         "plots": analyses["plots"],
+        "analysis_skipped": analyses.get("skipped"),
         "paper": paper_reference(r.described["family"]),
         "seed": cfg.seed,
         "seconds": time.perf_counter() - began,

@@ -79,6 +79,9 @@ def _header(r: dict) -> list[str]:
     origin = (f"our GPT trained here for {trained['steps']:,} steps ({trained.get('tokens_seen') or 0:,} tokens)"
               if trained else f"{m['id']} (revision {m.get('revision') or 'unknown'})")
     mlp = f"SwiGLU hidden {c['swiglu_hidden'] or c['mlp_mult'] * c['d_model']}" if c["mlp"] == "swiglu" else f"GELU MLP {c['mlp_mult']}x"
+    architecture = c.get("architecture", "transformer")
+    shape = (f"{c['n_layer']} block(s), {c['n_head']} head(s) x {c['d_head']}, {mlp}" if architecture == "transformer"
+             else f"architecture {architecture}")
     train = f["train"]
     lines = [
         f"# Forward self-model on {m['name']}: {_index(pair['source'])} -> {_index(pair['target'])}\n",
@@ -91,12 +94,14 @@ def _header(r: dict) -> list[str]:
         f"({d['eval_sequences']} windows). **Seed** {r['seed']}.\n",
         f"**Layers**: source {_index(pair['source'])} (`{m['source_hook']}`) -> target {_index(pair['target'])} "
         f"(`{m['target_hook']}`): the forward model stands in for {pair['blocks_predicted']} block(s).\n",
-        f"**Forward model**: {c['n_layer']} block(s), {c['n_head']} head(s) x {c['d_head']}, {mlp}, {f['params']:,} "
+        f"**Forward model**: {shape}, {f['params']:,} "
         f"parameters ({_pct(f['share_of_main'])} of the subject); {pair['training']}"
         + (f", {train['steps']:,} steps of {f['train_config']['batch_size']} x {d['seq_len']} tokens at lr "
            f"{f['train_config']['lr']:g} in {train['seconds']:.0f} s" if "seconds" in train else "")
         + f". Saved in `{f['saved_to']}/` (load it with `ForwardModel.from_pretrained`).\n",
     ]
+    if r.get("analysis_skipped"):
+        lines.append(f"**Analyses**: not run: {r['analysis_skipped']}.\n")
     lines += [b["setup"] for b in (r.get("baselines") or {}).values() if b["setup"]]
     lines.append(f"**Paper**: {p['label']}.\n")
     return lines

@@ -70,27 +70,32 @@ def residual_norms(subject: Subject, x: torch.Tensor, batch_size: int) -> dict:
 
 @torch.no_grad()
 def objective_fit(subject: Subject, objective: AuxiliaryObjective, x: torch.Tensor, batch_size: int) -> dict:
-    """The self-model's own fit on held-out windows (empty for baseline and weight decay)."""
+    """The self-model's own fit on held-out windows: for a method that predicts (P, T), its MSE, scaled MSE and
+    cosine; for one that only reads its site (activation-l2), the site's mean square; empty for baseline and weight
+    decay (no sites)."""
     sites = objective.sites()
     if not sites:
         return {}
     sq_err = target_sq = cos_sum = site_sq = 0.0
     elements = tokens = site_elements = 0
+    predicts = True
     for i in range(0, x.shape[0], batch_size):
         with capture(subject, sites) as acts:
             logits_of(subject, x[i : i + batch_size].to(subject.device))
-        if objective.method == "activation-l2":
+        pair = objective.prediction_and_target(acts)
+        if pair is None:
+            predicts = False
             a = acts[objective.site].float()
             site_sq += a.pow(2).sum().item()
             site_elements += a.numel()
             continue
-        pred, target = (t.float() for t in objective.prediction_and_target(acts))
+        pred, target = (t.float() for t in pair)
         sq_err += (pred - target).pow(2).sum().item()
         target_sq += target.pow(2).sum().item()
         cos_sum += F.cosine_similarity(pred, target, dim=-1, eps=1e-8).sum().item()
         elements += pred.numel()
         tokens += pred[..., 0].numel()
-    if objective.method == "activation-l2":
+    if not predicts:
         return {"site_mean_square": site_sq / site_elements}
     return {"fit_mse": sq_err / elements, "fit_scaled_mse": sq_err / target_sq if target_sq else float("nan"),
             "fit_cosine": cos_sum / tokens}

@@ -58,7 +58,7 @@ def measure_vs_strength(summary: list[dict], out: Path) -> str:
             y = [r.get(f"{measure}_mean", np.nan) for r in line]
             err = [r.get(f"{measure}_ci95") or 0.0 for r in line]
             ax.errorbar(x, np.asarray(y, float), yerr=np.nan_to_num(np.asarray(err, float)), marker="o", capsize=3,
-                        color=COLORS[method], label=method)
+                        color=COLORS.get(method), label=method)
         for r in base:
             if r.get(f"{measure}_mean") is not None:
                 ax.axhline(r[f"{measure}_mean"], color="black", lw=0.8, ls=":")
@@ -75,7 +75,7 @@ def residual_norms(summary: list[dict], out: Path) -> str:
     """Residual norm per index and block update norm per block, one line per condition (means over seeds)."""
     fig, axes = subplots(1, 2, figsize=(11, 4), squeeze=False, constrained_layout=True)
     for r in summary:
-        style = dict(marker="o", color=COLORS[r["method"]], alpha=0.5 + 0.5 * (r["strength"] >= 10), label=r["condition"])
+        style = dict(marker="o", color=COLORS.get(r["method"]), alpha=0.5 + 0.5 * (r["strength"] >= 10), label=r["condition"])
         axes[0][0].plot(range(-1, len(r["resid_norm_mean"]) - 1), r["resid_norm_mean"], **style)
         axes[0][1].plot(range(len(r["update_norm_mean"])), r["update_norm_mean"], **style)
     axes[0][0].set(xlabel="residual index (-1 = embeddings)", ylabel="mean ||h||", title="residual-stream norm")
@@ -96,7 +96,7 @@ def llc_traces(runs: list[dict], out: Path) -> str | None:
     for r in rows:
         label = r["condition"] if r["condition"] not in seen else None
         seen.add(r["condition"])
-        axes[0][0].plot(r["llc_trace_windows"], color=COLORS[r["method"]], alpha=0.6, label=label)
+        axes[0][0].plot(r["llc_trace_windows"], color=COLORS.get(r["method"]), alpha=0.6, label=label)
     axes[0][0].set(xlabel="draw window (tenths of the chain, burn-in included)", ylabel="λ̂ (window mean)",
                    title="LLC traces")
     axes[0][0].legend(fontsize=7)

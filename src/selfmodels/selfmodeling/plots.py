@@ -35,7 +35,7 @@ def measure_vs_strength(summary: list[dict], out: Path, measure: str, label: str
             x = [r["strength"] for r in line]
             y = [np.nan if r.get(f"{measure}_mean") is None else r[f"{measure}_mean"] for r in line]
             err = [0 if r.get(f"{measure}_ci95") is None else r[f"{measure}_ci95"] for r in line]
-            ax.errorbar(x, y, yerr=np.nan_to_num(np.asarray(err, float)), marker="o", capsize=3, color=COLORS[method], label=method)
+            ax.errorbar(x, y, yerr=np.nan_to_num(np.asarray(err, float)), marker="o", capsize=3, color=COLORS.get(method), label=method)
         if paper_key:
             ref = sorted((r["strength"], r[paper_key]) for r in rows if r.get(paper_key) is not None and r["method"] in ("baseline", "self-model"))
             if ref:
