@@ -224,8 +224,8 @@ def test_presets_are_listed_and_default_to_the_papers_setting(command, capsys):
 
 
 def test_help_states_the_presets_values(capsys):
-    assert "forward-model optimizer steps (default: 10000)" in _help(["forward", "train"], capsys)
-    assert "forward-model optimizer steps (default: 200)" in _help(["forward", "train", "--preset", "quick"], capsys)
+    assert "optimizer steps (default: 10000)" in _help(["forward", "train"], capsys)  # --train.steps
+    assert "optimizer steps (default: 200)" in _help(["forward", "train", "--preset", "quick"], capsys)
     assert "(default: smollm2)" in _help(["forward", "profile"], capsys)
 
 

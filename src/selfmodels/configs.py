@@ -35,6 +35,27 @@ def option(default: Any, help: str, *, choices: typing.Sequence[Any] | None = No
     return dataclasses.field(default=default, metadata=meta)
 
 
+@dataclasses.dataclass
+class OptimizerSettings:
+    """The AdamW settings every trainer of the package shares (our GPT, forward models, the self-modeling LMs): steps
+    of ``batch_size`` sequences, learning rate, decoupled weight decay on matrices, gradient-norm clip. A trainer's
+    config extends it (its own defaults, its cadence of logs and checkpoints)."""
+
+    steps: int = option(10_000, "optimizer steps")
+    batch_size: int = option(64, "sequences per step")
+    lr: float = option(1e-3, "learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay (matrices only)")
+    grad_clip: float = option(1.0, "gradient-norm clip")
+
+    def validate(self, what: str = "") -> None:
+        """``what`` names the trainer in the messages (e.g. "forward ")."""
+        from selfmodels.errors import require
+
+        require(self.steps >= 1, f"{what}--steps must be at least 1, got {self.steps}")
+        require(self.batch_size >= 1, f"{what}--batch-size must be at least 1, got {self.batch_size}")
+        require(self.lr > 0, f"{what}--lr must be positive, got {self.lr}")
+
+
 def _flag(name: str, prefix: str) -> str:
     return "--" + (prefix + name).replace("_", "-")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, TypeVar
 
-from selfmodels.configs import from_dict, option, to_dict
+from selfmodels.configs import OptimizerSettings, from_dict, option, to_dict
 from selfmodels.errors import require
 from selfmodels.subjects.config import CorpusConfig, SubjectConfig
 
@@ -56,21 +56,15 @@ class ForwardModelConfig:
 
 
 @dataclass
-class ForwardTrainConfig:
+class ForwardTrainConfig(OptimizerSettings):
     """Optimisation of the forward model (paper: AdamW lr 1e-3, wd 0.01, clip 1.0, 10K steps, batch 64)."""
 
-    steps: int = option(10_000, "forward-model optimizer steps")
-    batch_size: int = option(64, "sequences per step")
     lr: float = option(1e-3, "forward-model learning rate (the paper needed 1e-4 at d=2048)")
-    weight_decay: float = option(0.01, "AdamW weight decay (matrices only)")
-    grad_clip: float = option(1.0, "gradient-norm clip")
     log_every: int = option(25, "steps between lines of metrics.jsonl")
     checkpoint_every: int = option(500, "steps between checkpoints")
 
     def validate(self) -> None:
-        require(self.steps >= 1, f"forward --steps must be at least 1, got {self.steps}")
-        require(self.batch_size >= 1, f"forward --batch-size must be at least 1, got {self.batch_size}")
-        require(self.lr > 0, f"forward --lr must be positive, got {self.lr}")
+        super().validate("forward ")
 
     def schedule(self) -> Schedule:
         from selfmodels.training import Schedule

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from selfmodels.configs import option
+from selfmodels.configs import OptimizerSettings, option
 from selfmodels.errors import require
 from selfmodels.nets.config import GPTConfig
 
@@ -33,20 +33,15 @@ class CorpusConfig:
 
 
 @dataclass
-class LMTrainConfig:
+class LMTrainConfig(OptimizerSettings):
     """Optimisation of the main model (paper: AdamW lr 3e-4, wd 0.01, clip 1.0, batch 64 x 128, 10K steps)."""
 
-    steps: int = option(10_000, "optimizer steps for the main model")
-    batch_size: int = option(64, "sequences per step")
     lr: float = option(3e-4, "main model learning rate")
-    weight_decay: float = option(0.01, "AdamW weight decay (matrices only)")
-    grad_clip: float = option(1.0, "gradient-norm clip")
     eval_every: int = option(500, "steps between validation-loss evaluations (and checkpoints)")
     eval_batches: int = option(8, "validation batches per evaluation")
 
     def validate(self) -> None:
-        require(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
-        require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        super().validate()
         require(self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}")
 
     def schedule(self) -> Schedule:
