@@ -120,10 +120,8 @@ class RunConfig:
     seed: int = option(0, "random seed (weights, data order)")
 
     def validate(self) -> None:
-        self.subject.validate()
-        self.corpus.validate()
-        self.model.validate()
-        self.train.validate()
+        for part in (self.subject, self.corpus, self.model, self.train):
+            part.validate()
         require(self.training in TRAINING, f"--training must be one of {', '.join(TRAINING)}, got {self.training!r}")
         for name in ("seq_len", "train_sequences", "eval_sequences", "eval_batch", "buffer_sequences", "pass_sequences"):
             require(getattr(self, name) >= 1 if name != "seq_len" else self.seq_len >= 2, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -167,10 +165,8 @@ class ProfileConfig:
     seed: int = option(0, "random seed (weights, data order)")
 
     def validate(self) -> None:
-        self.subject.validate()
-        self.corpus.validate()
-        self.model.validate()
-        self.train.validate()
+        for part in (self.subject, self.corpus, self.model, self.train):
+            part.validate()
         require(self.gap >= 1, f"--gap must be at least 1, got {self.gap}")
         for name in ("seq_len", "buffer_sequences", "pass_sequences", "ridge_sequences", "eval_sequences", "eval_batch"):
             require(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
