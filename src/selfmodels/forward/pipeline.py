@@ -284,16 +284,14 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
     device)`` runs once the results are written (``reproduce`` writes the explorer page there; the report links to it).
     ``log`` names the sinks the training curves are mirrored to (:mod:`selfmodels.curves`); never an input to a stage.
     ``subject``: a subject the caller holds (the library's objects), observed in place of opening ``cfg.subject.main``."""
-    from selfmodels.forward.report import write_report
-
     cfg.validate()
     out = check_out(out)
     began = time.perf_counter()
     main = distributed.is_main()  # under torchrun rank 0 alone writes what the ranks share
     r = PipelineRun(cfg, out, distributed.local_device(resolve_device(device_name)), progress and main,
-             Mirror(out, log if main else (), config=to_dict(cfg)), held=subject)
+                    Mirror(out, log if main else (), config=to_dict(cfg)), held=subject)
     r.open()
-    subject, s, t = r.subject, cfg.source, cfg.target
+    s, t = cfg.source, cfg.target
     out.mkdir(parents=True, exist_ok=True)
     if main:
         write_config(out, {"experiment": "forward-self-models", "config": to_dict(cfg), "device": str(r.device),
@@ -310,9 +308,22 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
     baselines = r.baselines(headline_key, headline_train)
     capacity, gaps = r.sweeps(sweep_models)
     analyses = r.analyses(headline, headline_key)
+    results = {**_results(r, headline, headline_train, head_eval), **baselines,
+               "baselines": {name: BASELINES.get(name).presentation(entry) for name, entry in baselines.items()},
+               "capacity_sweep": capacity, "layer_gap_sweep": gaps,
+               "decomposition": analyses["decomposition"], "analysis": analyses["analysis"], "plots": analyses["plots"],
+               "analysis_skipped": analyses.get("skipped"), "paper": paper_reference(r.described["family"]),
+               "seed": cfg.seed, "seconds": time.perf_counter() - began, "stages": r.store.log}
+    if main:
+        _write_outputs(out, r, headline, headline_train, results, before_report)
+    return results
 
-    sub = head_eval["substitution"]
-    results = {
+
+def _results(r: PipelineRun, headline: torch.nn.Module, headline_train: dict, head_eval: dict) -> dict:
+    """``results.json`` up to the headline forward model's metrics: schema, definitions, subject, data, pair, model."""
+    cfg, subject, sub = r.cfg, r.subject, head_eval["substitution"]
+    s, t = cfg.source, cfg.target
+    return {
         "schema_version": SCHEMA_VERSION,
         "definitions": definitions(),
         "subject": {**{k: v for k, v in r.described.items() if k != "indices"}, "dtype": str(subject.dtype).replace("torch.", ""),
@@ -329,31 +340,25 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
         **{k: head_eval[k] for k in metric_names()},
         "substitution": {k: v for k, v in sub.items() if k != "categories"},
         "categories": sub["categories"],
-        **baselines,
-        "baselines": {name: BASELINES.get(name).presentation(entry) for name, entry in baselines.items()},
-        "capacity_sweep": capacity,
-        "layer_gap_sweep": gaps,
-        "decomposition": analyses["decomposition"],
-        "analysis": analyses["analysis"],
-        "plots": analyses["plots"],
-        "analysis_skipped": analyses.get("skipped"),
-        "paper": paper_reference(r.described["family"]),
-        "seed": cfg.seed,
-        "seconds": time.perf_counter() - began,
-        "stages": r.store.log,
     }
-    if main:
-        if (out / "forward_model").is_dir():
-            shutil.rmtree(out / "forward_model")
-        save_pretrained(headline, out / "forward_model", subject=r.described, source=s, target=t, data={
-            "corpus": r.opened.data["corpus"], "corpus_source": r.opened.data["source"],
-            "training_tokens": int(headline_train.get("tokens") or 0), "seq_len": cfg.seq_len, "bos": cfg.corpus.bos})
-        _write_curves(out, r)
-        write_json(out / "results.json", results)
-        if before_report is not None:
-            before_report(out, r.device)
-        write_report(out, results)
-    return results
+
+
+def _write_outputs(out: Path, r: PipelineRun, headline: torch.nn.Module, headline_train: dict, results: dict,
+                   before_report: Callable[[Path, torch.device], None] | None) -> None:
+    """The saved forward model, the curves, ``results.json``, then (after ``before_report``) the report."""
+    from selfmodels.forward.report import write_report
+
+    cfg = r.cfg
+    if (out / "forward_model").is_dir():
+        shutil.rmtree(out / "forward_model")
+    save_pretrained(headline, out / "forward_model", subject=r.described, source=cfg.source, target=cfg.target, data={
+        "corpus": r.opened.data["corpus"], "corpus_source": r.opened.data["source"],
+        "training_tokens": int(headline_train.get("tokens") or 0), "seq_len": cfg.seq_len, "bos": cfg.corpus.bos})
+    _write_curves(out, r)
+    write_json(out / "results.json", results)
+    if before_report is not None:
+        before_report(out, r.device)
+    write_report(out, results)
 
 
 def _write_curves(out: Path, r: PipelineRun) -> None:
