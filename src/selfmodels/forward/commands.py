@@ -66,7 +66,13 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     area = commands.add_parser("forward", help="forward self-models: predict later-layer activations from earlier ones")
     sub = area.add_subparsers(dest="forward_command", metavar="COMMAND", parser_class=type(area))
     sub.required = True
+    for add in (_register_train, _register_eval, _register_sweep, _register_profile, _register_explore):
+        add(sub)
+    _register_reproduce(reproduce)
 
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    """``forward train``: one forward model on one layer pair."""
     command = _pipeline_command("forward train", one_pair=True)
     train = _pipeline_parser(command, sub, "train", "train and evaluate a forward model on one layer pair of any subject "
                              "(no sweeps, no analyses unless asked)",
@@ -75,6 +81,9 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
                              "(sized for a GPU); --preset quick is CPU-sized.")
     train.set_defaults(func=runner(command, _train))
 
+
+def _register_eval(sub: argparse._SubParsersAction) -> None:
+    """``forward eval RUN_DIR``: evaluate a run again."""
     command = Command("forward eval", options={"device": "auto", "threads": None, "quiet": False}, usage="RUN_DIR ")
     evaluate = command.parser(sub, "eval", help="evaluate a run directory again (e.g. on more held-out sequences)",
                               description="Evaluate a forward run directory again with its own settings.",
@@ -84,6 +93,9 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
                                                                   help="held-out sequences (default: the run's setting)"))
     evaluate.set_defaults(func=runner(command, _eval))
 
+
+def _register_sweep(sub: argparse._SubParsersAction) -> None:
+    """``forward sweep RUN_DIR``: add a capacity or layer-gap sweep."""
     command = Command("forward sweep", options={"device": "auto", "threads": None, "quiet": False, "log": []},
                       usage="RUN_DIR --kind {capacity,gap} ")
 
@@ -103,6 +115,9 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
                            main_flags=sweep_flags)
     sweep.set_defaults(func=runner(command, _sweep))
 
+
+def _register_profile(sub: argparse._SubParsersAction) -> None:
+    """``forward profile``: every layer pair of a subject in one streaming run."""
     from selfmodels.forward.config import ProfileConfig
 
     command = Command("forward profile", ProfileConfig, Presets("selfmodels.forward", (("profile-", None),)),
@@ -117,6 +132,9 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     command.rename(profile, "--main", "--subject", "subject__main")
     profile.set_defaults(func=runner(command, _profile))
 
+
+def _register_explore(sub: argparse._SubParsersAction) -> None:
+    """``forward explore RUN_DIR``: the explorer page."""
     command = Command("forward explore", options={"out": None, "device": "auto", "threads": None, "quiet": False},
                       out_is_dir=False, out_required=False, usage="RUN_DIR ")
 
@@ -136,6 +154,9 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
                              main_flags=explore_flags)
     explore.set_defaults(func=runner(command, _explore))
 
+
+def _register_reproduce(reproduce: argparse._SubParsersAction) -> None:
+    """``reproduce forward-self-models``: the paper end to end."""
     command = _pipeline_command("reproduce forward-self-models", one_pair=False)
     rep = _pipeline_parser(command, reproduce, "forward-self-models",
                            "the forward-self-models paper on our GPT (sweeps) or a pretrained LM (decomposition): "
