@@ -232,6 +232,20 @@ class Command:
         main = parser.add_argument_group("main options")
         if main_flags:
             main_flags(main)
+        self._main_options(main)
+        self._common_options(parser.add_argument_group("common options"))
+        if extra:
+            extra(parser)
+        if self.cls is not None:
+            add_arguments(parser, self.cls, exclude=set(exclude) | set(self.derived) | {"seed", "device", "threads"},
+                          groups=True)
+        self.show(parser, [])
+        return parser
+
+    _out_help = "output directory (a finished run is read back, an interrupted one resumed)"
+
+    def _main_options(self, main: argparse._ArgumentGroup) -> None:
+        """``--out`` and ``--preset`` / ``--quick``, after the command's own main flags."""
         if "out" in self.options:
             main.add_argument("--out", dest="out", default=argparse.SUPPRESS, type=Path, metavar="DIR" if self.out_is_dir else "FILE",
                               help=self._out_help + (" (required)" if self.out_required else ""))
@@ -242,7 +256,10 @@ class Command:
             if "quick" in names:
                 main.add_argument("--quick", dest="preset", action="store_const", const="quick", default=argparse.SUPPRESS,
                                   help="the same as --preset quick (CPU-sized)")
-        common = parser.add_argument_group("common options")
+
+    def _common_options(self, common: argparse._ArgumentGroup) -> None:
+        """The options every command shares, each with one name, meaning and default: ``--config``, ``--print-config``,
+        ``--seed``, ``--device``, ``--threads``, ``--quiet``, ``--log``."""
         if self.cls is not None or self.presets is not None:
             common.add_argument("--config", metavar="FILE", default=None,
                                 help="settings from a JSON, TOML or YAML file (a run's config.json reruns it); flags override it")
@@ -269,15 +286,6 @@ class Command:
 
             self._opt(common, "--log", "log", nargs="+", choices=LOG_CHOICES, metavar="{" + ",".join(LOG_CHOICES) + "}",
                       help=LOG_HELP.replace("%", "%%") + " (metrics.jsonl always)")
-        if extra:
-            extra(parser)
-        if self.cls is not None:
-            add_arguments(parser, self.cls, exclude=set(exclude) | set(self.derived) | {"seed", "device", "threads"},
-                          groups=True)
-        self.show(parser, [])
-        return parser
-
-    _out_help = "output directory (a finished run is read back, an interrupted one resumed)"
 
     def _opt(self, group, flag: str, dest: str, **kwargs) -> argparse.Action:
         action = group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, **kwargs)
