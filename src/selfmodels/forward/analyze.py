@@ -82,6 +82,15 @@ def positions_note(first_position: int) -> str:
 
 
 @torch.no_grad()
+def _decomposition(subject: Subject, parts: dict, block_heads: list[dict], target_act: torch.Tensor,
+                   pred: torch.Tensor) -> dict:
+    """:func:`decomposition_report` of the block's parts, with the forward model's residual target - prediction."""
+    cpu = {k: parts[k].cpu() for k in ("input", "output", "heads", "attn_bias", "mlp_out")}
+    residual = target_act.cpu() - pred.detach().cpu().float()  # (B, T, d)
+    return decomposition_report(cpu["input"], cpu["output"], cpu["heads"], cpu["attn_bias"], cpu["mlp_out"], residual,
+                                [w["o"] for w in block_heads], subject.n_kv_heads)
+
+
 def analyze_pair(subject: Subject, model: ForwardModel, ids: torch.Tensor, source: int, target: int,
                  token_strings: list[str], plot_dir: Path, first_position: int = 1) -> dict:
     """All analyses of ``model`` (predicting ``target`` from ``source``) on the sequences ``ids`` (B, T).
@@ -126,13 +135,8 @@ def analyze_pair(subject: Subject, model: ForwardModel, ids: torch.Tensor, sourc
     as_cpu = lambda heads: [{k: v.detach().cpu().float() for k, v in h.items()} for h in heads]  # noqa: E731
     block_heads = as_cpu(subject.head_weights(compared))  # per query head: q, k, v (d_head, d), o (d, d_head)
 
-    decomposition = None
-    if target == compared:
-        cpu = {k: parts[k].cpu() for k in ("input", "output", "heads", "attn_bias", "mlp_out")}
-        residual = target_act.cpu() - pred.detach().cpu().float()  # (B, T, d)
-        decomposition = decomposition_report(
-            cpu["input"], cpu["output"], cpu["heads"], cpu["attn_bias"], cpu["mlp_out"], residual,
-            [w["o"] for w in block_heads], subject.n_kv_heads)
+    one_block = target == compared  # the per-head / MLP decomposition is of one block's update
+    decomposition = _decomposition(subject, parts, block_heads, target_act, pred) if one_block else None
 
     gauge = [[head_comparison(f, h) for h in block_heads] for f in as_cpu(forward_model_heads(model))]
     analysis, names = pair_analyses(
@@ -143,6 +147,25 @@ def analyze_pair(subject: Subject, model: ForwardModel, ids: torch.Tensor, sourc
     if decomposition is not None:
         names["decomposition"] = plots.plot_decomposition(decomposition, plot_dir / "decomposition.png")
     return {"decomposition": decomposition, "analysis": analysis, "plots": names}
+
+
+def _attention_analyses(forward_attn: torch.Tensor, layer_attn: torch.Tensor, r_norm: torch.Tensor, update: torch.Tensor,
+                        p0: int, plot_dir: Path, names: dict) -> dict:
+    """Attention similarity (forward model vs each head of the block) and the correlation of the residual norm
+    ``r_norm`` (B, T-p0) with the block's attention entropy, raw and over the update's norm; plots added to ``names``."""
+    sim = attention_similarity(forward_attn.detach().cpu().float(), layer_attn)
+    entropy = attention_entropy(layer_attn).mean(1)[:, p0:].float()  # (B, T-p0), head mean
+    normalised = r_norm / update.norm(dim=-1).clamp_min(1e-12)
+    entropy_corr = {"raw": pearson(r_norm, entropy), "normalised_by_update_norm": pearson(normalised, entropy)}
+    names["attention"] = plots.plot_attention_similarity(sim, plot_dir / "attention_similarity.png")
+    names["entropy"] = plots.plot_entropy_scatter(entropy, normalised, entropy_corr["normalised_by_update_norm"],
+                                                  plot_dir / "entropy_vs_residual.png")
+    return {
+        "attention_cosine_per_example": sim["per_example"].max(0).values.tolist(),
+        "attention_cosine_batch_averaged": sim["batch_averaged"].max(0).values.tolist(),
+        "attention_similarity_matrices": {k: v.tolist() for k, v in sim.items()},
+        "entropy_correlation": entropy_corr,
+    }
 
 
 def pair_analyses(forward_attn: torch.Tensor, layer_attn: torch.Tensor | None, src: torch.Tensor, pred: torch.Tensor,
@@ -190,19 +213,7 @@ def pair_analyses(forward_attn: torch.Tensor, layer_attn: torch.Tensor | None, s
         "positions": positions_note(p0),
     }
     if layer_attn is not None:
-        sim = attention_similarity(forward_attn.detach().cpu().float(), layer_attn)
-        entropy = attention_entropy(layer_attn).mean(1)[:, p0:].float()  # (B, T-p0), head mean
-        normalised = r_norm / update[:, p0:].norm(dim=-1).clamp_min(1e-12)
-        entropy_corr = {"raw": pearson(r_norm, entropy), "normalised_by_update_norm": pearson(normalised, entropy)}
-        names["attention"] = plots.plot_attention_similarity(sim, plot_dir / "attention_similarity.png")
-        names["entropy"] = plots.plot_entropy_scatter(entropy, normalised, entropy_corr["normalised_by_update_norm"],
-                                                      plot_dir / "entropy_vs_residual.png")
-        analysis.update({
-            "attention_cosine_per_example": sim["per_example"].max(0).values.tolist(),
-            "attention_cosine_batch_averaged": sim["batch_averaged"].max(0).values.tolist(),
-            "attention_similarity_matrices": {k: v.tolist() for k, v in sim.items()},
-            "entropy_correlation": entropy_corr,
-        })
+        analysis.update(_attention_analyses(forward_attn, layer_attn, r_norm, update[:, p0:], p0, plot_dir, names))
     if gauge is not None:
         mean = lambda rows, key: sum(row[key] for row in rows) / len(rows)  # noqa: E731
         analysis["gauge"] = {"per_layer_head": gauge[0], **{f"mean_{key}": mean(gauge[0], key) for key in gauge[0][0]}}
