@@ -158,7 +158,7 @@ def _sentiment_section(sentiment: dict) -> list[str]:
     if not summary:
         return []
     lines = ["## The paper's IMDB setup, on Rotten Tomatoes snippets", "",
-             f"Its runs, results.json and report are in `{sentiment['dir']}/`. " + sentiment.get("note", ""), ""]
+             f"Its runs, results.json and report (with its plots) are in `{sentiment['dir']}/`. " + sentiment.get("note", ""), ""]
     lines += _comparison(summary, trends, sentiment.get("settings", {}).get("data_source", ""))
     has_llc = any("llc_mean" in r for r in summary)
     for hidden in sorted({r["hidden"] for r in summary}):
@@ -170,7 +170,7 @@ def _sentiment_section(sentiment: dict) -> list[str]:
 def _paper_section(results: dict) -> list[str]:
     """Directions and relative changes beside the paper's figures for the same setup (MNIST's for MNIST and
     Fashion-MNIST, IMDB's for sentiment); with a regime arm, whether a difference comes from the dataset or from the
-    regime; with a sentiment grid, its part; in the quick reproduction, the line on CIFAR-10."""
+    regime."""
     summary, trends = results["summary"], results["trends"]
     if not summary or summary[0]["task"] not in comparison.PAPER_TASKS:
         return []
@@ -188,6 +188,12 @@ def _paper_section(results: dict) -> list[str]:
                   f"The regime arm (`{arm['dir']}/`) trains the MNIST 5k subset for the paper's step count, H {hidden}, "
                   f"baseline and AW {strength:g}, {seeds} seeds; beside it the same conditions of this grid.", "",
                   comparison.regime_sentence(rows, bool(regime.get("paper_regime"))), "", comparison.regime_table(rows)]
+    return lines
+
+
+def _other_tasks(results: dict) -> list[str]:
+    """After this grid's own sections: the sentiment grid's part, and in the quick reproduction the line on CIFAR-10."""
+    lines = []
     if results.get("sentiment"):
         lines += _sentiment_section(results["sentiment"]) + [""]
     if results.get("mode") == "quick":
@@ -222,8 +228,11 @@ def render(results: dict, images: dict[str, str | None]) -> str:
         "`CE + w·mse(pred, a)`, activation-l2 `CE + w·mean(a²)` on the same targets, weight-decay `CE + w/2·‖θ‖²`.",
         f"- **Paper values** ({reference.PAPER}) are for the self-model method only, trained on the paper's "
         "full datasets (MNIST 60k, CIFAR-10, IMDB), which may differ from the data above; the controls have none.",
-        "",
     ]
+    if results.get("sentiment"):
+        lines.append("- **Also in this reproduction**: the paper's IMDB setup on the Rotten Tomatoes snippets, beside the "
+                     f"paper's IMDB figures (its section at the end of this report; runs in `{results['sentiment']['dir']}/`).")
+    lines.append("")
     if not has_llc:
         lines += ["**LLC not computed** (run with `--llc paper` to estimate each run's local learning coefficient).", ""]
     lines += ["## Answers", ""] + answer(trends, summary) + [""] + _paper_section(results) + ["## Findings", ""]
@@ -240,6 +249,7 @@ def render(results: dict, images: dict[str, str | None]) -> str:
     for title, name in images.items():
         if name:
             lines += [f"### {title}", "", f"![{title}]({name})", ""]
+    lines += _other_tasks(results)
     return "\n".join(lines) + "\n"
 
 
