@@ -10,7 +10,8 @@ One function, :func:`run_units`, for every grid: ``calls[i] = (function, *args)`
   thread pools), each initialised once with ``initializer(*initargs)`` (tensors travel through shared memory).
 - **one process, ``workers == 1``**: here, one after the other, after the same ``initializer(*initargs)``.
 
-The functions must be importable at module level (a spawned worker unpickles them by name). Each unit keeps its
+In worker processes the functions must be importable at module level (a spawned worker unpickles them by name);
+on the ranks and here any callable will do (the results travel, pickled, between the ranks). Each unit keeps its
 own finished work on disk (a run directory, a stage), so an interrupted grid resumes where it stopped: on an
 error or Ctrl-C the queued calls are dropped rather than waited for.
 """
@@ -29,9 +30,11 @@ from selfmodels.runtime import set_threads
 Call = tuple  # (function, *args)
 
 
-def run_units(calls: Sequence[Call], *, workers: int = 1, threads: int = 1, initializer: Callable[..., None] | None = None,
-              initargs: tuple = (), progress: bool = True, desc: str = "runs") -> list[Any]:
-    """``[f(*args) for f, *args in calls]``, computed by the ranks or the worker processes (see the module)."""
+def run_units(calls: Sequence[Call], *, workers: int = 1, threads: int | None = None,
+              initializer: Callable[..., None] | None = None, initargs: tuple = (), progress: bool = True,
+              desc: str = "runs") -> list[Any]:
+    """``[f(*args) for f, *args in calls]``, computed by the ranks or the worker processes (see the module). ``threads``:
+    torch's intra-op threads in every process that runs calls (None: leave them as they are)."""
     calls = list(calls)
     rank, ranks = distributed.world()
     if ranks > 1 and workers > 1:
@@ -48,13 +51,14 @@ def run_units(calls: Sequence[Call], *, workers: int = 1, threads: int = 1, init
         bar.close()
 
 
-def _initialise(threads: int, initializer: Callable[..., None] | None, initargs: tuple) -> None:
-    set_threads(threads)
+def _initialise(threads: int | None, initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    if threads is not None:
+        set_threads(threads)
     if initializer is not None:
         initializer(*initargs)
 
 
-def _here(calls: list[Call], threads: int, initializer, initargs: tuple, bar) -> list[Any]:
+def _here(calls: list[Call], threads: int | None, initializer, initargs: tuple, bar) -> list[Any]:
     _initialise(threads, initializer, initargs)
     results = []
     for function, *args in calls:
@@ -63,7 +67,7 @@ def _here(calls: list[Call], threads: int, initializer, initargs: tuple, bar) ->
     return results
 
 
-def _on_ranks(calls: list[Call], rank: int, ranks: int, threads: int, initializer, initargs: tuple, bar) -> list[Any]:
+def _on_ranks(calls: list[Call], rank: int, ranks: int, threads: int | None, initializer, initargs: tuple, bar) -> list[Any]:
     bar.reset(total=len(calls[rank::ranks]))  # rank 0's bar counts its own share
     with distributed.solo():  # every call is this rank's alone
         mine = _here(calls[rank::ranks], threads, initializer, initargs, bar)
@@ -71,7 +75,7 @@ def _on_ranks(calls: list[Call], rank: int, ranks: int, threads: int, initialize
     return [shares[i % ranks][i // ranks] for i in range(len(calls))]
 
 
-def _in_pool(calls: list[Call], workers: int, threads: int, initializer, initargs: tuple, bar) -> list[Any]:
+def _in_pool(calls: list[Call], workers: int, threads: int | None, initializer, initargs: tuple, bar) -> list[Any]:
     import multiprocessing
 
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_initialise,

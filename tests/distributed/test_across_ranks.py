@@ -279,6 +279,11 @@ def test_profile_and_streamed_pipeline_on_two_ranks_train_data_parallel_and_rank
     pair = read_json(run.out / "work" / "pair" / "results.json")
     assert pair["forward_model"]["train"]["tokens"] == 6 * 2 * 4 * 16
     assert pair["pair"]["training"] == "frozen subject, activations streamed through a shuffle buffer"
-    assert _files(run.writes(1)) == set()  # every stage, result and report: rank 0's alone
+    # The profile's per-pair evaluations are independent stages, shared out: pair i by rank i % 2 alone. Rank 1 wrote
+    # its two evaluations (the second profile read them back) and nothing else.
+    rank1 = _files(run.writes(1))
+    assert {path.split("/")[2].rsplit("-", 1)[0] for path in rank1} == {"evaluate_0-_1", "evaluate_2-_3"}
+    assert all(path.startswith("profile/stages/") and path.endswith("/result.json") for path in rank1)
+    assert not rank1 & _files(run.writes(0))  # every other stage, result and report: rank 0's alone
     renames = [path for event, path in run.writes(0) if event == "os.rename"]
     assert renames.count("pair/results.json") == 1 and renames.count("profile/results.json") == 2

@@ -43,6 +43,7 @@ from selfmodels.forward.pipeline import check_out
 from selfmodels.forward.reference import SCHEMA_VERSION, definitions
 from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
 from selfmodels.stages import StageStore
+from selfmodels.workers import run_units
 from selfmodels.forward.stream import ActivationStream
 from selfmodels.forward.substitution import substitution_eval_many
 from selfmodels.report.figures import save_figure, subplots
@@ -185,10 +186,11 @@ def _fit_ridges(p: _Profile, models: dict) -> tuple[dict, dict, str]:
 
 
 def _evaluate_pairs(p: _Profile, models: dict, ridges: dict, batches, train_key: str, ridge_key: str, trained: dict) -> list[dict]:
-    """Every pair on the same held-out windows (one stage each): the forward model and the ridge beside the skip."""
+    """Every pair on the same held-out windows (one stage each, shared out over the ranks): the forward model and the
+    ridge beside the skip."""
     cfg, subject = p.cfg, p.subject
     eval_key = {**p.base_key, "eval_sequences": cfg.eval_sequences}
-    rows = []
+    units = []
     for name, (model, s, t) in models.items():
         def evaluate_pair(directory: Path, model=model, ridge=ridges[name], s=s, t=t) -> dict:
             # Both maps in one pass each: the residuals once, and the normal / skipped / zero runs once.
@@ -203,11 +205,21 @@ def _evaluate_pairs(p: _Profile, models: dict, ridges: dict, batches, train_key:
                 row.update(_alignment(subject, model, p.opened.val, s, cfg))
             return row
 
-        result, _, _ = p.store.run(f"evaluate {name}", {**eval_key, "model": train_key, "ridge": ridge_key, "pair": [s, t],
-                                                        "decomposition_sequences": cfg.decomposition_sequences}, evaluate_pair)
+        units.append((_stage, p.store, f"evaluate {name}", {**eval_key, "model": train_key, "ridge": ridge_key, "pair": [s, t],
+                      "decomposition_sequences": cfg.decomposition_sequences}, evaluate_pair))
+    # Independent stages: under torchrun pair i is evaluated by rank i % world alone, the results gathered onto every rank.
+    rows = []
+    for (name, (_, s, t)), (result, log) in zip(models.items(), run_units(units, progress=False, desc="pairs")):
+        p.store.log[f"evaluate {name}"] = log
         rows.append({"source": s, "target": t, "source_hook": subject.hook_name(s), "target_hook": subject.hook_name(t),
                      **result, "train_mse": trained["models"][name]["final_mse"]})
     return rows
+
+
+def _stage(store: StageStore, name: str, inputs: dict, compute) -> tuple[dict, dict]:
+    """One stage of ``store`` and its log entry (whether it was computed now or read back)."""
+    result, _, _ = store.run(name, inputs, compute)
+    return result, store.log[name]
 
 
 def _results(p: _Profile, models: dict, trained: dict, rows: list[dict], ridge_tokens: int, eval_tokens: int,
