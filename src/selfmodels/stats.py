@@ -41,7 +41,7 @@ def mean_ci95(values: Sequence[float | None]) -> tuple[float, float]:
         return NAN, NAN
     if arr.size == 1:
         return float(arr[0]), NAN
-    return float(arr.mean()), _t_half(arr.size - 1, arr.std(ddof=1) / math.sqrt(arr.size))
+    return float(arr.mean()), float(_st.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
 
 
 def _interval(difference: float, half: float) -> dict:
