@@ -49,6 +49,7 @@ from selfmodels.forward.substitution import substitution_eval_many
 from selfmodels.report.figures import save_figure, subplots
 from selfmodels.report.markdown import fmt, table
 from selfmodels.runtime import resolve_device
+from selfmodels.subjects.base import Subject
 from selfmodels.subjects.registry import OpenedSubject, open_subject
 
 PROFILE_DEFINITIONS = {  # besides the pipeline's definitions (results.json has both)
@@ -91,16 +92,18 @@ class _Profile:
         return self.opened.subject
 
 
-def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool = True, log: tuple[str, ...] = ()) -> dict:
+def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool = True, log: tuple[str, ...] = (),
+        subject: Subject | None = None) -> dict:
     """The profile into ``out``: ``results.json`` (one row per pair), ``report.md`` with one plot per metric. ``log``
-    names the sinks the training curves are mirrored to (:mod:`selfmodels.curves`); never an input to a stage."""
+    names the sinks the training curves are mirrored to (:mod:`selfmodels.curves`); never an input to a stage.
+    ``subject``: a subject the caller holds (the library's objects), profiled in place of opening ``cfg.subject.main``."""
     cfg.validate()
     out = check_out(out)
     began = time.perf_counter()
     rank, ranks = distributed.world()
     device = distributed.local_device(resolve_device(device_name))
     mirror = Mirror(out, log if rank == 0 else (), config=to_dict(cfg))  # rank 0 writes the curves
-    p = _open(cfg, out, device, progress and rank == 0, mirror)
+    p = _open(cfg, out, device, progress and rank == 0, mirror, subject)
     models = {}
     for s, t in p.pairs:
         torch.manual_seed(cfg.seed)  # every pair's model starts from the same weights
@@ -116,12 +119,13 @@ def run(cfg: ProfileConfig, out: Path, device_name: str = "auto", progress: bool
     return results
 
 
-def _open(cfg: ProfileConfig, out: Path, device: torch.device, progress: bool, mirror: Mirror) -> _Profile:
+def _open(cfg: ProfileConfig, out: Path, device: torch.device, progress: bool, mirror: Mirror,
+          held: Subject | None = None) -> _Profile:
     """The subject (its cache filled by rank 0 first), the pairs, the config file and the stage store."""
-    if cfg.subject.trained_here:
+    if cfg.subject.trained_here and held is None:
         pairs_of(cfg, cfg.subject.gpt.n_layer)  # checked before our GPT is trained
     with distributed.main_first():  # rank 0 fills the subject's cache (our GPT trained, a conversion); the others read it
-        opened = open_subject(cfg.subject, cfg.corpus, device, cfg.seed, None, progress, mirror=mirror)
+        opened = open_subject(cfg.subject, cfg.corpus, device, cfg.seed, None, progress, mirror=mirror, held=held)
     subject = opened.subject
     pairs = pairs_of(cfg, subject.n_layers)
     described = subject.describe()

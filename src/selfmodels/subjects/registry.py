@@ -59,11 +59,19 @@ def model_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def open_subject(cfg: SubjectConfig, corpus: CorpusConfig, device: torch.device, seed: int,
-                 cotrain: CoTrain | None = None, progress: bool = True, mirror: Mirror | None = None) -> OpenedSubject:
+                 cotrain: CoTrain | None = None, progress: bool = True, mirror: Mirror | None = None,
+                 held: Subject | None = None) -> OpenedSubject:
     """The subject named by ``cfg.main`` and its train / validation token streams. ``mirror`` receives our GPT's
-    training curve when it is trained here (not when it is reused from the cache)."""
+    training curve when it is trained here (not when it is reused from the cache). ``held``: a subject the caller
+    already holds (:func:`selfmodels.open_subject`), observed as it is (its device, dtype and weights; ``cfg.main``
+    only names it), read with its own ``tokenizer``."""
     cfg.validate()
     corpus.validate()
+    if held is not None:
+        require(cotrain is None, f"co-training a forward model needs a subject trained here; {held.name!r} is held as it is")
+        require(getattr(held, "tokenizer", None) is not None,
+                f"subject {held.name!r} has no tokenizer: open it with selfmodels.open_subject(model, tokenizer)")
+        return _pretrained(cfg, corpus, device, progress, held)
     if cfg.trained_here:
         return _our_gpt(cfg, corpus, device, seed, cotrain, progress, mirror)
     if cotrain is not None:
@@ -72,12 +80,13 @@ def open_subject(cfg: SubjectConfig, corpus: CorpusConfig, device: torch.device,
     return _pretrained(cfg, corpus, device, progress)
 
 
-def _pretrained(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device, progress: bool) -> OpenedSubject:
+def _pretrained(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device, progress: bool,
+                held: Subject | None = None) -> OpenedSubject:
     from selfmodels.data.bpe import encode_corpus, split_stream
     from selfmodels.data.corpora import load_corpus
-    from selfmodels.subjects.hf_loading import load_causal_lm
+    from selfmodels.subjects.hf_loading import load_causal_lm, tokenizer_size
 
-    subject = load_causal_lm(cfg.main, device, model_dtype(cfg.dtype, device))
+    subject = held if held is not None else load_causal_lm(cfg.main, device, model_dtype(cfg.dtype, device))
     bos_id = subject.tokenizer.bos_token_id if corpus_cfg.bos else None
     require(not corpus_cfg.bos or bos_id is not None, f"the tokenizer of {cfg.main} has no BOS token: run without --corpus.bos")
     corpus = load_corpus(corpus_cfg.corpus, max_chars=corpus_cfg.max_chars)
@@ -85,7 +94,7 @@ def _pretrained(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.devi
     train, val = split_stream(tokens, corpus_cfg.val_fraction)
     info = subject.source_info()
     data = {"corpus": corpus.name, "source": corpus.source, "chars": len(corpus.text), "tokens": int(tokens.numel()),
-            "tokenizer": f"{cfg.main} tokenizer ({len(subject.tokenizer)} tokens; weights {info['weights_sha256'][:12]})"}
+            "tokenizer": f"{cfg.main} tokenizer ({tokenizer_size(subject.tokenizer)} tokens; weights {info['weights_sha256'][:12]})"}
     return OpenedSubject(subject, subject.tokenizer, train, val, data, None, bos_id=bos_id)
 
 
@@ -165,5 +174,5 @@ def _our_gpt(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device,
     training["tokens_seen"] = cfg.lm.steps * cfg.lm.batch_size * block
     files = {name: work / name for name in ("main.safetensors", "forward.safetensors", "metrics.jsonl") if (work / name).is_file()}
     files["tokenizer.json"] = data_dir / "tokenizer.json"
-    subject = GPTSubject(gpt, weights=work / "main.safetensors")
+    subject = GPTSubject(gpt, weights=work / "main.safetensors", tokenizer=tokenizer)
     return OpenedSubject(subject, tokenizer, train, val, info, training, files)
