@@ -123,7 +123,8 @@ class AuxiliaryObjective(nn.Module):
                  site_width: int = 0, forward_model: nn.Module | None = None, source: int = 0, target: int = 1,
                  flow: str = "both", lr: float | None = None):
         super().__init__()
-        self.lr = lr  # the auxiliary optimizer's learning rate (None: the main model's)
+        # The auxiliary optimizer's settings (None: the main model's), as every auxiliary the LM trainer takes has.
+        self.lr, self.weight_decay, self.grad_clip = lr, None, None
         self.method, self.site, self.loss, self.detach_target = method, site, loss, detach_target
         self.source, self.target, self.flow = source, target, flow
         entry = METHODS.get(method)

@@ -120,7 +120,9 @@ class WindowDraws:
 
 
 class LMTask(Task):
-    """The loop's view of :func:`train_language_model`."""
+    """The loop's view of :func:`train_language_model`. An auxiliary ``aux`` (a co-trained forward model,
+    :class:`CoTrain`, or a self-modeling objective) has ``forward_pass(subject, ids) -> (logits, A)``, ``metric`` (the
+    name of A in metrics.jsonl) and its optimizer's ``lr``, ``weight_decay`` and ``grad_clip`` (None: the main model's)."""
 
     unit = "step"
 
@@ -137,11 +139,10 @@ class LMTask(Task):
             aux.to(subject.device).train()
             self.modules["aux"] = aux
             params = list(aux.parameters())
-            if params:
-                decay = getattr(aux, "weight_decay", None)
-                clip = getattr(aux, "grad_clip", None)
-                self.optimizers["aux"] = Optimized(make_adamw(params, aux.lr or cfg.lr, cfg.weight_decay if decay is None else decay),
-                                                   params, cfg.grad_clip if clip is None else clip)
+            if params:  # an auxiliary's lr, weight_decay and grad_clip: None means the main model's
+                decay = cfg.weight_decay if aux.weight_decay is None else aux.weight_decay
+                clip = cfg.grad_clip if aux.grad_clip is None else aux.grad_clip
+                self.optimizers["aux"] = Optimized(make_adamw(params, aux.lr or cfg.lr, decay), params, clip)
 
     def identity(self) -> dict:
         return {"task": "lm", "aux": None if self.aux is None else self.aux.metric, "optimizers": list(self.optimizers)}
