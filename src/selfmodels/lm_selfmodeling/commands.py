@@ -30,6 +30,7 @@ def _pair(cfg, args: argparse.Namespace):
 
 
 def _selfmodel_lm(r, args: argparse.Namespace) -> int:
+    from selfmodels import distributed
     from selfmodels.curves import check_sinks
     from selfmodels.lm_selfmodeling.run import run_one
     from selfmodels.runtime import resolve_device, set_threads
@@ -38,8 +39,9 @@ def _selfmodel_lm(r, args: argparse.Namespace) -> int:
     _check_before_loading(r.config)
     set_threads(r.threads)
     record = run_one(r.config, r.out, device=resolve_device(r.device), progress=not r.quiet, log=log)
-    print(f"wrote {Path(r.out) / 'result.json'}: val loss {record['val_loss']:.4f} nats/token, "
-          f"unembedding SD {record['unembedding_sd']:.4f}, observer recovery (near) {record['observer_near_recovery']:.3f}")
+    if distributed.is_main():  # under torchrun every rank holds the record; one line says so
+        print(f"wrote {Path(r.out) / 'result.json'}: val loss {record['val_loss']:.4f} nats/token, "
+              f"unembedding SD {record['unembedding_sd']:.4f}, observer recovery (near) {record['observer_near_recovery']:.3f}")
     return 0
 
 
