@@ -36,10 +36,8 @@ def run_units(calls: Sequence[Call], *, workers: int = 1, threads: int | None = 
     """``[f(*args) for f, *args in calls]``, computed by the ranks or the worker processes (see the module). ``threads``:
     torch's intra-op threads in every process that runs calls (None: leave them as they are)."""
     calls = list(calls)
+    check_workers(workers)
     rank, ranks = distributed.world()
-    if ranks > 1 and workers > 1:
-        raise UserError(f"--workers {workers} runs units in parallel processes on one machine; under torchrun each of "
-                        f"the {ranks} processes already runs its share: use --workers 1")
     bar = tqdm(total=len(calls), desc=desc, disable=not (progress and distributed.is_main()), unit="run")
     try:
         if ranks > 1:
@@ -49,6 +47,14 @@ def run_units(calls: Sequence[Call], *, workers: int = 1, threads: int | None = 
         return _in_pool(calls, workers, threads, initializer, initargs, bar)
     finally:
         bar.close()
+
+
+def check_workers(workers: int) -> None:
+    """Worker processes and torchrun's ranks do not mix (a grid checks this before it loads anything)."""
+    ranks = distributed.world()[1]
+    if ranks > 1 and workers > 1:
+        raise UserError(f"--workers {workers} runs units in parallel processes on one machine; under torchrun each of "
+                        f"the {ranks} processes already runs its share: use --workers 1")
 
 
 def _initialise(threads: int | None, initializer: Callable[..., None] | None, initargs: tuple) -> None:

@@ -33,7 +33,7 @@ from selfmodels.errors import UserError, require
 from selfmodels.lm_selfmodeling.config import METHODS, check_objective
 from selfmodels.lm_selfmodeling.run import LMRunConfig, ObjectiveConfig, load_data, measure_snapshot, nearest_snapshot, run_one
 from selfmodels.stats import mean_ci95, welch_difference
-from selfmodels.workers import run_units
+from selfmodels.workers import check_workers, run_units
 
 DRIFT_NORM_RATIO = 2.0
 DRIFT_UPDATE_RATIO = 0.2
@@ -120,6 +120,7 @@ def run_grid(grid: LMGrid, out: str | Path, progress: bool = True) -> dict:
     out = Path(out)
     runs = grid.runs()
     check_grid(grid)
+    check_workers(grid.workers)  # before any data is loaded
     for _, cfg in runs[: len(grid.conditions)]:  # bad settings fail before any run starts
         if cfg.main == "gpt":
             cfg.validate(cfg.gpt.n_layer)

@@ -29,7 +29,7 @@ from selfmodels.selfmodeling.config import METHODS, GridConfig  # GridConfig: de
 from selfmodels.selfmodeling.presets import preset
 from selfmodels.selfmodeling.runs import RunConfig, load_data, resolve_run, run_config_from_dict, run_config_to_dict, run_one
 from selfmodels.stats import mean_ci95
-from selfmodels.workers import run_units
+from selfmodels.workers import check_workers, run_units
 
 
 def llc_config(grid: GridConfig, batch_size: int):
@@ -98,6 +98,7 @@ def run_grid(grid: GridConfig, out: str | Path, *, progress: bool = True, data=N
     ``log``: the sinks each run's training curve is mirrored to (:mod:`selfmodels.curves`), in its run directory.
     """
     runs = expand(grid)
+    check_workers(grid.workers)  # before any data is loaded
     out = Path(out)
     device = distributed.local_device(resolve_device(grid.device))
     if data is None:
