@@ -3,7 +3,7 @@
 One test per contract, each a separate ``lint-imports --contract ID`` run, so a broken contract names
 itself and its offending import chains without hiding the others:
 
-- ``layers``: cli > lm_selfmodeling > forward | selfmodeling > complexity > subjects > nets > data > report > stages | workers >
+- ``layers``: cli > closed_loop > lm_selfmodeling > forward | selfmodeling > complexity > subjects > nets > data > report > stages | workers >
   training > checkpoint > distributed > curves > artifacts | configs | optim | registries | runtime | stats > errors; a module
   imports only from layers below its own.
 - ``areas-independent``: forward and selfmodeling do not import each other.

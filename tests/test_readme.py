@@ -56,7 +56,7 @@ def _command_lines() -> list[tuple[str, list[str]]]:
     return found
 
 
-COMMANDS = {"forward", "reproduce", "regularize", "llc", "selfmodel-lm"}
+COMMANDS = {"forward", "reproduce", "regularize", "llc", "selfmodel-lm", "closed-loop"}
 NAMES = COMMANDS | {"train", "eval", "sweep", "profile", "explore", "calibrate", "self-modeling", "forward-self-models",
                     "self-modeling-transformers"}
 LINES = _command_lines()

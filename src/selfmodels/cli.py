@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "selfmodels.selfmodeling.llc_commands",
     "selfmodels.forward.commands",
     "selfmodels.lm_selfmodeling.commands",
+    "selfmodels.closed_loop.commands",
 )
 
 

@@ -1,0 +1,94 @@
+"""One condition end to end (``selfmodels closed-loop``): train our GPT from scratch with the loop closed, then
+measure it; everything in one run directory.
+
+Written there: ``config.json`` (the settings and their key), ``metrics.jsonl`` and ``checkpoint.safetensors`` (the
+loop's; an interrupted run resumes from it), ``model.safetensors`` (the whole closed loop's state: ``gpt.*``,
+``forward_model.*``, ``signal.*``, ``gate.*``) and, last, ``result.json``. A finished run with the same key is read
+back, never recomputed; a directory holding a run of other settings is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from selfmodels.artifacts import read_json, save_tensors, write_config, write_json
+from selfmodels.closed_loop.build import build_closed_loop
+from selfmodels.closed_loop.conditions import CONDITIONS
+from selfmodels.closed_loop.config import ClosedLoopConfig, default_bottleneck
+from selfmodels.closed_loop.data import LoopData, load_data
+from selfmodels.closed_loop.measure import DEFINITIONS, evaluate
+from selfmodels.closed_loop.task import ClosedLoopTask
+from selfmodels.configs import to_dict
+from selfmodels.curves import Mirror
+from selfmodels.errors import UserError
+from selfmodels.nets.gpt import GPT
+from selfmodels.runtime import seed_everything
+from selfmodels.subjects.lm_training import WindowDraws
+from selfmodels.training import train
+
+
+def _refuse_other_settings(out: Path, key: str) -> dict | None:
+    """The finished record when ``out`` holds this run; None when it holds nothing or this run unfinished."""
+    for name in ("result.json", "config.json"):
+        path = out / name
+        if path.is_file():
+            found = read_json(path).get("key")
+            if found != key:
+                raise UserError(f"{out} holds a closed-loop run with other settings (key {found} != {key}): use "
+                                "another --out or delete it")
+    done = out / "result.json"
+    return read_json(done) if done.is_file() else None
+
+
+def _parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def run_condition(cfg: ClosedLoopConfig, out: str | Path, device: torch.device | str = "cpu", progress: bool = True,
+                  log: tuple[str, ...] = (), data: LoopData | None = None) -> dict:
+    """Train and measure ``cfg.loop.condition`` in ``out``; returns the run's record (``result.json``).
+    ``log``: sinks the training curve is mirrored to (:mod:`selfmodels.curves`); ``data``: the text, when the
+    caller has it loaded (a grid's runs share it)."""
+    cfg.validate()
+    out, device, key = Path(out), torch.device(device), cfg.key()
+    record = _refuse_other_settings(out, key)
+    if record is not None:
+        return record
+    began = time.perf_counter()
+    data = data or load_data(cfg.corpus, cfg.seq_len, cfg.eval_windows, progress)
+    seed_everything(cfg.seed)
+    gpt = GPT(dataclasses.replace(cfg.gpt, vocab_size=data.tokenizer.get_vocab_size(), block_size=cfg.seq_len)).to(device)
+    closed = build_closed_loop(gpt, cfg.loop, cfg.forward, cfg.seed)
+    write_config(out, {**to_dict(cfg), "key": key})
+    draws = WindowDraws.for_rank(data.train, cfg.seq_len, cfg.lm.batch_size, cfg.seed)
+    val = (data.eval_x, data.eval_y)
+    task = ClosedLoopTask(closed, cfg.lm, cfg.loop, draws, val, identity={"key": key})
+    condition = CONDITIONS.get(cfg.loop.condition)
+    with Mirror(out, log, name=f"{condition.name}-seed{cfg.seed}", config=to_dict(cfg)) as mirror:
+        outcome = train(task, cfg.lm.schedule(), out, progress=progress, mirror=mirror)
+    closed.eval().requires_grad_(False)
+    save_tensors(out / "model.safetensors", closed.state_dict())
+    last = outcome.metrics
+    loop = cfg.loop
+    record = {
+        "key": key, "condition": condition.name, "description": condition.description,
+        "function_class": condition.function_class, "seed": cfg.seed,
+        "indices": {"source": loop.source, "inject": loop.inject, "target": loop.target},
+        "shift": loop.shift if condition.name == "shifted" else None,
+        "bottleneck": (loop.bottleneck or default_bottleneck(gpt.cfg.d_model)) if condition.name == "autoencoder" else None,
+        "lm_into_forward": loop.lm_into_forward,
+        "params": {"main": _parameters(gpt), "forward": _parameters(closed.forward_model), "gate": _parameters(closed.gate),
+                   "signal_trainable": _parameters(closed.signal, trainable_only=True)},
+        "training": {"steps": cfg.lm.steps, "train_loss": last.get("loss"), "train_ce": last.get("ce"),
+                     "train_forward_mse": last.get("forward_mse"), "seconds_per_step": outcome.seconds_per_step()},
+        "data": data.info,
+        **evaluate(closed, data.eval_x, data.eval_y, cfg.lm.batch_size, data.eval_bytes),
+        "definitions": DEFINITIONS,
+        "seconds": time.perf_counter() - began,
+    }
+    write_json(out / "result.json", record)
+    return read_json(out / "result.json")  # the JSON form (NaN as null), as a finished run reads back
