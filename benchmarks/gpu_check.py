@@ -36,11 +36,13 @@ Sections (``section`` names in the JSON):
    run (``run_one``), our GPT with a co-trained forward model (``train_lm``), a forward model on activations
    collected on the fly (``train_forward``), the closed-form ridge baseline (``RidgeMap``), a self-modeling
    language model with its measures and LLC (``lm_selfmodeling.run.run_one``): ok / seconds each.
-7. ``gpt_toy``: the paper's toy experiment through the forward pipeline: our 4 x 256 GPT trained on the offline
-   corpus's text (``--corpus``, default ``benchmarks/data/offline_corpus.txt``, written by
-   ``benchmarks/export_corpus.py`` and carried along: the GPU machine has none of our data packages) for 3000
-   steps (the paper: 10K) with its forward model co-trained on 0 -> 1, then evaluated: cosine beside the skip
-   cosine, update R², KL substituted / skipped, recovery, beside the paper's values; skipped without the file.
+7. ``gpt_toy``: the ``paper-toy`` preset (``--preset paper-toy``: our 4 x 256 GPT, its forward model co-trained on
+   0 -> 1) through the forward pipeline on the offline corpus's text (``--corpus``, default
+   ``benchmarks/data/offline_corpus.txt``, written by ``benchmarks/export_corpus.py`` and carried along: the GPU
+   machine has none of our data packages), with only its steps (3000 GPT steps instead of 4,883; 200 for the
+   baselines; the snapshots past the end dropped) and its analyses (no capacity sweep, no analyses) overridden,
+   listed under ``overridden``: cosine beside the skip cosine, update R², KL substituted / skipped, recovery, both
+   per-position MLPs, the snapshots' skip KL, beside the paper's values; skipped without the file.
 8. ``pytest_smoke``: ``python -m pytest -q -x tests/subjects/test_contract.py`` with this Python (CPU, tiny
    models: a check of the installed torch / transformers against our subject interface), time-boxed.
 
@@ -909,20 +911,35 @@ def sec_gpt_toy(ctx: Ctx) -> None:
         return
     import dataclasses
 
-    from selfmodels.forward.config import BaselineConfig, SweepConfig, preset
+    from selfmodels.forward.config import RunConfig, load_preset
     from selfmodels.forward.pipeline import run
 
     replace = dataclasses.replace
-    cfg = preset("gpt", quick=False)  # the paper's toy: a 4 x 256 GPT, its forward model co-trained on 0 -> 1
-    # 3000 steps (the paper trains 10K) fit the time box on one H100 (estimated); no baseline, sweeps or analyses.
-    cfg = replace(cfg, subject=replace(cfg.subject, lm=replace(cfg.subject.lm, steps=3000, eval_every=1000)),
-                  corpus=replace(cfg.corpus, corpus=str(corpus)), eval_sequences=128, analysis_sequences=0,
-                  baseline=BaselineConfig(enabled=False), sweeps=SweepConfig())
-    if ctx.quick:  # the CPU dry run: a 2 x 32 GPT for 6 steps on a slice of the corpus
+    # The `paper-toy` preset (`--preset paper-toy`, read from its file): the paper's 4 x 256 GPT, its forward model
+    # co-trained on 0 -> 1, snapshots by tokens seen. Overridden: its steps (to fit the time box) and its analyses (off:
+    # no sweeps, no analyses); the corpus is the exported offline text (the GPU machine has no data packages).
+    cfg = load_preset("gpt-paper-toy", RunConfig, "gpt")
+    lm_steps, fwd_steps = (6, 4) if ctx.quick else (3000, 200)
+    tokens_per_step = cfg.subject.lm.batch_size * cfg.subject.gpt.block_size
+    overridden = {"subject.lm.steps": [cfg.subject.lm.steps, lm_steps], "train.steps": [cfg.train.steps, fwd_steps],
+                  "sweeps.capacity": [cfg.sweeps.capacity, []], "analysis_sequences": [cfg.analysis_sequences, 0],
+                  "subject.snapshot_tokens": [cfg.subject.snapshot_tokens,
+                                              [n for n in cfg.subject.snapshot_tokens if n <= lm_steps * tokens_per_step]],
+                  "corpus.corpus": [cfg.corpus.corpus, str(corpus)]}
+    cfg = replace(cfg, subject=replace(cfg.subject, lm=replace(cfg.subject.lm, steps=lm_steps, eval_every=1000),
+                                       snapshot_tokens=overridden["subject.snapshot_tokens"][1]),
+                  train=replace(cfg.train, steps=fwd_steps), sweeps=replace(cfg.sweeps, capacity=[]), analysis_sequences=0,
+                  corpus=replace(cfg.corpus, corpus=str(corpus)))
+    if ctx.quick:  # the CPU dry run: a 2 x 32 GPT on a slice of the corpus (sizes overridden too, and said so)
+        overridden["quick dry run"] = "GPT 2 x 2 x 32, context 32, batch 4, 512-token BPE, 200k chars, 16 / 4 windows"
+        overridden["subject.snapshot_tokens"][1] = [256]
         cfg = replace(cfg, subject=replace(cfg.subject, gpt=replace(cfg.subject.gpt, n_layer=2, d_model=32, n_head=2, block_size=32),
-                                           lm=replace(cfg.subject.lm, steps=6, eval_every=2, eval_batches=2, batch_size=4)),
+                                           lm=replace(cfg.subject.lm, eval_every=2, eval_batches=2, batch_size=4),
+                                           snapshot_tokens=[256]),
                       corpus=replace(cfg.corpus, max_chars=200_000, vocab_size=512), model=replace(cfg.model, d_head=16),
-                      seq_len=32, eval_sequences=4, eval_batch=4)
+                      seq_len=32, train_sequences=16, eval_sequences=4, eval_batch=4)
+    ctx.record["preset"] = "paper-toy"
+    ctx.record["overridden"] = {k: (v if isinstance(v, str) else {"preset": v[0], "here": v[1]}) for k, v in overridden.items()}
     gpt, steps = cfg.subject.gpt, cfg.subject.lm.steps
     out = Path(tempfile.mkdtemp(prefix="gpu_check_gpt_toy_"))
     os.environ["SELFMODELS_CACHE"] = str(out / "cache")  # a fresh GPT: nothing from another run's cache
@@ -930,14 +947,17 @@ def sec_gpt_toy(ctx: Ctx) -> None:
     r = run(cfg, out / "run", device_name=str(ctx.device), progress=False)
     seconds = time.perf_counter() - began
     sub, training = r["substitution"], r["subject"]["training"]
+    mlp_embed = (r.get("baseline_mlp_sources") or [{}])[0]
     ctx.record.update(
         corpus=str(corpus), gpt={"n_layer": gpt.n_layer, "d_model": gpt.d_model, "params": r["subject"]["params"]},
         lm_steps=steps, lm_batch=cfg.subject.lm.batch_size, seq_len=cfg.seq_len, val_loss=training["val_loss"],
         pair=[cfg.source, cfg.target], forward_params=r["forward_model"]["params"], cosine=r["cosine"],
         skip_cosine=r["skip_cosine"], delta_r2=r["delta_r2"], kl_substituted=sub["kl_substituted"],
         kl_skipped=sub["kl_skipped"], recovery=sub["recovery"], pipeline_seconds=seconds,
+        baseline_mlp_cosine=(r.get("baseline_mlp") or {}).get("cosine"), baseline_mlp_from_embed_cosine=mlp_embed.get("cosine"),
+        snapshots=[{k: s[k] for k in ("tokens", "step", "val_loss", "train_loss", "skip_kl")} for s in training.get("snapshots") or []],
         lm_tokens=training["tokens_seen"], pipeline_tokens_per_s=training["tokens_seen"] / seconds,  # GPT training + the rest
-        paper={k: r["paper"].get(k) for k in ("cosine", "kl_substituted", "kl_skipped", "recovery")})
+        paper={k: r["paper"].get(k) for k in ("cosine", "kl_substituted", "kl_skipped", "recovery", "baseline_mlp_cosine")})
 
 
 # ---------------------------------------------------------------------------- 8. pytest smoke test

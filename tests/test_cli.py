@@ -217,7 +217,8 @@ def test_every_documented_flag_changes_the_resolved_config(command, capsys):
 @pytest.mark.parametrize("command", PRESET_COMMANDS, ids=" ".join)
 def test_presets_are_listed_and_default_to_the_papers_setting(command, capsys):
     text = _help(command, capsys)
-    assert "one of: full, quick" in text and "(full: the paper's setting)" in text and "(default: full)" in text
+    names = "full, paper-toy, quick" if command in (["forward", "train"], ["reproduce", "forward-self-models"]) else "full, quick"
+    assert f"one of: {names}" in text and "(full: the paper's setting)" in text and "(default: full)" in text
     assert _config([*command, "--out", "x"], capsys)["preset"] == "full"
     assert _config([*command, "--out", "x", "--quick"], capsys)["preset"] == "quick"
     assert _config([*command, "--out", "x", "--preset", "quick"], capsys)["preset"] == "quick"
@@ -232,7 +233,7 @@ def test_help_states_the_presets_values(capsys):
 def test_unknown_preset_in_a_config_file_lists_the_known_ones(tmp_path, capsys):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"preset": "tiny"}))
-    assert "unknown preset 'tiny': known presets: full, quick" in _error(["forward", "train", "--config", str(path),
+    assert "unknown preset 'tiny': known presets: full, paper-toy, quick" in _error(["forward", "train", "--config", str(path),
                                                                           "--out", "x"], capsys)
 
 

@@ -80,6 +80,8 @@ class BaselineConfig:
     hidden_mult: int = option(2, "its hidden width as a multiple of d (2 at d=256 ~ the 1% forward model's MLP)")
     steps: str = option("same", "same: the forward model's steps; time: about the forward model's training time "
                                 "(the step count then depends on the machine's speed)", choices=("same", "time"))
+    sources: list[int] = option([], "also fit it from each of these sources to --target, as the paper's from the "
+                                    "embeddings to block 1 (-1 -> 1); reported in a table of their own")
 
 
 @dataclass
@@ -91,6 +93,9 @@ class SweepConfig:
     capacity_target: int = option(3, "capacity sweep: target index")
     gaps: list[int] = option([], "layer-gap sweep: gaps (blocks predicted) from --sweeps.gap-source")
     gap_source: int = option(0, "layer-gap sweep: source index")
+    steps: int | None = option(None, "training steps of every sweep model (default: --train.steps)")
+    slope_fraction: float = option(0.0, "capacity sweep: report each model's training-loss slope over this last fraction "
+                                        "of its steps, to show whether it had converged (0: not reported)")
 
 
 @dataclass
@@ -118,6 +123,9 @@ class RunConfig:
     ridge: float = option(1e-3, "the ridge (affine) baseline map's regulariser, relative to the source covariance's mean eigenvalue")
     sweeps: SweepConfig = field(default_factory=SweepConfig)
     seed: int = option(0, "random seed (weights, data order)")
+    whole_windows: bool = option(False, "refuse, before anything trains, a corpus whose training part holds fewer than "
+                                        "--train-sequences non-overlapping windows or whose held-out part fewer than "
+                                        "--eval-sequences (otherwise a small corpus gives fewer windows)")
 
     def validate(self) -> None:
         for part in (self.subject, self.corpus, self.model, self.train):
@@ -135,6 +143,9 @@ class RunConfig:
         unknown = [c for c in self.sweeps.capacity if c not in CAPACITY]
         require(not unknown, f"unknown capacity configuration(s) {', '.join(unknown)}: use {', '.join(CAPACITY)}")
         require(all(g >= 1 for g in self.sweeps.gaps), f"--sweeps.gaps must be at least 1, got {self.sweeps.gaps}")
+        require(self.sweeps.steps is None or self.sweeps.steps >= 1, f"--sweeps.steps must be at least 1, got {self.sweeps.steps}")
+        require(0.0 <= self.sweeps.slope_fraction <= 1.0,
+                f"--sweeps.slope-fraction must be between 0 and 1, got {self.sweeps.slope_fraction}")
         if self.subject.trained_here:
             require(self.seq_len <= self.subject.gpt.block_size,
                     f"--seq-len {self.seq_len} is longer than our GPT's context --subject.gpt.block-size {self.subject.gpt.block_size}")
@@ -176,7 +187,9 @@ class ProfileConfig:
 
 
 def preset_name(main: str, quick: bool) -> str:
-    """``gpt-quick``, ``gpt-full``, ``pretrained-quick`` or ``pretrained-full``."""
+    """``gpt-quick``, ``gpt-full``, ``pretrained-quick`` or ``pretrained-full``: the file of the quick or full preset
+    for a subject. Other presets are files too (``gpt-paper-toy.json`` is ``--preset paper-toy`` for our GPT, listed
+    by :class:`selfmodels.options.Presets` from the files); load one with ``load_preset("gpt-paper-toy", RunConfig, "gpt")``."""
     return f"{'gpt' if main == 'gpt' else 'pretrained'}-{'quick' if quick else 'full'}"
 
 

@@ -35,7 +35,7 @@ from selfmodels import distributed
 from selfmodels.artifacts import atomic_path, append_jsonl, load_tensors, read_jsonl, save_tensors, write_config, write_json
 from selfmodels.configs import to_dict
 from selfmodels.curves import Mirror
-from selfmodels.data.windows import consecutive_windows, spread_windows
+from selfmodels.data.windows import consecutive_windows, spread_windows, window_count
 from selfmodels.errors import UserError, require
 from selfmodels.forward.architectures import build_forward_model, num_params, reads_attention
 from selfmodels.forward.baselines import BASELINES
@@ -78,6 +78,36 @@ def check_pairs(cfg: RunConfig, n_layers: int, name: str) -> None:
         check(cfg.sweeps.capacity_source, cfg.sweeps.capacity_target, "capacity sweep")
     for gap in cfg.sweeps.gaps:
         check(cfg.sweeps.gap_source, cfg.sweeps.gap_source + gap, f"layer-gap sweep (gap {gap})")
+    for source in cfg.baseline.sources:
+        check(source, cfg.target, f"--baseline.sources {source}")
+
+
+def check_windows(cfg: RunConfig, train: torch.Tensor, val: torch.Tensor, bos_id: int | None, corpus: str) -> None:
+    """``--whole-windows``: the corpus's training part holds ``train_sequences`` non-overlapping windows (one epoch of
+    the run's training windows, none repeated) and its held-out part ``eval_sequences``."""
+    if not cfg.whole_windows:
+        return
+    have_train, have_val = window_count(train, cfg.seq_len, bos_id), window_count(val, cfg.seq_len, bos_id)
+    require(have_train >= cfg.train_sequences and have_val >= cfg.eval_sequences,
+            f"corpus {corpus!r} is too small for this run's windows of {cfg.seq_len} tokens: its training part "
+            f"({train.numel():,} tokens) holds {have_train:,} (--train-sequences {cfg.train_sequences:,}) and its held-out "
+            f"part ({val.numel():,} tokens) {have_val:,} (--eval-sequences {cfg.eval_sequences:,}): give a larger corpus "
+            "(e.g. --corpus offline), fewer sequences, or --no-whole-windows")
+
+
+def _loss_slope(curve: Path, steps: int, fraction: float) -> dict:
+    """The least-squares slope of a forward model's logged training MSE against the step over its last ``fraction``
+    of ``steps``: ``per_1k_steps`` (MSE per 1,000 steps) and ``relative_change`` (slope x span / mean MSE there: the
+    fitted change over that stretch as a fraction of the loss; ~0 once converged)."""
+    first = steps - fraction * steps
+    pts = [(r["step"], r["forward_mse"]) for r in read_jsonl(curve) if r.get("forward_mse") is not None and r["step"] >= first]
+    if len(pts) < 2:
+        return {"fraction": fraction, "points": len(pts), "per_1k_steps": None, "relative_change": None}
+    xs, ys = torch.tensor([p[0] for p in pts], dtype=torch.float64), torch.tensor([p[1] for p in pts], dtype=torch.float64)
+    slope = (((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum()).item()
+    span = (xs.max() - xs.min()).item()
+    return {"fraction": fraction, "from_step": int(xs.min()), "to_step": int(xs.max()), "points": len(pts),
+            "mean_mse": ys.mean().item(), "per_1k_steps": 1000 * slope, "relative_change": slope * span / ys.mean().item()}
 
 
 def _sweep_models(cfg: RunConfig, d_model: int) -> list[tuple[str, str, int, int, ForwardModelConfig]]:
@@ -111,6 +141,12 @@ class PipelineRun:
         cfg = self.cfg
         if cfg.subject.trained_here:  # checked before training it
             check_pairs(cfg, cfg.subject.gpt.n_layer, "our GPT")
+            if cfg.whole_windows and self.held is None:  # its tokens (kept for open_subject), checked before it trains
+                from selfmodels.subjects.registry import prepare_text, text_store
+
+                with distributed.main_first():
+                    _, train, val, _ = prepare_text(cfg.corpus, text_store(cfg.corpus), self.progress)
+                check_windows(cfg, train, val, None, cfg.corpus.corpus)
         self.cotrained = None
         cotrain = None
         if cfg.training == "cotrain":
@@ -123,6 +159,7 @@ class PipelineRun:
                                                           mirror=self.mirror, held=self.held)
         self.subject = self.opened.subject
         check_pairs(cfg, self.subject.n_layers, self.subject.name)
+        check_windows(cfg, self.opened.train, self.opened.val, self.opened.bos_id, cfg.corpus.corpus)
         self.described = self.subject.describe()
         self.d_model = self.subject.d_model
         self.subject_key = {"weights_sha256": self.described["weights_sha256"], "dtype": str(self.subject.dtype)}
@@ -229,6 +266,22 @@ class PipelineRun:
                              "substitution": ev["substitution"]}
         return entries
 
+    def baseline_sources(self, headline_key: str, headline_train: dict) -> list[dict]:
+        """The per-position MLP from each ``--baseline.sources`` index to the target (the paper's from the embeddings),
+        fitted and evaluated as the headline pair's (the same steps rule, data and held-out windows)."""
+        cfg, rows = self.cfg, []
+        for source in cfg.baseline.sources:
+            torch.manual_seed(cfg.seed)
+            model = build_forward_model(ForwardModelConfig(architecture="per-position-mlp", mlp_mult=cfg.baseline.hidden_mult),
+                                        self.d_model)
+            name = f"baseline_mlp {source} -> {cfg.target}"
+            info, key = self.fit(name, model, {"per_position_mlp": cfg.baseline.hidden_mult}, source, cfg.target, cfg.train)
+            ev = self.evaluate(name, model, key, source, cfg.target)
+            rows.append({"source": source, "target": cfg.target, "params": num_params(model), "hidden_mult": cfg.baseline.hidden_mult,
+                         "train": info, **{k: ev[k] for k in metric_names()}, "recovery": ev["substitution"]["recovery"],
+                         "substitution": ev["substitution"]})
+        return rows
+
     def train_windows(self) -> torch.Tensor:
         """The training windows (N, T) the activation cache holds (the same sequences the cached models train on)."""
         cfg = self.cfg
@@ -241,11 +294,13 @@ class PipelineRun:
     def sweeps(self, models: list) -> tuple[list[dict], list[dict]]:
         """Fit and evaluate every sweep model; the capacity and layer-gap rows."""
         capacity, gaps = [], []
+        sweep = self.cfg.sweeps
+        train = self.cfg.train if sweep.steps is None else dataclasses.replace(self.cfg.train, steps=sweep.steps)
         for kind, name, a, b, model_cfg in models:
             torch.manual_seed(self.cfg.seed)
             model = build_forward_model(model_cfg)
             stage = name if kind == "gap" else f"capacity {name}"
-            info, key = self.fit(stage, model, {"forward_model": to_dict(model_cfg)}, a, b, self.cfg.train)
+            info, key = self.fit(stage, model, {"forward_model": to_dict(model_cfg)}, a, b, train)
             ev = self.evaluate(stage, model, key, a, b)
             sub = ev["substitution"]
             row = {"name": name, "source": a, "target": b, "params": num_params(model),
@@ -253,6 +308,9 @@ class PipelineRun:
                    "kl_substituted": sub["kl_substituted"], "kl_skipped": sub["kl_skipped"], "recovery": sub["recovery"],
                    "train_mse": info["final_mse"], "train_tokens_per_s": info["tokens"] / max(info["seconds"], 1e-9)}
             if kind == "capacity":
+                if sweep.slope_fraction > 0:
+                    row = {**row, "train_steps": train.steps, "train_tokens": info["tokens"],
+                           "loss_slope": _loss_slope(self.curves[stage], train.steps, sweep.slope_fraction)}
                 capacity.append(row)
             else:
                 gaps.append({**row, "gap": b - a})
@@ -300,15 +358,16 @@ def run(cfg: RunConfig, out: Path, device_name: str = "auto", progress: bool = T
             _copy_into(path, out / "subject" / name)
 
     sweep_models = _sweep_models(cfg, r.d_model)
-    from_cache = any(b.trains_from_cache and b.enabled(r) for b in BASELINES.values())
+    from_cache = any(b.trains_from_cache and b.enabled(r) for b in BASELINES.values()) or bool(cfg.baseline.sources)
     if cfg.training == "cache" or from_cache or sweep_models:  # some model trains from the cache
-        r.activations = r.cache(sorted({s, t} | {k for _, _, a, b, _ in sweep_models for k in (a, b)}))
+        r.activations = r.cache(sorted({s, t} | {k for _, _, a, b, _ in sweep_models for k in (a, b)} | set(cfg.baseline.sources)))
     headline, headline_key, headline_train = r.headline()
     head_eval = r.evaluate("forward_model", headline, headline_key, s, t, categories=True)
     baselines = r.baselines(headline_key, headline_train)
+    more = {"baseline_mlp_sources": r.baseline_sources(headline_key, headline_train)} if cfg.baseline.sources else {}
     capacity, gaps = r.sweeps(sweep_models)
     analyses = r.analyses(headline, headline_key)
-    results = {**_results(r, headline, headline_train, head_eval), **baselines,
+    results = {**_results(r, headline, headline_train, head_eval), **baselines, **more,
                "baselines": {name: BASELINES.get(name).presentation(entry) for name, entry in baselines.items()},
                "capacity_sweep": capacity, "layer_gap_sweep": gaps,
                "decomposition": analyses["decomposition"], "analysis": analyses["analysis"], "plots": analyses["plots"],

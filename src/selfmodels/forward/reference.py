@@ -47,7 +47,9 @@ PAPER = {
         "cosine": 0.972, "mse": 0.003, "skip_cosine": None, "delta_cosine": None, "delta_r2": None,
         "accuracy_normal": 0.222, "accuracy_substituted": 0.217, "accuracy_skipped": 0.146,
         "kl_substituted": 0.062, "kl_skipped": 1.094, "recovery": 0.94,
-        "baseline_mlp_cosine": 0.788,
+        "baseline_mlp_cosine": 0.788, "baseline_mlp_source": -1,  # the paper's per-position MLP: embeddings -> block 1
+        "training_tokens_seen": 81_920_000, "training_unique_tokens": 10_000_000,  # 10K steps x 64 x 128; FineWeb-Edu
+        "training_setup": "10,000 steps x 64 x 128 tokens (81.9M seen) over 10M unique FineWeb-Edu tokens (~8.2 epochs)",
         "categories": "KL substituted 0.04-0.07 in every category (uniform)", "category_recovery": {},
         "capacity_sweep": [{"name": "1%", "params": 330_000, "cosine": 0.890}, {"name": "3%", "params": 791_000, "cosine": 0.930},
                            {"name": "10%", "params": 3_200_000, "cosine": 0.999}, {"name": "22%", "params": 6_300_000, "cosine": 0.999}],
@@ -55,6 +57,7 @@ PAPER = {
                             {"gap": 2, "cosine": 0.977, "kl_substituted": 0.092, "kl_skipped": 0.542, "recovery": 0.83},
                             {"gap": 3, "cosine": 0.950, "kl_substituted": 0.213, "kl_skipped": 0.894, "recovery": 0.76}],
         "layer_gap_note": "the paper's gap sweep used a frozen 77M GPT (8x512) and a 1.18M forward model",
+        "capacity_setup": "frozen GPT, each size 10K steps x 64 sequences of 128 from its activations",
         "decomposition": None,
         "analysis": _TOY_ANALYSIS,
     },

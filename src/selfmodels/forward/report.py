@@ -148,6 +148,98 @@ def _prediction(r: dict) -> list[str]:
     return lines
 
 
+def _final_skip_kl(r: dict, block: int) -> tuple[float | None, str]:
+    """Block ``block``'s skip KL at the end of our GPT's training and where it was measured: the last snapshot if it
+    was taken at the last step, else the headline substitution when it skips exactly that block."""
+    training = r["subject"].get("training") or {}
+    shots = training.get("snapshots") or []
+    if shots and shots[-1]["step"] == training.get("steps") and block < len(shots[-1]["skip_kl"]):
+        return shots[-1]["skip_kl"][block], f"the snapshot at step {shots[-1]['step']:,}, on the GPT's validation windows"
+    pair = r["pair"]
+    if (pair["source"], pair["target"]) == (block - 1, block):
+        return r["substitution"]["kl_skipped"], "the substitution's held-out windows"
+    return None, "not measured"
+
+
+def _skip_verdict(r: dict) -> list[str]:
+    """First, when our GPT was trained with snapshots: whether the paper's block (1) matters to it at the end."""
+    training = r["subject"].get("training") or {}
+    if not training.get("snapshots"):
+        return []
+    block = r["paper"].get("target", 1)
+    kl, where = _final_skip_kl(r, block)
+    paper = r["paper"].get("kl_skipped")
+    if kl is None:
+        return [f"> Block {block}'s skip KL at the end of training was not measured.\n"]
+    if kl < WEAK_SKIP_NATS:
+        return [f"> **Block {block}'s skip KL at the end of training is {fmt(kl, 4)} nats, under {WEAK_SKIP_NATS}** ({where}; "
+                f"the paper's {fmt(paper)}): our GPT barely uses block {block}, so the block-{block} numbers below, recovery first, "
+                "cannot be compared with the paper's.\n"]
+    return [f"> Block {block}'s skip KL at the end of training: {fmt(kl, 4)} nats ({where}; the paper's {fmt(paper)}), "
+            f"at least {WEAK_SKIP_NATS}: our GPT uses block {block}.\n"]
+
+
+def _subject_training(r: dict) -> list[str]:
+    """Our GPT's training beside the paper's (tokens seen, epochs, train / validation gap, snapshots), when it was
+    trained with snapshots."""
+    training, d, p = r["subject"].get("training") or {}, r["data"], r["paper"]
+    shots = training.get("snapshots") or []
+    if not shots:
+        return []
+    seen, train_tokens = training["tokens_seen"], d["train_tokens"]
+    last = shots[-1]
+    n_blocks = len(last["skip_kl"])
+    block = p.get("target", 1)
+    rows = [[f"{s['tokens']:,}", f"{s['step']:,}", f"{s['tokens_seen']:,}", f"{s['tokens_seen'] / train_tokens:.2f}",
+             s["train_loss"], s["val_loss"], s["train_loss"] - s["val_loss"], *s["skip_kl"]] for s in shots]
+    machine = training.get("machine") or {}
+    load = machine.get("load_before")
+    where = (f" Trained on {machine.get('cpu')} ({machine.get('cores')} cores, {machine.get('threads')} torch threads, "
+             f"{machine.get('device')}) in {training['seconds']:.0f} s ({training['seconds'] / 60:.1f} min; the training call that "
+             "finished it, from its start or its resumption)"
+             + (f", load average {load[0]} before and {machine['load_after'][0]} after" if load and machine.get("load_after") else "")
+             + "." if machine else "")
+    if training.get("reused_from_cache"):
+        where += f" (Reused from the cache, `{training['reused_from_cache']}`: the times are of the run that trained it.)"
+    return [
+        "## Our GPT's training against the paper's\n",
+        f"Tokens seen: **{seen:,}** ({training['steps']:,} steps), against the paper's ~{p.get('training_tokens_seen', 0):,} "
+        f"({p.get('training_setup', '-')}): {seen / p['training_tokens_seen']:.1%} of it. Epochs over the corpus's training "
+        f"split ({train_tokens:,} tokens): **{seen / train_tokens:.2f}**. Train / validation gap at the end: "
+        f"{fmt(last['train_loss'], 4)} - {fmt(last['val_loss'], 4)} = **{fmt(last['train_loss'] - last['val_loss'], 4)}** nats "
+        "(both measured in eval mode on as many windows: the validation windows, and training windows spread over the "
+        "training split)." + where + "\n",
+        table(["snapshot (tokens)", "step", "tokens seen", "epochs", "train loss", "val loss", "gap",
+               *[f"skip KL block {k}" + (" (paper's)" if k == block else "") for k in range(n_blocks)]], rows, digits=4),
+        f"Skip KL of block k: mean KL(normal || block k as the identity) in nats over the validation windows' tokens "
+        f"(the paper's block {block}: {fmt(p.get('kl_skipped'))}). Weights of each snapshot: `snapshots/tokens_N.safetensors` "
+        "beside the GPT's cached training (`subject/token_snapshots.jsonl` here).\n",
+    ]
+
+
+def _baseline_sources(r: dict) -> list[str]:
+    """The per-position MLP from each extra source (the paper's from the embeddings) beside the headline pair's."""
+    extra = r.get("baseline_mlp_sources")
+    if not extra:
+        return []
+    p, pair = r["paper"], r["pair"]
+    rows = []
+    head = r.get("baseline_mlp")
+    if head:
+        rows.append([f"{_index(pair['source'])} -> {_index(pair['target'])} (the headline pair)", f"{head['params']:,}",
+                     f"{head['train']['steps']:,}", head["cosine"], head["skip_cosine"], head["delta_r2"], head["recovery"],
+                     fmt(p.get("baseline_mlp_cosine")) if p.get("baseline_mlp_source") == pair["source"] else "-"])
+    for e in extra:
+        rows.append([f"{_index(e['source'])} -> {_index(e['target'])}", f"{e['params']:,}", f"{e['train']['steps']:,}",
+                     e["cosine"], e["skip_cosine"], e["delta_r2"], e["recovery"],
+                     fmt(p.get("baseline_mlp_cosine")) if p.get("baseline_mlp_source") == e["source"] else "-"])
+    return ["### Per-position MLP by source\n",
+            "The per-position MLP (no attention) on the headline pair and from each further source to the target, the same "
+            "hidden width, steps and data; recovery from its own source skips the blocks it stands in for. The paper's 0.788 is "
+            "its per-position MLP from the embeddings.\n",
+            table(["pair", "params", "steps", "cosine", "skip cosine", "update R²", "recovery", "paper cosine"], rows, digits=4)]
+
+
 def _categories(r: dict) -> list[str]:
     p = r["paper"]
     rows = [[name, c["tokens"], c["kl_substituted"], c["kl_skipped"], c["recovery"], fmt(p["category_recovery"].get(name))]
@@ -163,11 +255,26 @@ def _sweeps(r: dict, out: Path) -> list[str]:
     if cap:
         rows = [[c["name"], f"{c['params']:,}", _pct(c["share_of_main"]), c["cosine"], c["skip_cosine"], c["delta_r2"], c["recovery"],
                  next((q["cosine"] for q in p["capacity_sweep"] if q["name"] == c["name"]), None)] for c in cap]
+        headers = ["config", "params", "% of subject", "cosine", "skip cosine", "update R²", "recovery", "paper cosine"]
+        sloped = all("loss_slope" in c for c in cap)
+        if sloped:  # --sweeps.slope-fraction: whether each size had converged
+            headers += ["steps x batch", "final train MSE", f"MSE slope per 1k steps (last {cap[0]['loss_slope']['fraction']:.0%})",
+                        "fitted change over it"]
+            for row, c in zip(rows, cap):
+                slope = c["loss_slope"]
+                row += [f"{c['train_steps']:,} x {c['train_tokens'] // c['train_steps'] // r['data']['seq_len']}",
+                        fmt(c["train_mse"], 5), "-" if slope["per_1k_steps"] is None else f"{slope['per_1k_steps']:+.2e}",
+                        _pct(slope["relative_change"])]
         png = _sweep_plot(cap, "params", "forward-model parameters", p["capacity_sweep"], "capacity", True, out / "plots" / "capacity_sweep.png")
         lines += [f"## Capacity sweep ({_index(cap[0]['source'])} -> {_index(cap[0]['target'])}, from the activation cache; "
                   "paper: post_block0 -> post_block3)\n",
-                  table(["config", "params", "% of subject", "cosine", "skip cosine", "update R²", "recovery", "paper cosine"], rows),
-                  f"\n![capacity sweep](plots/{png})\n"]
+                  table(headers, rows)]
+        if sloped:
+            lines.append(f"\nEvery size trained on the same tokens ({cap[0]['train_tokens']:,} each; the paper: "
+                         f"{p.get('capacity_setup', '-')}). The slope is the least-squares fit of the logged training MSE "
+                         "against the step over the last part of its steps; the fitted change is slope x that span / its mean "
+                         "MSE: near 0 once a size has converged, clearly negative while it is still learning.\n")
+        lines.append(f"\n![capacity sweep](plots/{png})\n")
     gaps = r.get("layer_gap_sweep") or []
     if gaps:
         rows = []
@@ -285,10 +392,12 @@ def _analyses(r: dict) -> list[str]:
 def write_report(out: Path, r: dict) -> None:
     """Write ``out/report.md`` (and its plots into ``out/plots``) from a results dict."""
     out = Path(out)
-    lines = _header(r) + _prediction(r) + _categories(r) + _sweeps(r, out) + _decomposition(r) + _analyses(r)
+    lines = (_header(r) + _subject_training(r) + _prediction(r) + _baseline_sources(r) + _categories(r) + _sweeps(r, out)
+             + _decomposition(r) + _analyses(r))
     if (out / "explorer.html").is_file():  # written by `reproduce` (or `forward explore`): docs/explorer.md
         lines[1:1] = ["**Explore it token by token**: [explorer.html](explorer.html) (one self-contained page; "
                       "the per-token arrays in explorer.npz).\n"]
+    lines[1:1] = _skip_verdict(r)  # first, under the title
     curves = _curves_plot(read_jsonl(out / "metrics.jsonl"), out / "plots" / "training.png")
     if curves:
         lines += ["## Training curves\n", f"![training curves](plots/{curves})\n"]

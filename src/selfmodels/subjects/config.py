@@ -60,6 +60,9 @@ class SubjectConfig:
     lm: LMTrainConfig = field(default_factory=LMTrainConfig)
     dtype: str = option("auto", "subject weights: auto (float32 on CPU, bfloat16 on CUDA), float32 or bfloat16",
                         choices=("auto", "float32", "bfloat16"))
+    snapshot_tokens: list[int] = option([], "our GPT: when its training has seen each of these many tokens, keep its weights, "
+                                            "held-out and training loss and every block's skip KL (empty: none; a "
+                                            "pretrained subject ignores it, as it does --subject.lm.*)")
 
     @property
     def trained_here(self) -> bool:
@@ -70,3 +73,8 @@ class SubjectConfig:
         if self.trained_here:
             self.gpt.validate()
             self.lm.validate()
+            most = self.lm.steps * self.lm.batch_size * self.gpt.block_size
+            for tokens in self.snapshot_tokens:
+                require(1 <= tokens <= most, f"--subject.snapshot-tokens {tokens}: our GPT sees {most:,} tokens in all "
+                                             f"({self.lm.steps:,} steps x {self.lm.batch_size} x {self.gpt.block_size}): give "
+                                             "counts from 1 to that, or more --subject.lm.steps")

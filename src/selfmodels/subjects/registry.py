@@ -105,6 +105,11 @@ def _data_key(corpus: CorpusConfig) -> dict:
             "val_fraction": corpus.val_fraction, "format": DATA_FORMAT}
 
 
+def text_store(corpus: CorpusConfig) -> Path:
+    """Where our BPE and the corpus's token streams are kept (:func:`prepare_text`), keyed by what determines them."""
+    return cache_dir() / "forward-data" / content_key(_data_key(corpus))
+
+
 def prepare_text(corpus_cfg: CorpusConfig, store: Path, progress: bool = True) -> tuple[object, torch.Tensor, torch.Tensor, dict]:
     """Our BPE and the (train, val) token streams of the corpus; kept under ``store`` (``tokenizer.json``,
     ``tokens.npy``, ``data.json``) and reused when present. The BPE is fitted on the training part only."""
@@ -144,7 +149,7 @@ def _our_gpt(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device,
     from selfmodels.runtime import seed_everything
 
     require(not corpus_cfg.bos, "our GPT's BPE has no BOS token: run --subject gpt without --corpus.bos")
-    data_dir = cache_dir() / "forward-data" / content_key(_data_key(corpus_cfg))
+    data_dir = text_store(corpus_cfg)
     tokenizer, train, val, info = prepare_text(corpus_cfg, data_dir, progress)
     block = cfg.gpt.block_size
     require(train.numel() > block + 1 and val.numel() > block + 1,
@@ -152,7 +157,10 @@ def _our_gpt(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device,
     gpt_cfg = dataclasses.replace(cfg.gpt, vocab_size=tokenizer.get_vocab_size())
     companion = None if cotrain is None else {"source": cotrain.source, "target": cotrain.target, "lr": cotrain.lr,
                                                "weight_decay": cotrain.weight_decay, "grad_clip": cotrain.grad_clip, **cotrain.identity}
-    key = content_key({"data": _data_key(corpus_cfg), "gpt": to_dict(gpt_cfg), "lm": to_dict(cfg.lm), "seed": seed, "cotrain": companion})
+    identity = {"data": _data_key(corpus_cfg), "gpt": to_dict(gpt_cfg), "lm": to_dict(cfg.lm), "seed": seed, "cotrain": companion}
+    if cfg.snapshot_tokens:  # the same training; only a run with snapshots has them (none: the key as before)
+        identity["snapshot_tokens"] = sorted(set(cfg.snapshot_tokens))
+    key = content_key(identity)
     work = cache_dir() / "forward-gpt" / key
     done = work / "lm_result.json"
     if done.is_file():
@@ -165,14 +173,16 @@ def _our_gpt(cfg: SubjectConfig, corpus_cfg: CorpusConfig, device: torch.device,
         seed_everything(seed)
         gpt = GPT(gpt_cfg)
         with distributed.solo():  # one process trains our GPT (rank 0, while the others wait in main_first), as always
-            training = train_lm(gpt, train, val, cfg.lm, work, device, seed, cotrain, progress=progress, mirror=mirror)
+            training = train_lm(gpt, train, val, cfg.lm, work, device, seed, cotrain, progress=progress, mirror=mirror,
+                                snapshot_tokens=cfg.snapshot_tokens)
         write_json(done, training)
         training = {**training, "reused_from_cache": None}
     gpt.to(device).eval().requires_grad_(False)
     if cotrain is not None:
         cotrain.model.to(device).eval()
     training["tokens_seen"] = cfg.lm.steps * cfg.lm.batch_size * block
-    files = {name: work / name for name in ("main.safetensors", "forward.safetensors", "metrics.jsonl") if (work / name).is_file()}
+    files = {name: work / name for name in ("main.safetensors", "forward.safetensors", "metrics.jsonl", "token_snapshots.jsonl")
+             if (work / name).is_file()}
     files["tokenizer.json"] = data_dir / "tokenizer.json"
     subject = GPTSubject(gpt, weights=work / "main.safetensors", tokenizer=tokenizer)
     return OpenedSubject(subject, tokenizer, train, val, info, training, files)
