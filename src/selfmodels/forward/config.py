@@ -93,7 +93,7 @@ class SweepConfig:
     capacity_target: int = option(3, "capacity sweep: target index")
     gaps: list[int] = option([], "layer-gap sweep: gaps (blocks predicted) from --sweeps.gap-source")
     gap_source: int = option(0, "layer-gap sweep: source index")
-    steps: int | None = option(None, "training steps of every sweep model (default: --train.steps)")
+    steps: int | None = option(None, "training steps of every sweep model (unset: those of --train.steps)")
     slope_fraction: float = option(0.0, "capacity sweep: report each model's training-loss slope over this last fraction "
                                         "of its steps, to show whether it had converged (0: not reported)")
 
