@@ -68,8 +68,10 @@ def test_an_interrupted_run_resumes_bit_for_bit(condition, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), part
     lines = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("whole", "parts")]
     assert lines[0] == lines[1] and len(lines[0]) == 6
-    evaluated = json.loads(lines[0][2])
-    assert {"val_loss", "val_loss_without_injection", "dependency", "forward_cosine", "gate_norm"} <= set(evaluated)
+    evaluated = json.loads(lines[0][2])  # step 3: the step's numbers and the held-out ones, named apart
+    assert {"val_loss", "val_loss_without_injection", "dependency", "val_forward_cosine", "val_skip_cosine",
+            "val_injection_norm", "forward_mse", "gate_norm", "injection_norm"} <= set(evaluated)
+    assert evaluated["val_forward_mse"] != evaluated["forward_mse"]
 
 
 def test_a_checkpoint_of_another_condition_is_refused(tmp_path):

@@ -69,7 +69,12 @@ class ClosedLoopTask(Task):
         return Step(loss, metrics)
 
     def evaluate(self, step: int) -> dict:
-        return evaluate(self.closed, *self.val, self.lm.batch_size)
+        """The held-out measures (:func:`~selfmodels.closed_loop.measure.evaluate`), named apart from the step's own
+        numbers in the same line: ``val_loss``, ``val_loss_without_injection``, ``dependency`` as they are, every
+        other measure prefixed ``val_`` (``val_forward_mse`` beside the training batch's ``forward_mse``)."""
+        measured = evaluate(self.closed, *self.val, self.lm.batch_size)
+        kept = ("val_loss", "val_loss_without_injection", "dependency")
+        return {(k if k in kept else f"val_{k}"): v for k, v in measured.items() if k != "gate_norm"}
 
     def data_state(self) -> dict:
         return self.draws.state_dict()
