@@ -1,6 +1,7 @@
 """docs/extending.md, tried: a toy entry of every extension point, registered through the public API, runs and shows up
 in results.json and report.md (forward-model architecture, baseline and metric in one forward run; a self-modeling
-method in a classifier grid and in an LM grid). Each toy is taken out of its registry afterwards."""
+method in a classifier grid and in an LM grid; a closed-loop condition in its command's result.json). Each toy is
+taken out of its registry afterwards."""
 
 from __future__ import annotations
 
@@ -207,3 +208,34 @@ def test_a_toy_lm_control_runs_in_the_lm_grid_and_its_report(tmp_path, monkeypat
     on_disk = json.loads((tmp_path / "lm" / "results.json").read_text())
     assert any(d["method"] == "activation-l1" for d in on_disk["differences"])
     assert "activation-l1-1" in (tmp_path / "lm" / "report.md").read_text()
+
+
+def test_a_toy_closed_loop_condition_runs_in_the_closed_loop_command(tmp_path, monkeypatch):
+    import random
+
+    from selfmodels.closed_loop.conditions import CONDITIONS, Condition, register_condition
+    from selfmodels.closed_loop.signals import Signal
+
+    class Negated(Signal):
+        """u = -sg(F(h_i)): the forward condition's prediction, negated."""
+
+        def forward(self, source, prediction):
+            return -prediction.detach(), None
+
+    monkeypatch.setenv("SELFMODELS_CACHE", str(tmp_path / "cache"))
+    rng = random.Random(0)
+    words = "the a light dark water stone river field went came saw gave king land and of to in".split()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) + "." for _ in range(700)))
+    register_condition(Condition("negated", Negated, "h_m <- h_m + G(-sg(F(h_i)))", "the forward condition's map, negated"))
+    try:
+        out = tmp_path / "negated"
+        assert main(["closed-loop", "--out", str(out), "--corpus", str(corpus), "--condition", "negated", "--quick",
+                     "--corpus.vocab-size", "300", "--gpt.n-layer", "3", "--gpt.n-head", "2", "--gpt.d-model", "32",
+                     "--seq-len", "16", "--lm.steps", "4", "--lm.batch-size", "4", "--lm.eval-every", "2",
+                     "--eval-windows", "4", "--forward.d-head", "8", "--pair", "0", "2", "--inject", "1", "--quiet"]) == 0
+    finally:
+        CONDITIONS.remove("negated")
+    record = json.loads((out / "result.json").read_text())
+    assert record["condition"] == "negated" and record["function_class"] == "the forward condition's map, negated"
+    assert record["gate_norm"] > 0 and record["dependency"] == pytest.approx(record["val_loss_without_injection"] - record["val_loss"])
