@@ -99,7 +99,8 @@ from selfmodels.data.windows import consecutive_windows
 from selfmodels.nets.gpt import GPT, GPTConfig
 from selfmodels.artifacts import load_tensors
 from selfmodels.subjects.gpt import GPTSubject
-from selfmodels.subjects.registry import prepare_text, CorpusConfig
+from selfmodels.subjects.config import CorpusConfig
+from selfmodels.subjects.text import prepare_text
 run = {str(gpt_run)!r}
 cfg = read_json(run + "/config.json")["config"]
 gpt_cfg = dict(cfg["subject"]["gpt"]); gpt_cfg["vocab_size"] = load_tokenizer(run + "/subject/tokenizer.json").get_vocab_size()

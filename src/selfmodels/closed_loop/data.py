@@ -34,7 +34,7 @@ class LoopData:
 
 def load_data(corpus: CorpusConfig, seq_len: int, eval_windows: int, progress: bool = False) -> LoopData:
     """The corpus as our BPE's tokens, with ``eval_windows`` evaluation windows of ``seq_len`` tokens."""
-    from selfmodels.subjects.registry import DATA_FORMAT, prepare_text
+    from selfmodels.subjects.text import DATA_FORMAT, prepare_text
 
     store = cache_dir() / "closed-loop-data" / content_key({"corpus": to_dict(corpus), "format": DATA_FORMAT})
     tokenizer, train, held_out, info = prepare_text(corpus, store, progress)

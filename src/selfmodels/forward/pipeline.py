@@ -142,7 +142,7 @@ class PipelineRun:
         if cfg.subject.trained_here:  # checked before training it
             check_pairs(cfg, cfg.subject.gpt.n_layer, "our GPT")
             if cfg.whole_windows and self.held is None:  # its tokens (kept for open_subject), checked before it trains
-                from selfmodels.subjects.registry import prepare_text, text_store
+                from selfmodels.subjects.text import prepare_text, text_store
 
                 with distributed.main_first():
                     _, train, val, _ = prepare_text(cfg.corpus, text_store(cfg.corpus), self.progress)

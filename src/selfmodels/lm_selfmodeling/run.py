@@ -70,7 +70,7 @@ def _windows(tokenizer, train: torch.Tensor, val: torch.Tensor, cfg: LMRunConfig
 
 def load_data(cfg: LMRunConfig, device: torch.device, progress: bool = False) -> LMData:
     """Our GPT's BPE and token streams (cached under ``$SELFMODELS_CACHE``), cut into the run's windows."""
-    from selfmodels.subjects.registry import DATA_FORMAT, prepare_text
+    from selfmodels.subjects.text import DATA_FORMAT, prepare_text
 
     require(cfg.main == "gpt", "load_data serves our GPT; a pretrained subject brings its own tokenizer")
     store = cache_dir() / "lm-selfmodeling-data" / content_key({"corpus": to_dict(cfg.corpus), "format": DATA_FORMAT})

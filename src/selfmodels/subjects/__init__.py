@@ -6,7 +6,9 @@
   (optionally co-training a forward model beside it);
 - :mod:`~selfmodels.subjects.hf`: Hugging Face causal LMs (Llama / SmolLM2, Mistral, Qwen2, Qwen3, GPT-2,
   GPT-NeoX / Pythia), one family table; :mod:`~selfmodels.subjects.hf_loading` loads them (SmolLM2 offline);
-- :mod:`~selfmodels.subjects.registry`: ``open_subject`` by name, with its token stream;
+- :mod:`~selfmodels.subjects.registry`: ``open_subject`` by name, with its token stream (an
+  :class:`~selfmodels.subjects.opened.OpenedSubject`); :mod:`~selfmodels.subjects.our_gpt`: our GPT trained
+  here or read back from its cache; :mod:`~selfmodels.subjects.text`: our BPE and a corpus's token streams;
 - :mod:`~selfmodels.subjects.weights`: per-head attention weights in one layout.
 
 Nothing is imported here, so ``import selfmodels.subjects`` stays cheap.
