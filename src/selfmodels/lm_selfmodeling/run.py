@@ -20,6 +20,7 @@ windows (validation loss, norms, the self-model's fit, the observer's evaluation
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -78,8 +79,18 @@ def load_data(cfg: LMRunConfig, device: torch.device, progress: bool = False) ->
     return _windows(tokenizer, train, val, cfg, info)
 
 
-def build_subject(cfg: LMRunConfig, data: LMData | None, device: torch.device, progress: bool = False) -> tuple[Subject, LMData]:
-    """A fresh GPT (seeded) or the pretrained subject to fine-tune, with its data."""
+def build_subject(cfg: LMRunConfig, data: LMData | None, device: torch.device, progress: bool = False,
+                  held: Subject | None = None) -> tuple[Subject, LMData]:
+    """A fresh GPT (seeded) or the pretrained subject to fine-tune, with its data. ``held``: a subject the caller holds
+    (:func:`selfmodels.open_subject`), fine-tuned as a copy (the caller's model is never changed), read with its own
+    tokenizer, on its own device and in its own dtype."""
+    if held is not None:
+        from selfmodels.subjects.held import as_subject
+        from selfmodels.subjects.registry import SubjectConfig, open_subject
+
+        own = as_subject(copy.deepcopy(held.model), held.tokenizer, name=held.name)
+        opened = open_subject(SubjectConfig(main=cfg.main), cfg.corpus, own.device, cfg.seed, progress=progress, held=own)
+        return opened.subject, data or _windows(opened.tokenizer, opened.train, opened.val, cfg, opened.data)
     if cfg.main == "gpt":
         from selfmodels.nets.gpt import GPT
         from selfmodels.subjects.gpt import GPTSubject
@@ -160,30 +171,40 @@ MEASUREMENT_ONLY = ("observer", "llc", "estimate_llc", "llc_windows")  # setting
 TRAINING = "training.json"
 
 
-def training_key(cfg: LMRunConfig) -> str:
-    """The key of a run's training: its config without the measurement-only settings."""
+def training_key(cfg: LMRunConfig, held: Subject | None = None) -> str:
+    """The key of a run's training: its config without the measurement-only settings (and, for a subject the caller
+    holds, the digest of its weights: another model under the same name is another run)."""
     settings = {k: v for k, v in to_dict(cfg).items() if k not in MEASUREMENT_ONLY}
-    return content_key({"training": settings, "version": RESULT_VERSION})
+    return content_key({"training": settings, "version": RESULT_VERSION, **_held_identity(held)})
 
 
-def _finished(out: Path, cfg: LMRunConfig) -> dict | None:
-    """The run's record when ``out`` holds it with these settings; None when it must be (re)measured or trained.
-    A directory trained with other settings is refused."""
+def run_key(cfg: LMRunConfig, held: Subject | None = None) -> str:
+    """The key of a run's record: its whole config (and a held subject's weights digest)."""
+    return cfg.key() if held is None else content_key({"run": cfg.key(), **_held_identity(held)})
+
+
+def _held_identity(held: Subject | None) -> dict:
+    return {} if held is None else {"subject_weights_sha256": held.describe()["weights_sha256"]}
+
+
+def _finished(out: Path, key: str, train_key: str) -> dict | None:
+    """The run's record when ``out`` holds it under ``key``; None when it must be (re)measured or trained. A
+    directory trained under another training key is refused."""
     done, trained = out / "result.json", out / TRAINING
-    if done.is_file() and read_json(done).get("key") == cfg.key():
+    if done.is_file() and read_json(done).get("key") == key:
         return read_json(done)
     if trained.is_file():
-        if read_json(trained).get("key") != training_key(cfg):
+        if read_json(trained).get("key") != train_key:
             raise UserError(f"{out} holds a run trained with other settings (training key {read_json(trained).get('key')} "
-                            f"!= {training_key(cfg)}): use another --out or delete it")
+                            f"!= {train_key}): use another --out or delete it")
     elif done.is_file():  # a finished run of an older layout without its training key: its settings are unknown
-        raise UserError(f"{out} holds a finished run with other settings (key {read_json(done).get('key')} != {cfg.key()}): "
+        raise UserError(f"{out} holds a finished run with other settings (key {read_json(done).get('key')} != {key}): "
                         "use another --out or delete it")
     return None
 
 
 def _train(cfg: LMRunConfig, out: Path, subject: Subject, objective: AuxiliaryObjective, data: LMData, progress: bool,
-           mirror: Mirror) -> dict:
+           mirror: Mirror, train_key: str) -> dict:
     """The training unit: trains (or resumes) and saves the weights, or loads them when ``training.json`` says they
     are these settings' (only the measurements changed); returns the training record."""
     main_only = distributed.main_only  # under torchrun every rank trains (data-parallel); rank 0 writes
@@ -201,31 +222,33 @@ def _train(cfg: LMRunConfig, out: Path, subject: Subject, objective: AuxiliaryOb
     main_only(save_tensors)(out / "main.safetensors", subject.model.state_dict())
     if list(objective.parameters()):
         main_only(save_tensors)(out / "aux.safetensors", objective.state_dict())
-    main_only(write_json)(trained, {"key": training_key(cfg), "training": training})
+    main_only(write_json)(trained, {"key": train_key, "training": training})
     return training
 
 
 def run_one(cfg: LMRunConfig, out: str | Path, data: LMData | None = None, device: torch.device | str = "cpu",
-            progress: bool = True, log: tuple[str, ...] = ()) -> dict:
+            progress: bool = True, log: tuple[str, ...] = (), subject: Subject | None = None) -> dict:
     """Train and measure one condition in ``out``; returns the run's record (read back when already finished; only
     measured again when only measurement settings changed, see the module).
-    ``log``: sinks the training curve and LLC traces are mirrored to (:mod:`selfmodels.curves`); not an input."""
+    ``log``: sinks the training curve and LLC traces are mirrored to (:mod:`selfmodels.curves`); not an input.
+    ``subject``: a subject the caller holds, fine-tuned as a copy in place of opening ``cfg.main`` (which names it)."""
     out = Path(out)
     device = torch.device(device)
-    record = _finished(out, cfg)
+    held = subject
+    key, train_key = run_key(cfg, held), training_key(cfg, held)
+    record = _finished(out, key, train_key)
     if record is not None:
         return record
-    key = cfg.key()
     began = time.perf_counter()
     with distributed.main_first():  # rank 0 fills the corpus and model caches; the others read them
-        subject, data = build_subject(cfg, data, device, progress)
+        subject, data = build_subject(cfg, data, device, progress, held)
     cfg.validate(subject.n_layers)
     objective = build_objective(cfg.objective, subject)
     main_only = distributed.main_only  # under torchrun every rank trains (data-parallel) and measures; rank 0 writes
     main_only(write_config)(out, {**to_dict(cfg), "key": key})
     sinks = log if distributed.is_main() else ()
     with Mirror(out, sinks, name=f"{cfg.objective.label}-seed{cfg.seed}", config=to_dict(cfg)) as mirror:
-        training = _train(cfg, out, subject, objective, data, progress, mirror)
+        training = _train(cfg, out, subject, objective, data, progress, mirror, train_key)
         o, method = cfg.objective, METHODS.get(cfg.objective.method)
         record = {
             "key": key, "condition": o.label, "method": o.method, "strength": o.strength, "seed": cfg.seed,
