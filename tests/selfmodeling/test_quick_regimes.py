@@ -55,10 +55,13 @@ def test_the_sentiment_grid_has_the_papers_imdb_setup():
         ("sgd", 0.1, 0.0, 64, 500)
     llc = first.llc
     assert (llc.epsilon, llc.gamma, llc.chains, llc.draws, llc.batch_size) == (1e-3, 10.0, 4, 1000, 64)
-    by_method = {m: sorted({c.strength for c in runs if c.method == m}) for m in ("self-model", "activation-l2", "weight-decay")}
-    assert by_method["self-model"] == [100.0, 500.0]
-    assert len(by_method["activation-l2"]) == 1 and len(by_method["weight-decay"]) == 1  # one strength of their own
-    assert {c.seed for c in runs} == {0, 1, 2} and len(runs) == 3 * 5
+    assert {(c.method, c.strength) for c in runs} == {("baseline", 0.0), ("self-model", 100.0), ("self-model", 500.0)}
+    assert {c.seed for c in runs} == {0, 1, 2} and len(runs) == 3 * 3
+    # The controls, out of the demo for its time, are the same grid with one strength each of their own.
+    controls = expand(quick_grid(presets.SENTIMENT_CONTROLS))
+    assert {(c.method, c.strength) for c in controls} - {(c.method, c.strength) for c in runs} == \
+        {("activation-l2", 10.0), ("weight-decay", 1e-3)}
+    assert [c for c in controls if c.method in ("baseline", "self-model")] == runs  # the demo's runs are read back
 
 
 def test_paper_changes_and_verdicts():
@@ -87,7 +90,7 @@ def test_quick_reproduction_end_to_end_on_tiny_data(tiny_data, tiny_text, tmp_pa
     tiny = dict(hidden=(5,), seeds=(0, 1), epochs=2, strengths=(1.0,))
     regime = dataclasses.replace(presets.PAPER_REGIME, activation_l2_strengths=(1.0,), weight_decay_strengths=(1e-3,), **tiny)
     arm = dataclasses.replace(presets.MNIST_5K_PAPER_STEPS, **dict(tiny, epochs=3))
-    # The sentiment grid as the demo runs it (H 128, AW 100 and 500, one strength per control), 2 epochs on tiny text.
+    # The sentiment grid as the demo runs it (H 128, baseline and AW 100 and 500), 2 epochs on tiny text.
     sentiment = dataclasses.replace(presets.SENTIMENT_REGIME, seeds=(0, 1), epochs=2)
     both = dict(arm=arm, llc="none", progress=False, data=tiny_data, arm_data=tiny_data, sentiment=sentiment,
                 sentiment_data=tiny_text)
@@ -106,7 +109,7 @@ def test_quick_reproduction_end_to_end_on_tiny_data(tiny_data, tiny_text, tmp_pa
     # The sentiment grid: its own directory and report, and its rows beside the paper's IMDB figures in the main report.
     part = stored["sentiment"]
     assert (tmp_path / SENTIMENT_DIR / "report.md").exists() and part["dir"] == SENTIMENT_DIR
-    assert len(json.loads((tmp_path / SENTIMENT_DIR / "results.json").read_text())["runs"]) == 2 * 5
+    assert len(json.loads((tmp_path / SENTIMENT_DIR / "results.json").read_text())["runs"]) == 2 * 3
     assert part["text"]["vocab_size"] == 30 and part["text"]["words"]["train"]["max"] <= 9
     rows = comparison.compare_with_paper(part["summary"], part["trends"])
     assert {(r["strength"], r["measure"]) for r in rows} == {(w, m) for w in (100.0, 500.0) for m in ("weight_sd", "llc_mean", "test_accuracy")} - \
@@ -114,7 +117,8 @@ def test_quick_reproduction_end_to_end_on_tiny_data(tiny_data, tiny_text, tmp_pa
     assert all(r["paper"] is not None for r in rows)
     assert "## The paper's IMDB setup, on Rotten Tomatoes snippets" in report and "paper (IMDB): baseline -> AW" in report
     assert "2.05 -> 0.75" in report and "0.819 -> 0.836" in report  # the paper's IMDB figures beside ours
-    assert "Vocabulary: 30 ids" in report and "none was cut" in report and "seeds 0, 1" in report
+    assert "Vocabulary: 30 ids" in report and "none was cut" in report and "Seeds 0, 1" in report
+    assert "No controls in this grid" in report
     assert "**CIFAR-10**" in report and "--task cifar10 --data hub" in report
     own = (tmp_path / SENTIMENT_DIR / "report.md").read_text()
     assert "## Compared with the paper" in own and "Rotten Tomatoes" in own and "training texts" in own

@@ -176,10 +176,18 @@ def sentiment_note(regime: presets.QuickRegime, text: dict, steps: int, llc: str
         f"{regime.epochs} epochs = {steps:,} SGD steps, AW {', '.join(f'{w:g}' for w in regime.strengths)}; {sgld}) "
         f"on the **offline Rotten Tomatoes review snippets** "
         f"standing in for IMDB's reviews (short snippets, not 230-word reviews: compare directions and relative changes "
-        f"with the paper's IMDB figures, not values). {text_sentence(text)} Controls at strengths of their own: "
-        f"activation-l2 at w {', '.join(f'{w:g}' for w in regime.activation_l2_strengths)}, weight decay at "
-        f"w {', '.join(f'{w:g}' for w in regime.weight_decay_strengths)}; seeds {', '.join(map(str, regime.seeds))}."
+        f"with the paper's IMDB figures, not values). {text_sentence(text)} {_controls(regime)} "
+        f"Seeds {', '.join(map(str, regime.seeds))}."
     )
+
+
+def _controls(regime: presets.QuickRegime) -> str:
+    own = {"activation-l2": regime.activation_l2_strengths, "weight-decay": regime.weight_decay_strengths}
+    ran = [f"{m} at w {', '.join(f'{w:g}' for w in own[m])}" for m in own if m in regime.methods and own[m]]
+    if ran:
+        return f"Controls at strengths of their own: {'; '.join(ran)}."
+    return ("No controls in this grid: they do not fit the demo's time; their results, and the command that adds them "
+            "(`presets.SENTIMENT_CONTROLS`), are in docs/self-modeling.md.")
 
 
 def _sentiment_part(out, regime: presets.QuickRegime, workers: int, llc: str, device_field: dict, progress: bool,
