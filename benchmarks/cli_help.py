@@ -22,21 +22,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from _machine import cpu_name  # benchmarks/ (this script's folder is on sys.path)
 
 COMMANDS = [[], ["forward", "train"], ["forward", "train", "--preset", "quick"], ["forward", "profile"],
             ["selfmodel-lm"], ["regularize"], ["llc", "calibrate"], ["reproduce", "self-modeling-transformers"]]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def seconds(argv: list[str]) -> float:

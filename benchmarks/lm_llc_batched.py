@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import warnings
 
 import torch
@@ -39,6 +38,7 @@ import torch
 from selfmodels.complexity.lm_llc import lm_llc, next_token_cross_entropy
 from selfmodels.lm_selfmodeling.presets import quick_run
 from selfmodels.nets.gpt import GPT
+from _machine import cpu_name  # benchmarks/ (this script's folder is on sys.path)
 
 VARIANTS = {  # name: (LLCConfig.batched, explicit_attention)
     "old": ("auto", False),
@@ -46,17 +46,6 @@ VARIANTS = {  # name: (LLCConfig.batched, explicit_attention)
     "sequential_fused": ("sequential", False),
     "sequential_explicit": ("sequential", True),
 }
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def synthetic_windows(n: int, tokens: int, vocab: int, seed: int) -> torch.Tensor:

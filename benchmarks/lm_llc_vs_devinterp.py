@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -44,6 +43,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from selfmodels.complexity.llc import LLCConfig
 from selfmodels.complexity.lm_llc import lm_llc, next_token_cross_entropy
 from selfmodels.nets.gpt import GPT, GPTConfig
+from _machine import cpu_name  # benchmarks/ (this script's folder is on sys.path)
 
 # Step sizes from a small calibration (docs/llc.md, "Language models"): traces flat within the burn-in, no flags.
 SETTINGS = {
@@ -127,16 +127,6 @@ def devinterp_llc(model, ids, batch, config: LLCConfig, nbeta: float) -> dict:
             model, loader, evaluate=evaluate, sampling_method=method, optimizer_kwargs=kwargs,
             num_chains=config.chains, num_draws=config.draws - config.kept_from(),
             num_burnin_steps=config.kept_from(), seed=config.seed, verbose=False)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -35,15 +35,9 @@ from selfmodels.data.corpora import load_corpus
 from selfmodels.data.windows import consecutive_windows
 from selfmodels.runtime import cache_dir, set_threads
 from selfmodels.subjects.hf_loading import SMOLLM2_CACHE_NAME, load_causal_lm
+from _machine import cpu_name  # benchmarks/ (this script's folder is on sys.path)
 
 SOURCE, TARGET = 7, 8
-
-
-def cpu_name() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def transformer_lens_model(hf_model):

@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -31,18 +30,9 @@ import torch
 from selfmodels.runtime import cache_dir
 from selfmodels.subjects.base import weights_digest, weights_fingerprint
 from selfmodels.subjects.hf_loading import SMOLLM2_CACHE_NAME, load_causal_lm
+from _machine import cpu_name  # benchmarks/ (this script's folder is on sys.path)
 
 LLAMA_1B_PARAMS = 1.24e9
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn, repeats: int) -> float:
