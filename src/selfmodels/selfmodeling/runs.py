@@ -28,6 +28,7 @@ from selfmodels.runtime import seed_everything
 from selfmodels.selfmodeling.config import METHODS
 from selfmodels.selfmodeling.objectives import build_objective
 from selfmodels.selfmodeling.presets import preset
+from selfmodels.stages import content_key
 from selfmodels.selfmodeling.train import CHECKPOINT, METRICS, OptimConfig, train_objective
 
 RESULT = "result.json"
@@ -119,14 +120,21 @@ def _training_fields(run: dict) -> dict:
     return {k: v for k, v in run.items() if k != "llc"}
 
 
+def training_key(run: dict) -> str:
+    """The key of a run's training (:func:`selfmodels.stages.content_key` of everything but the LLC settings), as
+    every area keys its finished work."""
+    return content_key(_training_fields(json.loads(json.dumps(run))))
+
+
 def _check_same_config(run_dir: Path, wanted: dict) -> None:
-    """Refuse to continue a run directory that holds a different run (nothing is overwritten)."""
+    """Refuse to continue a run directory that holds a run of another training key (nothing is overwritten)."""
     path = run_dir / "config.json"
     if not path.exists():
         return
-    stored = _training_fields(read_json(path).get("run") or {})
-    wanted = _training_fields(json.loads(json.dumps(wanted)))
-    if stored != wanted:
+    stored_run = read_json(path).get("run") or {}
+    if training_key(stored_run) != training_key(wanted):
+        stored = _training_fields(json.loads(json.dumps(stored_run)))
+        wanted = _training_fields(json.loads(json.dumps(wanted)))
         diffs = sorted(k for k in set(wanted) | set(stored) if stored.get(k) != wanted.get(k))
         raise UserError(
             f"{run_dir} already holds a different run (differs in: {', '.join(diffs) or 'format'}); "
