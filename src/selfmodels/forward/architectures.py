@@ -23,14 +23,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from selfmodels.registries import Registry, resolve
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from selfmodels.forward.config import ForwardModelConfig
+
+class ForwardModelConfig(Protocol):
+    """What a builder is given: a :class:`selfmodels.forward.config.ForwardModelConfig` (``d_model`` set to the
+    subject's width). Named here as a protocol so that this registry does not import the config module, which
+    imports the registry to check a name."""
+
+    d_model: int
+    architecture: str
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -50,8 +50,22 @@ from selfmodels.forward.ridge import RidgeMap, fit_ridge_maps
 from selfmodels.forward.train import ForwardTask, ForwardTrainConfig, PairBatches
 from selfmodels.registries import Registry
 
-if TYPE_CHECKING:
-    from selfmodels.forward.pipeline import PipelineRun
+class PipelineRun(Protocol):
+    """What a baseline reads from the pipeline run it is fitted in (:class:`selfmodels.forward.pipeline.PipelineRun`
+    is the one implementation; named here as a protocol so that this module does not import the pipeline above it)."""
+
+    cfg: Any
+    subject: Any
+    d_model: int
+    device: torch.device
+    store: Any  # selfmodels.stages.StageStore
+    subject_key: dict
+    data_key: dict
+    activations: Any  # the activation cache, once written
+
+    def fit(self, *args: Any, **kwargs: Any) -> Any: ...
+    def save_beside(self, *args: Any, **kwargs: Any) -> Any: ...
+    def train_windows(self) -> torch.Tensor: ...
 
 
 @dataclass
