@@ -49,10 +49,11 @@ def _parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
 
 
 def run_condition(cfg: ClosedLoopConfig, out: str | Path, device: torch.device | str = "cpu", progress: bool = True,
-                  log: tuple[str, ...] = (), data: LoopData | None = None) -> dict:
+                  log: tuple[str, ...] = (), data: LoopData | None = None, snapshots: bool = False) -> dict:
     """Train and measure ``cfg.loop.condition`` in ``out``; returns the run's record (``result.json``).
     ``log``: sinks the training curve is mirrored to (:mod:`selfmodels.curves`); ``data``: the text, when the
-    caller has it loaded (a grid's runs share it)."""
+    caller has it loaded (a grid's runs share it); ``snapshots``: keep the weights at every evaluation in
+    ``out/snapshots`` (:class:`ClosedLoopTask`; the grid's open-loop comparisons at matched validation loss)."""
     cfg.validate()
     out, device, key = Path(out), torch.device(device), cfg.key()
     record = _refuse_other_settings(out, key)
@@ -66,7 +67,8 @@ def run_condition(cfg: ClosedLoopConfig, out: str | Path, device: torch.device |
     write_config(out, {**to_dict(cfg), "key": key})
     draws = WindowDraws.for_rank(data.train, cfg.seq_len, cfg.lm.batch_size, cfg.seed)
     val = (data.eval_x, data.eval_y)
-    task = ClosedLoopTask(closed, cfg.lm, cfg.loop, draws, val, identity={"key": key})
+    task = ClosedLoopTask(closed, cfg.lm, cfg.loop, draws, val, identity={"key": key},
+                          snapshots=out / "snapshots" if snapshots else None)
     condition = CONDITIONS.get(cfg.loop.condition)
     with Mirror(out, log, name=f"{condition.name}-seed{cfg.seed}", config=to_dict(cfg)) as mirror:
         outcome = train(task, cfg.lm.schedule(), out, progress=progress, mirror=mirror)

@@ -10,6 +10,10 @@ loss's gradient: the GPT and G the LM's, F its MSE's (plus the LM's through the 
 (the GPT) and ``gate`` (G) at the LM's lr, decay and clip; ``forward`` (F) and ``signal`` (a trainable signal, the
 autoencoder) at F's lr, decay and clip. F is co-trained in every condition, open loop included. The loop owns the
 rest: the NaN guard, checkpoints and resume (the window generators are the data position), ``metrics.jsonl``.
+
+With ``snapshots`` (a directory), every evaluation also keeps the whole closed loop's weights as
+``step_N.safetensors`` beside ``step_N.json`` (``step``, ``val_loss``): the open-loop snapshots the grid compares
+the other conditions with at matched validation loss. An evaluation repeated on resume rewrites its pair (atomic).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pathlib import Path
+
+from selfmodels.artifacts import save_tensors, write_json
 from selfmodels.closed_loop.config import LoopConfig
 from selfmodels.closed_loop.measure import evaluate, gate_norm
 from selfmodels.closed_loop.model import ClosedLoop
@@ -28,14 +35,16 @@ from selfmodels.training import Optimized, Step, Task
 
 class ClosedLoopTask(Task):
     """The loop's view of one condition's training. ``val``: held-out windows (x, y) evaluated every
-    ``lm.eval_every`` steps (with and without the injection); ``identity``: what a resumed checkpoint must match."""
+    ``lm.eval_every`` steps (with and without the injection); ``identity``: what a resumed checkpoint must match;
+    ``snapshots``: where to keep the weights at every evaluation (None: nowhere)."""
 
     unit = "step"
     curve = "closed-loop"
 
     def __init__(self, closed: ClosedLoop, lm: LMTrainConfig, loop: LoopConfig, draws: WindowDraws,
-                 val: tuple[torch.Tensor, torch.Tensor], identity: dict | None = None):
+                 val: tuple[torch.Tensor, torch.Tensor], identity: dict | None = None, snapshots: Path | None = None):
         self.closed, self.lm, self.draws, self.val = closed, lm, draws, val
+        self.snapshots = None if snapshots is None else Path(snapshots)
         self.name = f"closed loop ({loop.condition})"
         self._identity = {"task": "closed-loop", "condition": loop.condition, **(identity or {})}
         closed.train()
@@ -74,6 +83,9 @@ class ClosedLoopTask(Task):
         other measure prefixed ``val_`` (``val_forward_mse`` beside the training batch's ``forward_mse``)."""
         measured = evaluate(self.closed, *self.val, self.lm.batch_size)
         kept = ("val_loss", "val_loss_without_injection", "dependency")
+        if self.snapshots is not None:  # weights first, then the line naming them (a crash leaves no dangling line)
+            save_tensors(self.snapshots / f"step_{step}.safetensors", self.closed.state_dict())
+            write_json(self.snapshots / f"step_{step}.json", {"step": step, "val_loss": measured["val_loss"]})
         return {(k if k in kept else f"val_{k}"): v for k, v in measured.items() if k != "gate_norm"}
 
     def data_state(self) -> dict:
