@@ -76,17 +76,24 @@ def test_the_held_out_parts_are_the_half_and_the_quarters():
 
 
 @pytest.mark.parametrize("changes,message", [
-    ({"observer": ObserverSettings(steps=0)}, "observer steps"),
-    ({"probes": ProbeSettings(windows=4, folds=5)}, "probe folds"),
-    ({"probes": ProbeSettings(lambdas=[])}, "probe lambdas"),
+    ({"observer": ObserverSettings(steps=0)}, "--steps"),
+    ({"probes": ProbeSettings(windows=4, folds=5)}, "--folds"),
+    ({"probes": ProbeSettings(lambdas=[])}, "--lambdas"),
     ({"robustness": RobustnessSettings(radii=[0.1, -1.0])}, "radii"),
     ({"robustness": RobustnessSettings(directions=0)}, "directions"),
     ({"llc": LLCConfig(chains=0)}, "chains"),
-    ({"norm_windows": 0}, "norm_windows"),
+    ({"norm_windows": 0}, "--norm-windows"),
 ])
 def test_bad_settings_are_one_clear_message(changes, message):
     with pytest.raises(UserError, match=message):
         dataclasses.replace(BatteryConfig(), **changes).validate()
+
+
+def test_nested_in_a_run_config_the_message_names_the_flag_a_user_types():
+    from selfmodels.configs import validate
+
+    with pytest.raises(UserError, match=r"--battery\.probes\.folds must be between 2"):
+        validate(dataclasses.replace(BatteryConfig(), probes=ProbeSettings(folds=1)), "battery.")
 
 
 def test_the_settings_import_no_torch():

@@ -33,8 +33,8 @@ class ObserverSettings:
     def validate(self) -> None:
         self.model.validate()
         for name in ("steps", "batch_size", "train_windows"):
-            require(getattr(self, name) >= 1, f"battery observer {name} must be at least 1, got {getattr(self, name)}")
-        require(self.lr > 0, f"battery observer lr must be positive, got {self.lr}")
+            require(getattr(self, name) >= 1, f"observer --{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        require(self.lr > 0, f"observer --lr must be positive, got {self.lr}")
 
 
 @dataclass
@@ -47,12 +47,12 @@ class ProbeSettings:
     folds: int = option(4, "folds of whole windows within the third quarter that choose the penalty")
 
     def validate(self) -> None:
-        require(self.windows >= 2, f"battery probe windows must be at least 2, got {self.windows}")
+        require(self.windows >= 2, f"probe --windows must be at least 2, got {self.windows}")
         require(len(self.lambdas) >= 1 and all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
                                                 for v in self.lambdas),
-                f"battery probe lambdas must be one or more finite numbers >= 0, got {self.lambdas}")
+                f"probe --lambdas must be one or more finite numbers >= 0, got {self.lambdas}")
         require(2 <= self.folds <= self.windows,
-                f"battery probe folds must be between 2 and the windows ({self.windows}), got {self.folds}")
+                f"probe --folds must be between 2 and --windows ({self.windows}), got {self.folds}")
 
 
 @dataclass
@@ -64,11 +64,11 @@ class RobustnessSettings:
     windows: int = option(8, "held-out windows (of the fourth quarter) each perturbed pass runs on")
 
     def validate(self) -> None:
-        require(self.directions >= 1, f"battery robustness directions must be at least 1, got {self.directions}")
+        require(self.directions >= 1, f"robustness --directions must be at least 1, got {self.directions}")
         require(len(self.radii) >= 1 and all(isinstance(r, (int, float)) and math.isfinite(r) and r > 0
                                               for r in self.radii),
-                f"battery robustness radii must be one or more positive numbers, got {self.radii}")
-        require(self.windows >= 1, f"battery robustness windows must be at least 1, got {self.windows}")
+                f"robustness --radii must be one or more positive numbers, got {self.radii}")
+        require(self.windows >= 1, f"robustness --windows must be at least 1, got {self.windows}")
 
 
 @dataclass
@@ -94,4 +94,4 @@ class BatteryConfig:
         self.robustness.validate()
         self.llc.validate()
         for name in ("llc_windows", "norm_windows", "batch_size"):
-            require(getattr(self, name) >= 1, f"battery {name} must be at least 1, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, f"battery --{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
