@@ -112,8 +112,9 @@ def _self_knowledge(closed: ClosedLoop, windows: dict[str, torch.Tensor], inject
 
 def measure_battery(closed: ClosedLoop, data: LoopData, settings: BatteryConfig, device: torch.device | str = "cpu",
                     progress: bool = False) -> dict:
-    """Every measurement of the module docstring on the frozen loop ``closed`` (left as it was found: weights,
-    modes and ``requires_grad`` flags), with ``data``'s held-out and training streams; one JSON-able dict."""
+    """Every measurement of the module docstring on the frozen loop ``closed`` (moved to ``device``, otherwise left as
+    it was found: weights, modes and ``requires_grad`` flags), with ``data``'s held-out and training streams; one
+    JSON-able dict. ``settings.seed`` seeds the observers and the directions: give it the run's seed."""
     settings.validate()
     began = time.perf_counter()
     device = torch.device(device)
