@@ -3,16 +3,22 @@
 Every field of :class:`~selfmodels.closed_loop.config.ClosedLoopConfig` is a flag (``--loop.*``, ``--forward.*``,
 ``--gpt.*``, ``--lm.*``, ``--corpus.*``); the main ones are ``--condition``, ``--pair I J`` (F's source and target),
 ``--inject M`` and ``--shift K``. Presets are data (``preset_files/*.json``): ``full`` (the default: the
-author's setting, sized for one GPU) and ``quick`` (CPU).
+author's setting, sized for one GPU) and ``quick`` (CPU); ``--measure`` also runs the measurement battery
+(``battery.json``).
+
+``selfmodels reproduce closed-loop --preset quick --out DIR``: the grid of :mod:`selfmodels.closed_loop.grid` (every
+condition x seeds 0, 1, 2 on the preset's settings, the equal-FLOPs open loop, the batteries), then ``results.json``,
+``report.md`` and the plots.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
-from selfmodels.options import Command, runner
+from selfmodels.options import Command, Presets, runner
 
 LOOP_FLAGS = ("condition", "source", "target", "inject", "shift")
 
@@ -34,10 +40,44 @@ def _closed_loop(r, args: argparse.Namespace) -> int:
     log = check_sinks(r.log)  # a missing extra stops here, before any work starts
     check_corpus(r.config.corpus.corpus)
     set_threads(r.threads)
-    record = run_condition(r.config, r.out, device=resolve_device(r.device), progress=not r.quiet, log=log)
+    device = resolve_device(r.device)
+    record = run_condition(r.config, r.out, device=device, progress=not r.quiet, log=log)
     print(f"wrote {Path(r.out) / 'result.json'}: {record['condition']}: val loss {record['val_loss']:.4f} nats/token "
           f"({record['val_loss_without_injection']:.4f} without the injection), F's cosine {record['forward_cosine']:.3f} "
           f"(skip {record['skip_cosine']:.3f}), gate norm {record['gate_norm']:.3f}")
+    if r.measure:
+        from selfmodels.closed_loop.data import load_data
+        from selfmodels.closed_loop.grid import measure_run
+
+        cfg = r.config
+        battery = measure_run(cfg, r.out, "final", load_data(cfg.corpus, cfg.seq_len, cfg.eval_windows), device,
+                              progress=not r.quiet)
+        print(f"wrote {Path(r.out) / 'battery.json'}: fresh observer's update R² {battery['observer']['on']['update_r2']:.3f} "
+              f"(cosine {battery['observer']['on']['cosine']:.3f}), skip KL {battery['skip_kl']:.3f} nats")
+    return 0
+
+
+def _reproduce(r, args: argparse.Namespace) -> int:
+    from selfmodels import distributed
+    from selfmodels.artifacts import write_config
+    from selfmodels.closed_loop.grid import preset_grid, run_grid, write_outputs
+    from selfmodels.data.corpora import check_corpus
+    from selfmodels.runtime import resolve_device
+
+    # Under torchrun the ranks share the runs out; on one machine, worker processes do (1 thread each).
+    workers = r.workers if r.workers is not None else 1 if distributed.world()[1] > 1 else min(2, os.cpu_count() or 1)
+    grid = preset_grid(r.preset, workers=workers, device=str(resolve_device(r.device)))
+    grid.validate()
+    check_corpus(grid.base.corpus.corpus)
+    if distributed.is_main():
+        Path(r.out).mkdir(parents=True, exist_ok=True)
+        write_config(r.out, r.record())  # a valid --config file that reruns this reproduction
+    results = run_grid(grid, r.out, progress=not r.quiet)
+    write_outputs(results, r.out)
+    if distributed.is_main():
+        checks = "pass" if results["checks"]["passes"] else "FAIL (see report.md)"
+        print(f"wrote {Path(r.out) / 'results.json'} and {Path(r.out) / 'report.md'} ({len(results['runs'])} runs; "
+              f"pre-grid checks: {checks})")
     return 0
 
 
@@ -46,13 +86,15 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
     from selfmodels.closed_loop.conditions import CONDITIONS
 
     command = Command("closed-loop", ClosedLoopConfig, PRESETS,
-                      options={"out": None, "device": "auto", "threads": None, "quiet": False, "log": []}, finish=_pair,
+                      options={"out": None, "device": "auto", "threads": None, "quiet": False, "log": [], "measure": False},
+                      finish=_pair,
                       derived={"gpt.vocab_size": "the tokenizer's: set --corpus.vocab-size",
                                "gpt.block_size": "our GPT's context is --seq-len",
                                "forward.d_model": "the GPT's width",
                                "corpus.bos": "our GPT's BPE has no BOS token"})
 
     def main_flags(group) -> None:
+        command.flag(group, "--subject", "main", "gpt (ours, from scratch) or a Hugging Face model to fine-tune", metavar="NAME")
         command.flag(group, "--corpus", "corpus.corpus", "offline, kjv, wikipedia, fineweb-edu or a .txt path")
         command.flag(group, "--condition", "loop.condition", f"what is injected: one of {', '.join(CONDITIONS)}",
                      choices=CONDITIONS)
@@ -62,6 +104,8 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
                      type=int)
         command.flag(group, "--shift", "loop.shift", "K: the shifted condition gives position t the prediction for t-K",
                      type=int)
+        command._opt(group, "--measure", "measure", action="store_true",
+                     help="also measure the trained loop with the battery (--battery.*): battery.json beside result.json")
 
     parser = command.parser(
         commands, "closed-loop", help="train our GPT with its forward model's prediction fed back (one condition); measure it",
@@ -72,3 +116,20 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
         "--preset quick is CPU-sized.",
         main_flags=main_flags, exclude=tuple(f"loop.{name}" for name in LOOP_FLAGS))
     parser.set_defaults(func=runner(command, _closed_loop))
+
+    command = Command("reproduce closed-loop", presets=Presets(None, (), names_=("full", "quick")),
+                      options={"out": None, "workers": None, "device": "auto", "quiet": False})
+    rep = command.parser(
+        reproduce, "closed-loop",
+        help="closed-loop self-models: does a network gain from reading its own forward model? (--preset quick: CPU)",
+        description="The grid of docs/closed-loop.md: the six conditions (open-loop, forward, shifted, random-projection, "
+        "autoencoder, forward-frozen) x seeds 0, 1, 2 on the closed-loop command's preset, an open-loop run per seed "
+        "trained for the closed loop's training FLOPs (its snapshots give the comparison at matched validation loss), "
+        "every run measured by the battery (fresh observer, probes, robustness, LLC); results.json, report.md with 95% "
+        "CIs beside the author's two runs, and the plots. Resumable: finished runs and measurements are read back. "
+        "Preset quick: the 4 x 4 x 64 GPT on the offline corpus (CPU); full (the default): the author's 4 x 4 x 256 "
+        "setting (one GPU).",
+        extra=lambda p: command._opt(p.add_argument_group("reproduction options"), "--workers", "workers", type=int,
+                                     metavar="N", help="runs in parallel processes of 1 thread each (none: 2, 1 on a "
+                                     "1-core machine)"))
+    rep.set_defaults(func=runner(command, _reproduce))

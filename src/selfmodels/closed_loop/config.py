@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from selfmodels.closed_loop.battery_config import BatteryConfig
 from selfmodels.closed_loop.conditions import CONDITIONS
 from selfmodels.configs import option, to_dict
 from selfmodels.errors import require
@@ -74,6 +75,7 @@ class LoopConfig:
 class ClosedLoopConfig:
     """One closed-loop run: our GPT trained from scratch in one condition."""
 
+    main: str = option("gpt", "gpt (ours, trained from scratch) or a pretrained model to fine-tune (--subject)", cli=False)
     seq_len: int = option(64, "tokens per window (our GPT's context)")
     gpt: GPTConfig = field(default_factory=lambda: GPTConfig(n_layer=4, n_head=4, d_model=64))
     lm: LMTrainConfig = field(default_factory=lambda: LMTrainConfig(steps=1000, batch_size=16, lr=1e-3, eval_every=100))
@@ -82,6 +84,7 @@ class ClosedLoopConfig:
     forward: ForwardModelConfig = field(default_factory=lambda: ForwardModelConfig(n_layer=2, n_head=1, d_head=16))
     eval_windows: int = option(64, "held-out windows for the validation losses, F's fit and the norms")
     seed: int = option(0, "seed of the initialisation and the data order (every condition of a seed starts alike)")
+    battery: BatteryConfig = field(default_factory=BatteryConfig)  # what measures the trained loop; not in key()
 
     def validate(self) -> None:
         self.loop.validate(self.gpt.n_layer)
@@ -90,7 +93,10 @@ class ClosedLoopConfig:
         require(not self.corpus.bos, "our GPT's BPE has no BOS token: run without --corpus.bos")
 
     def key(self) -> str:
-        """The run's key: every setting and the result layout's version."""
+        """The training's key: every setting but the battery's, and the result layout's version (a changed battery
+        setting re-measures a trained run, never retrains it: the battery's own key is
+        :func:`selfmodels.closed_loop.grid.battery_key`)."""
         from selfmodels.stages import content_key
 
-        return content_key({"config": to_dict(self), "version": RESULT_VERSION})
+        settings = {k: v for k, v in to_dict(self).items() if k != "battery"}
+        return content_key({"config": settings, "version": RESULT_VERSION})
