@@ -1,32 +1,33 @@
-"""One condition end to end (``selfmodels closed-loop``): train our GPT from scratch with the loop closed, then
-measure it; everything in one run directory.
+"""One condition end to end (``selfmodels closed-loop``): train our GPT from scratch (or fine-tune a pretrained
+subject, ``--subject NAME``) with the loop closed, then measure it; everything in one run directory.
 
 Written there: ``config.json`` (the settings and their key), ``metrics.jsonl`` and ``checkpoint.safetensors`` (the
-loop's; an interrupted run resumes from it), ``model.safetensors`` (the whole closed loop's state: ``gpt.*``,
-``forward_model.*``, ``signal.*``, ``gate.*``) and, last, ``result.json``. A finished run with the same key is read
-back, never recomputed; a directory holding a run of other settings is refused.
+loop's; an interrupted run resumes from it), for our GPT ``tokenizer.json`` (its BPE), ``model.safetensors`` (the
+whole closed loop's state: ``network.*``, ``forward_model.*``, ``signal.*``, ``gate.*``, with the run's key in its
+metadata; :func:`selfmodels.closed_loop.load.load_closed_loop` reads it back) and, last, ``result.json``. A finished
+run with the same key is read back, never recomputed; a directory holding a run of other settings is refused.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 import torch
 
-from selfmodels.artifacts import read_json, save_tensors, write_config, write_json
-from selfmodels.closed_loop.build import build_closed_loop
+from selfmodels.artifacts import read_json, write_config, write_json
+from selfmodels.closed_loop.build import build_run
 from selfmodels.closed_loop.conditions import CONDITIONS
 from selfmodels.closed_loop.config import ClosedLoopConfig, default_bottleneck
-from selfmodels.closed_loop.data import LoopData, load_data
+from selfmodels.closed_loop.data import LoopData, load_data, load_subject_data
+from selfmodels.closed_loop.load import save_model
 from selfmodels.closed_loop.measure import DEFINITIONS, evaluate
 from selfmodels.closed_loop.task import ClosedLoopTask
 from selfmodels.configs import to_dict
 from selfmodels.curves import Mirror
-from selfmodels.errors import UserError
-from selfmodels.nets.gpt import GPT
-from selfmodels.runtime import seed_everything
+from selfmodels.data.bpe import save_tokenizer
+from selfmodels.errors import UserError, require
+from selfmodels.subjects.config import GPT_NAME
 from selfmodels.subjects.lm_training import WindowDraws
 from selfmodels.training import train
 
@@ -42,6 +43,13 @@ def _refuse_other_settings(out: Path, key: str) -> dict | None:
                                 "another --out or delete it")
     done = out / "result.json"
     return read_json(done) if done.is_file() else None
+
+
+def _pretrained(subject) -> dict:
+    """What the pretrained subject was before its fine-tune: name, family, shape, source and weight digest."""
+    info = subject.describe()
+    return {k: info.get(k) for k in ("name", "family", "n_layers", "d_model", "params", "id", "revision", "weights_sha256",
+                                     "weights_hash")}
 
 
 def _parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
@@ -60,11 +68,18 @@ def run_condition(cfg: ClosedLoopConfig, out: str | Path, device: torch.device |
     if record is not None:
         return record
     began = time.perf_counter()
+    subject = None
+    if data is None and cfg.main != GPT_NAME:  # a pretrained subject reads the corpus with its own tokenizer
+        subject, data = load_subject_data(cfg.main, cfg.corpus, cfg.seq_len, cfg.eval_windows, device, progress)
     data = data or load_data(cfg.corpus, cfg.seq_len, cfg.eval_windows, progress)
-    seed_everything(cfg.seed)
-    gpt = GPT(dataclasses.replace(cfg.gpt, vocab_size=data.tokenizer.get_vocab_size(), block_size=cfg.seq_len)).to(device)
-    closed = build_closed_loop(gpt, cfg.loop, cfg.forward, cfg.seed)
+    closed = build_run(cfg, device, data.tokenizer, subject)
+    context = closed.trunk.context
+    require(context is None or cfg.seq_len <= context,
+            f"--seq-len {cfg.seq_len} is longer than the {context} positions of {cfg.main}: use --seq-len {context} at most")
+    pretrained = None if cfg.main == GPT_NAME else _pretrained(closed.subject)  # before its fine-tune
     write_config(out, {**to_dict(cfg), "key": key})
+    if cfg.main == GPT_NAME:
+        save_tokenizer(data.tokenizer, out / "tokenizer.json")
     draws = WindowDraws.for_rank(data.train, cfg.seq_len, cfg.lm.batch_size, cfg.seed)
     val = (data.eval_x, data.eval_y)
     task = ClosedLoopTask(closed, cfg.lm, cfg.loop, draws, val, identity={"key": key},
@@ -73,7 +88,7 @@ def run_condition(cfg: ClosedLoopConfig, out: str | Path, device: torch.device |
     with Mirror(out, log, name=f"{condition.name}-seed{cfg.seed}", config=to_dict(cfg)) as mirror:
         outcome = train(task, cfg.lm.schedule(), out, progress=progress, mirror=mirror)
     closed.eval().requires_grad_(False)
-    save_tensors(out / "model.safetensors", closed.state_dict())
+    save_model(closed, out / "model.safetensors", key)
     last = outcome.metrics
     loop = cfg.loop
     record = {
@@ -81,9 +96,9 @@ def run_condition(cfg: ClosedLoopConfig, out: str | Path, device: torch.device |
         "function_class": condition.function_class, "seed": cfg.seed,
         "indices": {"source": loop.source, "inject": loop.inject, "target": loop.target},
         "shift": loop.shift if condition.name == "shifted" else None,
-        "bottleneck": (loop.bottleneck or default_bottleneck(gpt.cfg.d_model)) if condition.name == "autoencoder" else None,
-        "lm_into_forward": loop.lm_into_forward,
-        "params": {"main": _parameters(gpt), "forward": _parameters(closed.forward_model), "gate": _parameters(closed.gate),
+        "bottleneck": (loop.bottleneck or default_bottleneck(closed.trunk.d_model)) if condition.name == "autoencoder" else None,
+        "lm_into_forward": loop.lm_into_forward, "main": cfg.main, "subject": pretrained,
+        "params": {"main": _parameters(closed.network), "forward": _parameters(closed.forward_model), "gate": _parameters(closed.gate),
                    "signal_trainable": _parameters(closed.signal, trainable_only=True)},
         "training": {"steps": cfg.lm.steps, "train_loss": last.get("loss"), "train_ce": last.get("ce"),
                      "train_forward_mse": last.get("forward_mse"), "seconds_per_step": outcome.seconds_per_step()},
