@@ -159,14 +159,17 @@ def _tiny_trained_gpt(seed: int = 0):
     return gpt, ids
 
 
-def test_tiny_gpt_end_to_end_vmap_equals_sequential():
+def test_tiny_gpt_end_to_end_batched_equals_sequential():
     gpt, ids = _tiny_trained_gpt()
     before = {k: v.clone() for k, v in gpt.state_dict().items()}
     config = LLCConfig(epsilon=1e-4, gamma=100.0, chains=2, draws=12, batch_size=16, seed=0, chain_groups=1)
     batched = lm_llc(gpt, ids, config)
+    vmapped = lm_llc(gpt, ids, LLCConfig(**{**config.__dict__, "batched": "vmap"}))
     sequential = lm_llc(gpt, ids, LLCConfig(**{**config.__dict__, "batched": "sequential"}))
-    assert batched.diagnostics["path"] == "vmap"  # our GPT's chains run batched through torch.func.vmap
+    assert batched.diagnostics["path"] == "stacked"  # our GPT's chains run stacked (complexity.stacked_gpt)
+    assert vmapped.diagnostics["path"] == "vmap"
     torch.testing.assert_close(batched.loss_traces, sequential.loss_traces, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(vmapped.loss_traces, sequential.loss_traces, rtol=1e-4, atol=1e-5)
     assert torch.isfinite(batched.loss_traces).all() and math.isfinite(batched.init_loss)
     assert batched.nbeta == pytest.approx(16 * 8 / math.log(16 * 8))
     assert all(flag.startswith(KNOWN_FLAGS) for flag in batched.flags), batched.flags

@@ -51,15 +51,18 @@ def test_explicit_attention_equals_the_fused_kernel_and_is_off_by_default():
         torch.testing.assert_close(gpt(x, return_attention=True)[0], fused, rtol=1e-5, atol=1e-5)  # logits of size ~10
 
 
+@pytest.mark.parametrize("path", ["stacked", "vmap"])
 @pytest.mark.parametrize("explicit_attention", [True, False])
-def test_batched_chains_trace_the_sequential_chains(explicit_attention):
-    """Same seeds and noise: the vmap path's traces equal chain-by-chain sampling's within 1e-5 relative."""
+def test_batched_chains_trace_the_sequential_chains(explicit_attention, path):
+    """Same seeds and noise: the stacked and vmap paths' traces equal chain-by-chain sampling's within 1e-5
+    relative (``auto`` picks stacked for our GPT)."""
     gpt, ids = _tiny_gpt_and_windows()
-    config = LLCConfig(epsilon=1e-4, gamma=100.0, chains=3, draws=20, batch_size=16, seed=0, chain_groups=1)
+    config = LLCConfig(epsilon=1e-4, gamma=100.0, chains=3, draws=20, batch_size=16, seed=0, chain_groups=1,
+                       batched="auto" if path == "stacked" else path)
     batched = lm_llc(gpt, ids, config, explicit_attention=explicit_attention)
     sequential = lm_llc(gpt, ids, LLCConfig(**{**config.__dict__, "batched": "sequential"}),
                         explicit_attention=explicit_attention)
-    assert (batched.diagnostics["path"], sequential.diagnostics["path"]) == ("vmap", "sequential")
+    assert (batched.diagnostics["path"], sequential.diagnostics["path"]) == (path, "sequential")
     assert torch.isfinite(batched.loss_traces).all()
     torch.testing.assert_close(batched.loss_traces, sequential.loss_traces, rtol=1e-5, atol=0.0)
     assert batched.init_loss == pytest.approx(sequential.init_loss, rel=1e-6)

@@ -25,9 +25,10 @@ the step is ``torch.optim.RMSprop`` with lr = epsilon * nbeta / 2.
 ``named_parameters`` order, so every path uses the same noise.
 
 Three ways to compute the gradients of all chains:
-- ``stacked``: for a plain MLP (Linear layers and element-wise activations), every chain's layers as
-  a few large matrix products with the backward written out (:mod:`selfmodels.complexity.stacked_mlp`);
-  the fastest on small models, where ``vmap``'s per-op overheads and autograd's bookkeeping show.
+- ``stacked``: for a plain MLP (Linear layers and element-wise activations) or our GPT on CPU, every
+  chain's layers as a few large (batched) matrix products with the backward written out
+  (:mod:`selfmodels.complexity.stacked_mlp`, :mod:`selfmodels.complexity.stacked_gpt`); the fastest on
+  small models, where ``vmap``'s per-op overheads and autograd's bookkeeping show.
 - ``vmap``: the chains' parameters are stacked along a leading chain dimension and one
   ``torch.func.vmap(functional_call)`` forward runs every chain at once (one batched matmul per layer);
   one backward gives every chain's gradient.
@@ -47,9 +48,23 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from selfmodels.complexity.config import PATHS, SAMPLERS  # the choices, beside the settings that name them
+from selfmodels.complexity.stacked_gpt import StackedGPT, gpt_of
 from selfmodels.complexity.stacked_mlp import StackedMLP, Unsupported
 
 LossFn = Callable[..., torch.Tensor]  # loss_fn(model_output, *targets) -> scalar mean loss
+
+
+def stacked_chains(model: nn.Module, names: Sequence[str], loss_fn: LossFn) -> StackedMLP | StackedGPT:
+    """The stacked path's gradients for ``model``: :class:`StackedGPT` for our GPT (or the LM LLC's wrapper
+    around it), :class:`StackedMLP` for anything else (which raises :class:`Unsupported` unless a plain MLP)."""
+    try:
+        gpt_of(model)
+    except Unsupported as not_gpt:
+        try:
+            return StackedMLP(model, names, loss_fn)
+        except Unsupported as not_mlp:
+            raise Unsupported(f"not a plain MLP ({not_mlp}) nor our GPT ({not_gpt})") from not_mlp
+    return StackedGPT(model, names, loss_fn)
 
 
 class SGLDChains:
@@ -57,7 +72,7 @@ class SGLDChains:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, chains: int, epsilon: float, gamma: float,
                  nbeta: float, seeds: Sequence[int], path: str = "vmap", noise_scale: float = 1.0,
-                 stacked: StackedMLP | None = None, sampler: str = "sgld", rmsprop_alpha: float = 0.99,
+                 stacked: StackedMLP | StackedGPT | None = None, sampler: str = "sgld", rmsprop_alpha: float = 0.99,
                  rmsprop_eps: float = 0.1):
         if path not in PATHS:
             raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
@@ -86,9 +101,10 @@ class SGLDChains:
         self.square_avg = [torch.zeros_like(p, requires_grad=False) for p in self.params] \
             if sampler == "rmsprop_sgld" else None
         self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-        # Raises stacked_mlp.Unsupported (a ValueError) when the model is not a plain MLP. ``stacked``: one
-        # built before for the same architecture (tracing is not thread-safe; chain groups share it).
-        self.stacked = (stacked or StackedMLP(model, self.names, loss_fn)) if path == "stacked" else None
+        # Raises stacked_mlp.Unsupported (a ValueError) when the model is neither a plain MLP nor our GPT on
+        # CPU. ``stacked``: one built before for the same architecture (tracing is not thread-safe; chain
+        # groups share it).
+        self.stacked = (stacked or stacked_chains(model, self.names, loss_fn)) if path == "stacked" else None
 
     # -- gradients -------------------------------------------------------------------------------------
     def _chain_loss(self, params: dict, constants: dict, x: torch.Tensor, targets: tuple) -> torch.Tensor:
