@@ -34,6 +34,16 @@ Sections (``section`` names in the JSON):
    8 x 2048 random ids. ``estimate_100M_tokens_7_to_8``: an ESTIMATE of the paper's 100M-token 7 -> 8 run
    (Llama-3.2-1B, whose width 2048 is the forward model's) on this GPU = 100M / collection tokens/s + 100M /
    forward-model training tokens/s (best of eager / compiled bf16), i.e. collection and training in sequence.
+   ``peers``: benchmarks/residuals_vs_peers.py and substitution_smollm2.py on this GPU, bf16, on random SmolLM2- and
+   Llama-3.2-1B-shaped models (8 x 2048 random ids): residuals 7, 8 by ours, nnsight (trace, early stop),
+   TransformerLens (``run_with_cache``, ``names_filter``, ``stop_at_layer``) and ``output_hidden_states``; substitution
+   7 -> 8 by our shared prefix, nnsight's intervention (one trace, three invokes) and three naive passes, beside the
+   FLOP bound: tokens/s, ``time_vs_ours``, peak memory (``max_memory_allocated`` beyond what was allocated before the
+   call) and ``memory_vs_ours``, the largest differences from ours. A peer that is not installed is named unavailable.
+   ``multi_gpu``: with 2+ GPUs visible, a random SmolLM2-shaped model split across them (accelerate ``dispatch_model``,
+   the blocks in equal runs per GPU) against the same model whole on one GPU: digest, residuals, split and splice at
+   the pair crossing the first cut and the pair after it (source residual on the second GPU, forward model on the
+   first). With one GPU it is skipped, saying so; the CPU dry run splits between "cpu" and "cpu" (code path only).
 6. ``training_loops``: a few CUDA steps of every training loop on tiny random data: a self-modeling classifier
    run (``run_one``), our GPT with a co-trained forward model (``train_lm``), a forward model on activations
    collected on the fly (``train_forward``), the closed-form ridge baseline (``RidgeMap``), a self-modeling
@@ -86,6 +96,8 @@ SECTIONS = [
     ("forward_train", 25, 10),
     ("forward_compile", 50, 10),
     ("subject_throughput", 40, 14),
+    ("peers", 45, 20),
+    ("multi_gpu", 20, 12),
     ("training_loops", 30, 10),
     ("gpt_toy", 60, 12),
     ("pytest_smoke", 40, 12),
@@ -834,6 +846,198 @@ def sec_subject_throughput(ctx: Ctx) -> None:
         ctx.part(name, lambda n=name, s=shape: one(n, s), need=5)
 
 
+# ---------------------------------------------------------------------------- 5b. peers, side by side
+def _random_llama(ctx: Ctx, shape: dict, dtype, config_dir: Path | None = None):
+    """A randomly initialised Llama-shaped causal LM on the section's device (a tiny one of the same kind in the CPU
+    dry run); with ``config_dir``, its config is also saved there (TransformerLens reads it)."""
+    torch = ctx.torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if not ctx.cuda:
+        shape = dict(shape, hidden_size=64, intermediate_size=128, num_hidden_layers=10, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=16, vocab_size=512)
+    config = LlamaConfig(**{"max_position_embeddings": 4096, **shape}, architectures=["LlamaForCausalLM"])
+    torch.manual_seed(0)
+    with torch.device(ctx.device):
+        model = AutoModelForCausalLM.from_config(config)
+    if config_dir is not None:  # TransformerLens takes a path with "llama" in it for a model name: keep it out
+        config.save_pretrained(config_dir)
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def _word_tokenizer(vocab: int):
+    """A word-level tokenizer of ``vocab`` tokens: nnsight's LanguageModel wants one; the ids go in as tensors."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    inner = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    return PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="t0", pad_token="t0")
+
+
+def _cuda_peak_growth(ctx: Ctx, fn) -> float | None:
+    """MiB allocated at the call's peak beyond what was allocated before it (CUDA's allocator counts every tensor)."""
+    torch = ctx.torch
+    if not ctx.cuda:
+        return None
+    torch.cuda.synchronize(ctx.device)
+    base = torch.cuda.memory_allocated(ctx.device)
+    torch.cuda.reset_peak_memory_stats(ctx.device)
+    out = fn()
+    torch.cuda.synchronize(ctx.device)
+    del out
+    return (torch.cuda.max_memory_allocated(ctx.device) - base) / 2**20
+
+
+def sec_peers(ctx: Ctx) -> None:
+    """benchmarks/residuals_vs_peers.py and substitution_smollm2.py on this device: ours against nnsight,
+    TransformerLens and output_hidden_states (residuals 7, 8), and against nnsight's intervention and three naive
+    passes (substitution 7 -> 8), on randomly initialised SmolLM2- and Llama-3.2-1B-shaped models, same ids and dtype:
+    tokens/s, peak memory (CUDA's allocator: the call's peak beyond what was allocated before it), largest differences."""
+    torch = ctx.torch
+    import residuals_vs_peers as peers
+    import substitution_smollm2 as substitution
+    from selfmodels.forward.evaluate import as_predictor
+    from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+    from selfmodels.subjects.hf import HFSubject
+
+    batch, seq = (8, 2048) if ctx.cuda else (2, 32)
+    dtype = torch.bfloat16 if ctx.cuda else torch.float32
+    reps = 5 if ctx.cuda else 1
+    ctx.record.update(batch=batch, seq_len=seq, dtype=str(dtype).removeprefix("torch."), scaled_down=not ctx.cuda,
+                      indices=[peers.SOURCE, peers.TARGET], nnsight=_version("nnsight"),
+                      transformer_lens=_version("transformer-lens"),
+                      peak_memory="CUDA only" if not ctx.cuda else "max_memory_allocated - memory_allocated before the call")
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_peers_"))
+
+    def ids_for(model):
+        vocab = model.config.vocab_size
+        return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0)).to(ctx.device)
+
+    def residuals(name: str, shape: dict) -> dict:
+        config_dir = Path(tempfile.mkdtemp(prefix="config_", dir=tmp))  # (a path without "llama" in it: see _random_llama)
+        model = _random_llama(ctx, shape, dtype, config_dir)
+        subject, ids = HFSubject(model, name), ids_for(model)
+        methods, unavailable = peers.make_methods(subject, config_dir, ids, tokenizer=_word_tokenizer(model.config.vocab_size))
+        out = {"params": subject.n_params, **{m: {"unavailable": why} for m, why in unavailable.items()}}
+        with torch.inference_mode():
+            reference = methods["selfmodels"]()
+            for method, fn in methods.items():
+                ctx.check(2)
+                got = fn()
+                diff = max(float((got[k].float() - reference[k].float()).abs().max()) for k in reference)
+                scale = max(float(reference[k].float().abs().max()) for k in reference)
+                del got
+                t = ctx.timed(fn, reps=reps, warmup=1)
+                out[method] = {"tokens_per_s": ids.numel() * len(t) / sum(t), "s_median": statistics.median(t), "reps": len(t),
+                               "max_abs_diff_vs_ours": diff, "max_abs_diff_relative": diff / scale,
+                               "peak_growth_mib": _cuda_peak_growth(ctx, fn)}
+                ctx.save()
+        ours = out["selfmodels"]
+        for method in methods:
+            out[method]["time_vs_ours"] = ours["tokens_per_s"] / out[method]["tokens_per_s"]
+            if ours["peak_growth_mib"]:
+                out[method]["memory_vs_ours"] = out[method]["peak_growth_mib"] / ours["peak_growth_mib"]
+        return out
+
+    def substitute() -> dict:
+        model = _random_llama(ctx, SUBJECTS["smollm2_135m"], dtype)
+        subject, ids = HFSubject(model, "smollm2_135m"), ids_for(model)
+        torch.manual_seed(0)  # the quick preset's forward model shape (1 head of 64, SwiGLU 1536), fp32 master weights
+        forward_model = ForwardModel(ForwardModelConfig(d_model=subject.d_model, n_head=1, d_head=64 if ctx.cuda else 16,
+                                                        mlp="swiglu", swiglu_hidden=4 * subject.d_model)).to(ctx.device).eval()
+        variants, missing = substitution.make_variants(subject, ids, as_predictor(forward_model),
+                                                       _word_tokenizer(model.config.vocab_size))
+        out = {**{v: {"unavailable": why} for v, why in missing.items()}}
+        with torch.inference_mode():
+            reference = variants["shared"]()
+            for name, fn in variants.items():
+                ctx.check(2)
+                got = fn()
+                diff = max(float((a - b).abs().max()) for a, b in zip(reference, got))
+                del got
+                t = ctx.timed(fn, reps=reps, warmup=1)
+                out[name] = {"s_median": statistics.median(t), "reps": len(t), "max_abs_logit_diff_vs_shared": diff,
+                             "peak_growth_mib": _cuda_peak_growth(ctx, fn)}
+                ctx.save()
+        b = sum(p.numel() for p in subject.blocks[0].parameters())
+        h, f, n, s, t = model.get_output_embeddings().weight.numel(), forward_model.num_params(), subject.n_layers, 7, 8
+        out["flop_bound"] = 3 * (n * b + h) / ((s + 1) * b + ((n - s - 1) * b + h) + ((n - t - 1) * b + f + h) + ((n - t - 1) * b + h))
+        for name in set(variants) - {"shared"}:
+            out[f"{name}_over_shared"] = out[name]["s_median"] / out["shared"]["s_median"]
+        return out
+
+    ctx.part("residuals_smollm2_135m", lambda: residuals("smollm2_135m", SUBJECTS["smollm2_135m"]), need=4)
+    if ctx.quick and not ctx.cuda:  # the dry run: the same code as above, on a tiny model again; time goes to the rest
+        ctx.record["residuals_llama_3_2_1b"] = {"skipped": "quick CPU dry run: the same code as residuals_smollm2_135m"}
+    else:
+        ctx.part("residuals_llama_3_2_1b", lambda: residuals("llama_3_2_1b", peers.LLAMA_3_2_1B), need=6)
+    ctx.part("substitution_smollm2_135m_7_to_8", substitute, need=4)
+
+
+# ---------------------------------------------------------------------------- 5c. a model split across GPUs
+def sec_multi_gpu(ctx: Ctx) -> None:
+    """A subject whose blocks lie on two or more GPUs (accelerate's ``dispatch_model`` with a ``device_map``: the first
+    half of the blocks on the first GPU, and so on): residuals, split, splice and digest against the same model whole
+    on one GPU, at the pair that crosses the first cut and the pair just after it (whose source residual lies on the
+    second GPU while the forward model stays on the first). With one GPU visible it is skipped, saying so; the CPU dry
+    run splits the model between "cpu" and "cpu" (the code path only: no device is crossed)."""
+    torch = ctx.torch
+    import copy
+
+    from accelerate import dispatch_model
+
+    import selfmodels
+    from selfmodels.forward.evaluate import as_predictor
+    from selfmodels.forward.model import ForwardModel, ForwardModelConfig
+
+    count = torch.cuda.device_count() if ctx.cuda else 0
+    ctx.record["gpus_visible"] = count
+    if ctx.cuda and count < 2:
+        ctx.record["skipped"] = (f"{count} GPU visible (torch.cuda.device_count() = {count}): a device_map split needs 2 or "
+                                 "more, so this check has nothing to split; CPU and disk offload layouts are tested by the "
+                                 "suite (tests/subjects/test_open_model.py)")
+        return
+    devices = [f"cuda:{i}" for i in range(count)] if ctx.cuda else ["cpu", "cpu"]
+    dtype = torch.bfloat16 if ctx.cuda else torch.float32
+    whole = _random_llama(ctx, SUBJECTS["smollm2_135m"], dtype)
+    L = whole.config.num_hidden_layers
+    layout = {"model.embed_tokens": devices[0], "model.rotary_emb": devices[0], "lm_head": devices[0],
+              **{f"model.layers.{k}": devices[k * len(devices) // L] for k in range(L)}, "model.norm": devices[-1]}
+    split_model = dispatch_model(copy.deepcopy(whole), device_map=layout)
+    cut = next(k for k in range(L) if layout[f"model.layers.{k}"] != devices[0]) if ctx.cuda else L // 2
+    ctx.record.update(devices=devices, dry_run=not ctx.cuda, blocks=L, first_block_off_the_first_device=cut,
+                      layout={d: [k for k in range(L) if layout[f"model.layers.{k}"] == d] for d in dict.fromkeys(devices)})
+    tokenizer = _word_tokenizer(whole.config.vocab_size)
+    one, many = selfmodels.open_subject(whole, tokenizer), selfmodels.open_subject(split_model, tokenizer)
+    ids = torch.randint(0, whole.config.vocab_size, (2, 256 if ctx.cuda else 16), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    forward_model = ForwardModel(ForwardModelConfig(d_model=one.d_model, n_head=1, d_head=16, mlp="swiglu",
+                                                    swiglu_hidden=2 * one.d_model)).to(devices[0]).eval()
+    predictor = as_predictor(forward_model)
+
+    def diff(a, b) -> float:
+        return float((a.float().cpu() - b.float().cpu()).abs().max())
+
+    def pair(source: int, target: int) -> dict:
+        with torch.inference_mode():
+            a, b = one.residuals(ids, [source, target]), many.residuals(ids, [source, target])
+            split_one, split_many = one.split(source, target), many.split(source, target)
+            logits_one = split_one.suffix(split_one.middle(split_one.prefix(ids)))
+            logits_many = split_many.suffix(split_many.middle(split_many.prefix(ids)))
+            out = {"source_device": str(b[source].device), "target_device": str(b[target].device),
+                   "residuals_max_abs_diff": max(diff(a[k], b[k]) for k in a), "split_logits_max_abs_diff": diff(logits_one, logits_many)}
+            with one.splice(predictor, source, target):
+                spliced_one = whole(input_ids=ids.to(devices[0]), use_cache=False).logits
+            with many.splice(predictor, source, target):
+                spliced_many = split_model(input_ids=ids.to(devices[0]), use_cache=False).logits
+            out["splice_logits_max_abs_diff"] = diff(spliced_one, spliced_many)
+        return out
+
+    ctx.part("digest", lambda: {"equal": one.describe()["weights_sha256"] == many.describe()["weights_sha256"]}, need=2)
+    ctx.part(f"pair_{cut - 1}_{cut}", lambda: pair(cut - 1, cut), need=2)
+    ctx.part(f"pair_{cut}_{cut + 1}", lambda: pair(cut, cut + 1), need=2)
+
+
 # ---------------------------------------------------------------------------- 6. training loops
 def sec_training_loops(ctx: Ctx) -> None:
     torch = ctx.torch
@@ -1021,7 +1225,8 @@ def sec_pytest_smoke(ctx: Ctx) -> None:
 
 SECTION_FUNCS = {"environment": sec_environment, "matmul_peak": sec_matmul_peak, "llc": sec_llc,
                  "forward_train": sec_forward_train, "forward_compile": sec_forward_compile,
-                 "subject_throughput": sec_subject_throughput, "training_loops": sec_training_loops,
+                 "subject_throughput": sec_subject_throughput, "peers": sec_peers, "multi_gpu": sec_multi_gpu,
+                 "training_loops": sec_training_loops,
                  "gpt_toy": sec_gpt_toy, "pytest_smoke": sec_pytest_smoke}
 
 def child(args) -> int:

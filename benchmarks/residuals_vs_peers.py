@@ -94,7 +94,8 @@ def text_ids(batch: int, seq_len: int) -> torch.Tensor:
 
 
 def transformer_lens_model(hf_model, config_dir: Path):
-    """The Hugging Face model's weights in a HookedTransformer, through TransformerLens' own conversions (no processing)."""
+    """The Hugging Face model's weights in a HookedTransformer, through TransformerLens' own conversions (no processing),
+    in the model's dtype, on its device."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.loading_from_pretrained import convert_hf_model_config
     from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
@@ -102,16 +103,19 @@ def transformer_lens_model(hf_model, config_dir: Path):
     cfg_dict = convert_hf_model_config(str(config_dir))
     cfg_dict = {k: v for k, v in cfg_dict.items() if k in HookedTransformerConfig.__dataclass_fields__}
     cfg_dict.pop("tokenizer_name", None)  # ids go in as tensors: no tokenizer to load (the random model has none)
+    weight = hf_model.get_input_embeddings().weight
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedTransformer(HookedTransformerConfig(**cfg_dict, dtype=torch.float32))
+        model = HookedTransformer(HookedTransformerConfig(**cfg_dict, dtype=weight.dtype, device=str(weight.device)))
     model.load_and_process_state_dict(convert_llama_weights(hf_model, model.cfg), fold_ln=False, center_writing_weights=False,
                                       center_unembed=False, fold_value_biases=False, refactor_factored_attn_matrices=False)
     return model.eval()
 
 
-def make_methods(subject: HFSubject, config_dir: Path, ids: torch.Tensor, only: str | None = None) -> tuple[dict, dict]:
-    """({method: () -> {7: (B,T,d), 8: (B,T,d)}}, {method: why it is unavailable}); ``only`` builds one method."""
+def make_methods(subject: HFSubject, config_dir: Path, ids: torch.Tensor, only: str | None = None,
+                 tokenizer=None) -> tuple[dict, dict]:
+    """({method: () -> {7: (B,T,d), 8: (B,T,d)}}, {method: why it is unavailable}); ``only`` builds one method;
+    ``tokenizer`` is what nnsight is handed (default: the subject's, else SmolLM2's)."""
     model, methods, unavailable = subject.model, {}, {}
     wanted = (lambda m: only is None or m == only)
     if wanted("selfmodels"):
@@ -122,7 +126,7 @@ def make_methods(subject: HFSubject, config_dir: Path, ids: torch.Tensor, only: 
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # 0.8 announces TransformersModel in LanguageModel's place
-                traced = nnsight.LanguageModel(model, tokenizer=subject.tokenizer or smollm2_tokenizer())
+                traced = nnsight.LanguageModel(model, tokenizer=tokenizer or subject.tokenizer or smollm2_tokenizer())
 
             def nn_trace():
                 with traced.trace(ids) as tracer:

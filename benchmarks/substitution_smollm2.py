@@ -52,13 +52,18 @@ VARIANTS = ("shared", "nnsight", "naive")
 def setup(batch: int, seq_len: int):
     """(subject, ids (B, T), forward model, {variant: () -> (normal, spliced, skipped) logits}, why a variant is missing)."""
     subject = load_causal_lm("smollm2")
-    model = subject.model
     stream = encode_corpus(subject.tokenizer, load_corpus("offline", max_chars=100_000), progress=False)
     ids, _ = consecutive_windows(stream, seq_len, batch)
     torch.manual_seed(0)  # the quick preset's forward model shape (1 head of 64, SwiGLU 1536)
     forward_model = ForwardModel(ForwardModelConfig(d_model=subject.d_model, n_head=1, d_head=64, mlp="swiglu",
                                                     swiglu_hidden=1536)).eval()
-    predictor = as_predictor(forward_model)
+    variants, missing = make_variants(subject, ids, as_predictor(forward_model), subject.tokenizer)
+    return subject, ids, forward_model, variants, missing
+
+
+def make_variants(subject, ids: torch.Tensor, predictor, tokenizer) -> tuple[dict, dict]:
+    """({variant: () -> (normal, spliced, skipped) logits (B, T, V) in float32}, {variant: why it is missing})."""
+    model = subject.model
 
     def shared():
         split = subject.split(SOURCE, TARGET)
@@ -73,29 +78,27 @@ def setup(batch: int, seq_len: int):
             skipped = model(input_ids=ids, use_cache=False).logits.float()
         return normal, spliced, skipped
 
-    variants, missing = {"shared": shared, "naive": naive}, {}
     try:
         import nnsight
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # 0.8 announces TransformersModel in LanguageModel's place
-            traced = nnsight.LanguageModel(model, tokenizer=subject.tokenizer)
-
-        def nn_interventions():  # one trace, three invokes: nnsight runs them as one batch of 3 B sequences
-            with traced.trace() as tracer:
-                with tracer.invoke(ids):
-                    normal = traced.lm_head.output.save()
-                with tracer.invoke(ids):
-                    traced.model.layers[TARGET].output = predictor(traced.model.layers[SOURCE].output)
-                    spliced = traced.lm_head.output.save()
-                with tracer.invoke(ids):
-                    traced.model.layers[TARGET].output = traced.model.layers[SOURCE].output
-                    skipped = traced.lm_head.output.save()
-            return normal.float(), spliced.float(), skipped.float()
-        variants = {"shared": shared, "nnsight": nn_interventions, "naive": naive}
     except ImportError as exc:
-        missing["nnsight"] = f"{exc} (pip install nnsight)"
-    return subject, ids, forward_model, variants, missing
+        return {"shared": shared, "naive": naive}, {"nnsight": f"{exc} (pip install nnsight)"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 0.8 announces TransformersModel in LanguageModel's place
+        traced = nnsight.LanguageModel(model, tokenizer=tokenizer)
+
+    def nn_interventions():  # one trace, three invokes: nnsight runs them as one batch of 3 B sequences
+        with traced.trace() as tracer:
+            with tracer.invoke(ids):
+                normal = traced.lm_head.output.save()
+            with tracer.invoke(ids):
+                h = traced.model.layers[SOURCE].output
+                traced.model.layers[TARGET].output = predictor(h).to(h.dtype)  # the block's dtype, as the splice does
+                spliced = traced.lm_head.output.save()
+            with tracer.invoke(ids):
+                traced.model.layers[TARGET].output = traced.model.layers[SOURCE].output
+                skipped = traced.lm_head.output.save()
+        return normal.float(), spliced.float(), skipped.float()
+    return {"shared": shared, "nnsight": nn_interventions, "naive": naive}, {}
 
 
 def peak_child(args) -> None:
