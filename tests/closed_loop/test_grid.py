@@ -74,6 +74,13 @@ def test_the_grid_runs_every_unit_reads_them_back_and_re_measures_only_the_batte
     assert snap["val_loss"] == pytest.approx(open0["val_loss"], abs=1e-6)
     forward = [r for r in results["runs"] if r["condition"] == "forward"]
     assert all(r["matched"]["step"] in steps for r in forward)
+    measured = {(r["seed"], r["matched"]["step"]) for r in forward if r["matched"]["step"] != 4}
+    assert len(list(out.glob("runs/*/snapshots/*.battery.json"))) == len(measured)  # one per seed and step
+    if any(r["matched"]["step"] == 4 for r in forward):  # the open loop's final model: its battery serves
+        r = next(r for r in forward if r["matched"]["step"] == 4)
+        base = next(b for b in results["runs"] if b["run"] == f"open-loop-seed{r['seed']}")
+        assert r["matched"]["llc_mean"] == base["scalars"]["llc_mean"]
+        assert r["matched"]["probe_gain_after"] == base["scalars"]["probe_gain_after"]
     measures = {c["measure"] for c in results["comparisons"] if c["condition"] == "forward"}
     assert {"val_loss", "dependency", "probe_gain_after", "robust_loss_increase", "llc_mean"} <= measures
     assert len(results["checks"]["per_seed"]) == 2

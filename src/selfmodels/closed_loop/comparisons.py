@@ -6,7 +6,8 @@ up by depth relative to the loop's indices (i, m, j):
 
 - ``probe_gain_after`` = mean of gain(l) over m <= l < j (residuals that carry the injected vector, h_m after it);
 - ``probe_gain_before`` = mean of gain(l) over -1 <= l < m, l != i (before the injection point; h_i is itself a
-  covariate, so its gain is 0 by construction, and h_j's is trivial: r = h_j - O(h_i) is linear in [h_j, O(h_i)]);
+  covariate, so it adds nothing but a change in the ridge penalty's effect, and h_j's gain is trivial:
+  r = h_j - O(h_i) is linear in [h_j, O(h_i)]);
 - ``*_off``: the same with the residuals collected with the injection off (the author's collection).
 
 Comparisons, for a condition c and a measure M, over the seeds both share (:mod:`selfmodels.stats`):
@@ -117,7 +118,7 @@ def matched_scalars(matched: dict, bpb_per_nat: float | None) -> dict:
         out[name] = line.get(key)
     out["val_loss"] = matched["val_loss"]
     out["bits_per_byte"] = None if bpb_per_nat is None else matched["val_loss"] * bpb_per_nat
-    out["step"] = matched["step"]
+    out["step"], out["same_as"] = matched["step"], matched.get("same_as")
     return out
 
 
@@ -159,7 +160,9 @@ def summarize(rows: list[dict], settings: dict, note: str = "") -> dict:
         entry = {"condition": name, "n": len(members), "steps": members[0]["steps"],
                  "function_class": members[0]["function_class"] if name != EQUAL_FLOPS else
                  "none (open loop trained for the closed loop's training FLOPs)",
-                 "drift_runs": sum(bool(r["scalars"].get("drift")) for r in members)}
+                 "drift_runs": sum(bool(r["scalars"].get("drift")) for r in members),
+                 "seconds": _mean(r["seconds"] for r in members),
+                 "battery_seconds": _mean(r["battery_seconds"] for r in members)}
         for m in MEASURES:
             entry[m] = dict(zip(("mean", "ci95"), mean_ci95([r["scalars"].get(m) for r in members])))
         summary.append(entry)

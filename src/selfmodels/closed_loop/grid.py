@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,13 @@ CURVE_KEYS = ("step", "val_loss", "val_loss_without_injection", "dependency", "v
               "val_skip_cosine", "val_injection_norm", "gate_norm", "ce")
 
 
+def _is_open_loop_final(snapshot: dict, open_record: dict, steps: int) -> bool:
+    """Whether an equal-FLOPs snapshot is the open-loop run's final model: the same step and the same validation
+    loss to the bit (the learning rate is constant and seed, data order and initial weights are shared, so the
+    equal-FLOPs run's first ``steps`` steps are the open-loop run's; the loss equality checks it)."""
+    return snapshot["step"] == steps and snapshot["val_loss"] == open_record["val_loss"]
+
+
 def curve(run_dir: Path) -> list[dict]:
     """The evaluation lines of a run's ``metrics.jsonl`` (the keys of :data:`CURVE_KEYS`)."""
     path = run_dir / "metrics.jsonl"
@@ -256,7 +264,9 @@ def run_grid(grid: ClosedLoopGrid, out: str | Path, progress: bool = True) -> di
     """Train every run, measure it and the matched open-loop snapshots; returns results.json's content."""
     from selfmodels.closed_loop.comparisons import summarize
 
-    out = Path(out)
+    from selfmodels.subjects.lm_training import machine
+
+    out, began, load_before = Path(out), time.perf_counter(), tuple(round(x, 2) for x in os.getloadavg())
     grid.validate()
     check_workers(grid.workers)  # before any data is loaded
     with distributed.main_first():  # fit the BPE and cut the streams once, before the workers read the cache
@@ -271,12 +281,17 @@ def run_grid(grid: ClosedLoopGrid, out: str | Path, progress: bool = True) -> di
     # What to measure: every run's final weights, and the matched snapshots (one per seed and step).
     matched: dict[str, dict] = {}
     wanted: dict[tuple[int, int], dict] = {}
+    by_name = dict(zip([r.name for r in runs], records))
     for r, record in zip(runs, records):
-        if r.role != "condition" or not grid.equal_flops:
+        if r.role != "condition" or r.cfg.loop.condition == OPEN or not grid.equal_flops:
             continue
         snap = nearest(_snapshots(dirs[f"{EQUAL_FLOPS}-seed{r.cfg.seed}"]), record["val_loss"])
-        if snap is not None:
-            matched[r.name] = snap
+        if snap is None:
+            continue
+        matched[r.name] = snap
+        if _is_open_loop_final(snap, by_name[f"{OPEN}-seed{r.cfg.seed}"], r.cfg.lm.steps):
+            snap["same_as"] = f"{OPEN}-seed{r.cfg.seed}"  # its final battery serves: the same weights
+        else:
             wanted[(r.cfg.seed, snap["step"])] = snap
     calls = [(_measure, to_dict(r.cfg), str(dirs[r.name]), "final", device) for r in runs]
     snap_keys = sorted(wanted)
@@ -292,12 +307,15 @@ def run_grid(grid: ClosedLoopGrid, out: str | Path, progress: bool = True) -> di
         if r.name in matched:
             snap = matched[r.name]
             lines = [line for line in curves[f"{EQUAL_FLOPS}-seed{r.cfg.seed}"] if line["step"] == snap["step"]]
+            battery = batteries[snap["same_as"]] if "same_as" in snap else snapshot_batteries[(r.cfg.seed, snap["step"])]
             row["matched"] = {"step": snap["step"], "val_loss": snap["val_loss"], "line": lines[0] if lines else None,
-                              "battery": snapshot_batteries[(r.cfg.seed, snap["step"])]}
+                              "battery": battery, "same_as": snap.get("same_as")}
         rows.append(row)
     settings = {"base": to_dict(grid.base), "conditions": list(grid.conditions), "seeds": list(grid.seeds),
                 "workers": grid.workers, "threads": grid.threads, "device": grid.device, "cpu_count": os.cpu_count(),
-                "processes": distributed.world()[1], "flops": flops, "data": records[0].get("data")}
+                "processes": distributed.world()[1], "flops": flops, "data": records[0].get("data"),
+                "machine": machine(torch.device(device), load_before),
+                "wall_seconds": time.perf_counter() - began}  # this call's: a read-back grid takes seconds
     return summarize(rows, settings, note=grid.note)
 
 

@@ -1,6 +1,7 @@
 """The closed-loop grid's plots, from results.json's ``runs`` (means over seeds; error bars are 95% t intervals):
 
-- ``loss_curves.png``: validation loss over training with the injection (solid) and without it (dashed), per condition;
+- ``loss_curves.png``: validation loss over training with the injection (solid) and without it (dashed), per condition,
+  beside the held-out injection norm ||G(u)|| over training;
 - ``probe_gain_by_depth.png``: the probes' R² gain over the covariates by residual index, per condition (injection on
   and off), the injection point marked;
 - ``robustness.png``: the loss increase against the perturbation's radius r, after the injection and at h_i.
@@ -34,20 +35,25 @@ def _mean_by(rows: list[dict], keys: list, value) -> tuple[np.ndarray, np.ndarra
 
 
 def loss_curves(runs: list[dict], out: Path) -> str:
-    fig, axes = subplots(1, 1, figsize=(8, 4.5), squeeze=False, constrained_layout=True)
-    ax = axes[0][0]
+    """Left: validation loss with (solid) and without (dashed) the injection; right: the held-out injection norm."""
+    fig, axes = subplots(1, 2, figsize=(13, 4.5), squeeze=False, constrained_layout=True)
+    ax, norm_ax = axes[0]
     for name, rows in _group(runs).items():
         steps = sorted({line["step"] for r in rows for line in r["curve"]})
-        at = lambda r, s, key: next((line[key] for line in r["curve"] if line["step"] == s), None)  # noqa: E731
+        at = lambda r, s, key: next((line.get(key) for line in r["curve"] if line["step"] == s), None)  # noqa: E731
         on, _ = _mean_by(rows, steps, lambda r, s: at(r, s, "val_loss"))
         ax.plot(steps, on, color=COLORS.get(name), label=name, lw=1.5)
         if name not in ("open-loop", "open-loop-equal-flops"):
             off, _ = _mean_by(rows, steps, lambda r, s: at(r, s, "val_loss_without_injection"))
             ax.plot(steps, off, color=COLORS.get(name), ls="--", lw=1)
+            norm, _ = _mean_by(rows, steps, lambda r, s: at(r, s, "val_injection_norm"))
+            norm_ax.plot(steps, norm, color=COLORS.get(name), label=name, lw=1.5)
     ax.set(xlabel="step", ylabel="validation loss (nats/token)",
            title="validation loss with the injection (solid) and without (dashed), mean over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    norm_ax.set(xlabel="step", ylabel="mean ||G(u)_t||", title="injection norm on held-out windows")
+    for a in (ax, norm_ax):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
     return save_figure(fig, out / "loss_curves.png")
 
 
@@ -61,6 +67,7 @@ def probe_gain_by_depth(runs: list[dict], inject: int, out: Path) -> str:
             mean, half = _mean_by(rows, layers, lambda r, l: (r["scalars"].get(f"probe_gain_by_layer{suffix}") or {}).get(str(l)))
             ax.errorbar(layers, mean, yerr=half, marker="o", capsize=3, color=COLORS.get(name), label=name)
         ax.axvline(inject, color="grey", ls=":", lw=1)
+        ax.set_xticks(sorted({int(l) for r in runs for l in (r["scalars"].get(f"probe_gain_by_layer{suffix}") or {})}))
         ax.set(xlabel="residual index l (-1 = embeddings; dotted: the injection point m)",
                ylabel="R²([h_l, covariates]) - R²(covariates)", title=f"probe gain by depth, {title}")
         ax.grid(alpha=0.3)

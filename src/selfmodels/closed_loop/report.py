@@ -147,9 +147,21 @@ def _setup(results: dict) -> list[str]:
             f"{bat['robustness']['radii']}, {bat['robustness']['windows']} windows), LLC "
             f"({bat['llc']['chains']} chains x {bat['llc']['draws']} draws, ε {bat['llc']['epsilon']}, γ {bat['llc']['gamma']}; "
             f"{'on' if bat['estimate_llc'] else 'off'}).\n",
-            "Conditions and their function classes (what G can end up reading):\n",
-            table(["condition", "function class", "steps", "runs"],
-                  [[x["condition"], x["function_class"], x["steps"], x["n"]] for x in results["summary"]]), ""]
+            _timing(s),
+            "Conditions and their function classes (what G can end up reading), with each run's time (mean over seeds; "
+            "training and the battery, one thread each):\n",
+            table(["condition", "function class", "steps", "runs", "training s", "battery s"],
+                  [[x["condition"], x["function_class"], x["steps"], x["n"], fmt(x.get("seconds"), 1),
+                    fmt(x.get("battery_seconds"), 1)] for x in results["summary"]]), ""]
+
+
+def _timing(s: dict) -> str:
+    m = s.get("machine") or {}
+    if not m:
+        return ""
+    return (f"This call took {s['wall_seconds']:.0f} s wall (finished units are read back, so a resumed or read-back "
+            f"grid takes less) on {m.get('cores')} x {m.get('cpu')}, device {m.get('device')}; load average (1 / 5 / 15 "
+            f"min) {m.get('load_before')} before, {m.get('load_after')} after.\n")
 
 
 def _claim(results: dict, condition: str, measure: str, part: str = "final") -> str:
