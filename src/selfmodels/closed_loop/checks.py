@@ -35,13 +35,15 @@ def skip_kl(closed: ClosedLoop, x: torch.Tensor, batch_size: int) -> float:
     m+1..j skipped (their output h_j replaced by h_m after the injection). Nats per token."""
     was_training = closed.training
     closed.eval()
-    gpt, m, j, n = closed.gpt, closed.inject, closed.target, closed.gpt.cfg.n_layer
-    device = closed.gate.weight.device
+    trunk, m, j = closed.trunk, closed.inject, closed.target
+    n, device = trunk.n_layers, closed.gate.weight.device
     total, tokens = 0.0, 0
     try:
         for start in range(0, x.shape[0], batch_size):
-            p = loop_pass(closed, x[start : start + batch_size].to(device))
-            skipped = gpt.head(gpt.run_blocks(p.residuals[m], j + 1, n))  # (B, T, V)
+            ids = x[start : start + batch_size].to(device)
+            p = loop_pass(closed, ids)
+            args = trunk.embed(ids)[1]  # what the blocks need for this batch (None for our GPT)
+            skipped = trunk.head(trunk.blocks(p.residuals[m], j + 1, n, args), args)  # (B, T, V)
             full_log, skip_log = F.log_softmax(p.logits.float(), -1), F.log_softmax(skipped.float(), -1)
             total += float((full_log.exp() * (full_log - skip_log)).sum())
             tokens += p.logits.shape[0] * p.logits.shape[1]

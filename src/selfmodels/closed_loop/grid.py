@@ -172,15 +172,17 @@ def weights_path(run_dir: str | Path, weights: str) -> Path:
     return run_dir / "model.safetensors" if weights == "final" else run_dir / "snapshots" / f"{weights}.safetensors"
 
 
-def load_trained(cfg: ClosedLoopConfig, path: str | Path, vocab_size: int, device: torch.device | str = "cpu"):
-    """The closed loop of ``cfg`` with the weights saved at ``path`` (a run's ``model.safetensors`` or a snapshot),
-    frozen, in eval mode."""
-    from selfmodels.closed_loop.build import build_closed_loop
-    from selfmodels.nets.gpt import GPT
+def load_trained(cfg: ClosedLoopConfig, run_dir: str | Path, weights: str, tokenizer, device: torch.device | str = "cpu"):
+    """The closed loop of the run in ``run_dir`` with its ``weights`` (``final``: the run's model, through
+    :func:`~selfmodels.closed_loop.load.load_closed_loop` and its checks; ``step_N``: a snapshot, built as the run
+    was, :func:`~selfmodels.closed_loop.build.build_run`), frozen, in eval mode."""
+    from selfmodels.closed_loop.build import build_run
+    from selfmodels.closed_loop.load import load_closed_loop
 
-    gpt = GPT(dataclasses.replace(cfg.gpt, vocab_size=vocab_size, block_size=cfg.seq_len)).to(device)
-    closed = build_closed_loop(gpt, cfg.loop, cfg.forward, cfg.seed)
-    closed.load_state_dict(load_tensors(path, device))
+    if weights == "final":
+        return load_closed_loop(run_dir, device)
+    closed = build_run(cfg, device, tokenizer)
+    closed.load_state_dict(load_tensors(weights_path(run_dir, weights), device))
     return closed.eval().requires_grad_(False)
 
 
@@ -197,7 +199,7 @@ def measure_run(cfg: ClosedLoopConfig, run_dir: str | Path, weights: str, data, 
     source = weights_path(run_dir, weights)
     if not source.is_file():
         raise UserError(f"{source} is missing: train the run first (the same command trains it)")
-    closed = load_trained(cfg, source, data.tokenizer.get_vocab_size(), device)
+    closed = load_trained(cfg, run_dir, weights, data.tokenizer, device)
     if cfg.loop.condition == OPEN and cfg.battery.estimate_llc:
         # Open loop never uses G, so the battery's LLC (the GPT's and G's weights) cannot differentiate through it;
         # the loop's logits are the GPT's own, so its LLC is the GPT's alone, on the battery's windows.
