@@ -5,7 +5,8 @@ stopping early; split into prefix / middle / suffix that reproduce the logits; s
 hooks (generation with a KV cache included) and always remove those hooks; split a block into per-head writes
 and MLP; expose per-head weights in one layout; refuse bad input with a UserError. The subjects with no FAMILIES
 row (OPT, a custom PreTrainedModel) are found structurally: everything but block_parts and head_weights, which
-they refuse with one message.
+they refuse with one message. TransformerLens HookedTransformers (multi-head, grouped-query, parallel) go through
+every check too, against TransformerLens' own hook points (``run_with_cache``) and its own forward pass.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from tiny_subjects import (ALL_KINDS, LAYERS, STRUCTURAL_KINDS, VOCAB, TinyCustomConfig, TinyCustomForCausalLM, hf_config,
                            hf_model, hf_subject, hook_count, make)
+
+from selfmodels.subjects.transformer_lens import HookedSubject
 
 from selfmodels.errors import UserError
 from selfmodels.subjects.base import EMBED
@@ -57,6 +60,10 @@ def is_hf(subject) -> bool:
     return isinstance(subject, HFSubject)
 
 
+def is_tl(subject) -> bool:
+    return isinstance(subject, HookedSubject)
+
+
 def structural(subject) -> bool:
     return is_hf(subject) and subject.structural
 
@@ -70,16 +77,21 @@ def logits_of(subject, ids: torch.Tensor) -> torch.Tensor:
     """The model's own full forward pass."""
     if is_hf(subject):
         return subject.model(input_ids=ids, use_cache=False).logits.float()
-    return subject.model(ids).float()
+    return subject.model(ids).float()  # our GPT's and TransformerLens' forward: ids -> logits
 
 
 def lm_head(subject) -> torch.nn.Module:
+    if is_tl(subject):
+        return subject.model.unembed
     return subject.model.get_output_embeddings() if is_hf(subject) else subject.model.lm_head
 
 
 def reference_residuals(subject, ids: torch.Tensor) -> dict[int, torch.Tensor]:
     """Every residual index computed without the subject's machinery."""
     L = subject.n_layers
+    if is_tl(subject):  # TransformerLens' own hook points: -1 = blocks.0.hook_resid_pre, k = blocks.k.hook_resid_post
+        _, cache = subject.model.run_with_cache(ids)
+        return {EMBED: cache["blocks.0.hook_resid_pre"], **{k: cache[f"blocks.{k}.hook_resid_post"] for k in range(L)}}
     if not is_hf(subject):
         h, out = subject.model.embed(ids), {}
         out[EMBED] = h
@@ -243,7 +255,7 @@ def test_head_weight_shapes(subject):
 def _normalized_without_gain(norm: torch.nn.Module | None, x: torch.Tensor) -> torch.Tensor:
     if norm is None:  # OLMo 2: the attention reads the residual itself
         return x
-    if isinstance(norm, torch.nn.LayerNorm):
+    if isinstance(norm, torch.nn.LayerNorm) or type(norm).__module__.startswith("transformer_lens"):  # (x - mean) / std
         return F.layer_norm(x, x.shape[-1:], eps=norm.eps)
     eps = getattr(norm, "variance_epsilon", None)
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + (norm.eps if eps is None else eps))  # RMSNorm
@@ -252,9 +264,10 @@ def _normalized_without_gain(norm: torch.nn.Module | None, x: torch.Tensor) -> t
 def _without_biases(subject, k: int) -> None:
     """Zero block k's pre-attention norm shift and projection biases: head_weights holds the weights only."""
     block = subject.blocks[k]
+    tl_biases = ("ln1.b", "attn.b_Q", "attn.b_K", "attn.b_V", "attn._b_K", "attn._b_V", "attn.b_O")  # TransformerLens' names
     with torch.no_grad():
         for name, p in block.named_parameters():
-            if name.endswith("bias") and "mlp" not in name:
+            if (name.endswith("bias") and "mlp" not in name) or (is_tl(subject) and name in tl_biases):
                 p.zero_()
 
 
@@ -270,7 +283,13 @@ def test_head_weights_reproduce_the_models_own_projections(kind, ids):
     block, heads = subject.blocks[k], subject.head_weights(k)
     seen: dict = {}
     handles = [block.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))]
-    if not is_hf(subject):
+    if is_tl(subject):  # TransformerLens' own hook points: q, k, v (B, T, H or G, dh), z, the attention's write
+        handles.pop().remove()
+        _, cache = subject.model.run_with_cache(ids)
+        seen["x"], seen["attn_out"] = cache[f"blocks.{k}.hook_resid_pre"], cache[f"blocks.{k}.hook_attn_out"]
+        states = [cache[f"blocks.{k}.attn.hook_{name}"].transpose(1, 2) for name in ("q", "k", "v")]  # (B, H or G, T, dh)
+        z, out_bias = cache[f"blocks.{k}.attn.hook_z"], block.attn.b_O
+    elif not is_hf(subject):
         attn = block.attn
         handles.append(attn.register_forward_hook(lambda m, args, out: seen.setdefault("attn_out", out)))
         handles.append(attn.proj.register_forward_pre_hook(lambda m, args: seen.setdefault("z", args[0])))
@@ -354,6 +373,14 @@ def test_spliced_cached_generation_equals_uncached_greedy_decoding(subject, ids,
             spliced = logits_of(subject, ids)
         close(spliced, split.suffix(cumulative_mixer(split.prefix(ids))))
         assert not torch.allclose(spliced, logits_of(subject, ids), atol=1e-3)
+        if is_tl(subject):  # TransformerLens' generate, whole-sequence passes (its KV cache passes the blocks no positions)
+            with subject.splice(cumulative_mixer, source, target):
+                generated = subject.model.generate(prompt, max_new_tokens=steps, do_sample=False, use_past_kv_cache=False,
+                                                   stop_at_eos=False, verbose=False)
+                sequence = prompt
+                for _ in range(steps):
+                    sequence = torch.cat([sequence, logits_of(subject, sequence)[:, -1].argmax(-1, keepdim=True)], dim=1)
+            assert torch.equal(generated, sequence)
         return
     model = subject.model
     with subject.splice(cumulative_mixer, source, target):
@@ -417,7 +444,7 @@ def test_hooks_are_always_removed(subject, ids):
             handle.remove()
         assert all(a is b for a, b in zip(subject.blocks, originals))
     else:
-        mlp = subject.part(1, "mlp") if is_hf(subject) else subject.blocks[1].fc
+        mlp = subject.part(1, "mlp") if is_hf(subject) else subject.blocks[1].mlp if is_tl(subject) else subject.blocks[1].fc
         handle = mlp.register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("mlp failed")))
         try:
             with pytest.raises(RuntimeError, match="mlp failed"):
@@ -546,9 +573,9 @@ def test_final_logit_softcap_is_applied_as_the_model_does(ids):
         assert uncapped.abs().max() > 1.5 * subject.logit_softcap, "the cap bends nothing at this size"
 
 
-@pytest.mark.parametrize("kind", ["llama", *STRUCTURAL_KINDS])
+@pytest.mark.parametrize("kind", ["llama", *STRUCTURAL_KINDS, "tl-mha"])
 def test_token_ids_outside_the_embedding_are_refused(ids, kind):
-    subject = hf_subject(kind)
+    subject = make(kind)
     for bad in (VOCAB, VOCAB + 5, -1):
         wrong = ids.clone()
         wrong[0, 3] = bad
@@ -556,7 +583,7 @@ def test_token_ids_outside_the_embedding_are_refused(ids, kind):
             subject.residuals(wrong, [0])
         with pytest.raises(UserError, match="embedding has"):
             subject.split(0, 1).prefix(wrong)
-        if not subject.structural:
+        if not structural(subject):
             with pytest.raises(UserError, match="embedding has"):
                 subject.block_parts(wrong, 1)
 
@@ -578,6 +605,11 @@ def test_describe(subject):
         assert (info["n_heads"], info["d_head"], info["n_kv_heads"], info["d_model"]) == (4, 16, 4, 64)
         assert info["structure"]["found"].startswith("structurally") and info["structure"]["experts"] is None
         assert subject.parts_unavailable.startswith(f"model_type {info['family']!r} has no FAMILIES row")  # analyses read it
+        json.dumps(info)
+    elif is_tl(subject):  # its id is the config's model_name; its identity the weights in memory, as every subject's
+        assert info["family"] == "transformer_lens" and info["id"] == subject.model.cfg.model_name
+        assert info["weights_hash"] == "tensors-bf16-sha256/1" and info["vocab_size"] == VOCAB
+        assert (info["n_heads"], info["d_head"], info["n_kv_heads"]) == (4, 16, subject.model.cfg.n_key_value_heads or 4)
         json.dumps(info)
     elif is_hf(subject):
         assert info["family"] in FAMILIES and info["vocab_size"] == VOCAB and subject.parts_unavailable is None

@@ -1,5 +1,7 @@
-"""Tiny random subjects for the contract tests: our GPT, one model per Hugging Face family (no download), and two
-causal LMs with no FAMILIES row, found structurally: OPT and a custom ``PreTrainedModel`` defined here."""
+"""Tiny random subjects for the contract tests: our GPT, one model per Hugging Face family (no download), two
+causal LMs with no FAMILIES row, found structurally (OPT and a custom ``PreTrainedModel`` defined here), and
+TransformerLens ``HookedTransformer`` models built from its own config (multi-head, grouped-query, parallel
+attention and MLP; the extra is installed by ``make setup``, so they never skip)."""
 
 from __future__ import annotations
 
@@ -198,15 +200,45 @@ def hf_subject(kind: str, seed: int = 0):
     return HFSubject(hf_model(kind, seed), name=f"tiny-{kind}")
 
 
+def hooked_transformer(kind: str = "tl-mha", seed: int = 0):
+    """A tiny random TransformerLens ``HookedTransformer`` (LayerNorm, GELU, learned positions) of ``kind``:
+    ``tl-mha`` (4 heads), ``tl-gqa`` (4 query heads in 2 KV groups) or ``tl-parallel`` (attention and MLP both read
+    the block's input, as GPT-J / NeoX); norm gains and biases random, so folding the gain and the biases is tested."""
+    try:
+        import transformer_lens
+    except ImportError:  # a failure, never a skip: `make setup` installs it
+        raise ImportError("transformer_lens is not installed: pip install -e '.[dev]' (it pins transformer-lens>=3.9,<4)") from None
+    import warnings
+
+    extra = {"tl-mha": {}, "tl-gqa": {"n_key_value_heads": 2}, "tl-parallel": {"parallel_attn_mlp": True}}[kind]
+    cfg = transformer_lens.HookedTransformerConfig(
+        n_layers=LAYERS, d_model=D_MODEL, n_ctx=POSITIONS, d_head=16, n_heads=4, d_mlp=128, d_vocab=VOCAB, act_fn="gelu",
+        normalization_type="LN", seed=seed, model_name=f"tiny-{kind}", **extra)
+    with warnings.catch_warnings():  # TransformerLens 3.x announces HookedTransformer's removal in 4.0
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = transformer_lens.HookedTransformer(cfg)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(seed + 1)
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_((1.0 if name.endswith(".w") else 0.0) + 0.3 * torch.randn(p.shape, generator=generator))
+    return model.eval()
+
+
 def make(kind: str, seed: int = 0):
-    """A tiny subject of ``kind``: ``gpt`` (ours) or a Hugging Face family (variant)."""
+    """A tiny subject of ``kind``: ``gpt`` (ours), a Hugging Face family (variant) or a TransformerLens model."""
+    if kind in TL_KINDS:
+        from selfmodels.subjects.held import as_subject
+
+        return as_subject(hooked_transformer(kind, seed))  # found by its class: a HookedSubject
     return _gpt() if kind == "gpt" else hf_subject(kind, seed)
 
 
 HF_KINDS = ["llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "gpt_neox-sequential", "qwen2-sliding",
             "gemma2", "gemma3_text", "gemma3", "phi3", "olmo2", "qwen3_moe", "qwen2_moe", "mixtral"]
 STRUCTURAL_KINDS = ["opt", "custom"]  # no FAMILIES row: found structurally
-ALL_KINDS = ["gpt", *HF_KINDS, *STRUCTURAL_KINDS]
+TL_KINDS = ["tl-mha", "tl-gqa", "tl-parallel"]  # TransformerLens HookedTransformer (its own layer index and hook points)
+ALL_KINDS = ["gpt", *HF_KINDS, *STRUCTURAL_KINDS, *TL_KINDS]
 
 
 def hook_count(model: torch.nn.Module) -> int:
