@@ -36,7 +36,7 @@ def test_cached_greedy_decoding_equals_uncached_and_the_closed_loop_pass(family,
     closed = wake(hf_loop(family, condition, shift=2))
     prompt = hf_ids(length=PROMPT)
     cached = generate(closed, prompt, STEPS, use_cache=True)
-    uncached = closed.generate(prompt, STEPS, use_cache=False)
+    uncached = generate(closed, prompt, STEPS, use_cache=False)
     assert cached.sequences.shape == (2, PROMPT + STEPS)
     assert torch.equal(cached.sequences, uncached.sequences)
     torch.testing.assert_close(cached.logits, uncached.logits, rtol=0, atol=1e-5)  # attention over cached keys

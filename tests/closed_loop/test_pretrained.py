@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from closed_loop_hf import FAMILIES, SEQ, VOCAB, hf_ids, hf_loop, tiny_subject
+from closed_loop_hf import FAMILIES, SEQ, VOCAB, hf_ids, hf_loop
 from closed_loop_tiny import CONDITION_NAMES, INJECTING, wake
 from selfmodels.closed_loop.config import LoopConfig
 from selfmodels.closed_loop.task import ClosedLoopTask

@@ -21,6 +21,7 @@ from selfmodels.cli import main
 from selfmodels.closed_loop.config import PRESETS, ClosedLoopConfig
 from selfmodels.closed_loop.build import build_run
 from selfmodels.closed_loop.data import load_data, load_subject_data
+from selfmodels.closed_loop.generate import generate
 from selfmodels.closed_loop.load import _config, load_closed_loop, save_model
 from selfmodels.closed_loop.measure import evaluate
 from selfmodels.configs import to_dict
@@ -84,7 +85,7 @@ def test_a_finished_run_reloads_to_the_trained_loop(family, corpus, tmp_path):
     tuned = dict(closed.network.named_parameters())
     assert any(not torch.equal(p, tuned[k]) for k, p in pretrained.network.named_parameters())
     prompt = data.eval_x[:1, :4]
-    assert closed.generate(prompt, 3).sequences.shape == (1, 7)
+    assert generate(closed, prompt, 3).sequences.shape == (1, 7)
 
 
 @pytest.mark.parametrize("family", [None, "gpt2"])

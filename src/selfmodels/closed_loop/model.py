@@ -19,7 +19,7 @@ no injection this pass is the GPT's pass, op for op (tested bit for bit); a Hugg
 the subject interface, and with no injection this pass equals the model's own forward bit for bit on CPU (tested on
 a tiny Llama and GPT-2: the same blocks called with the same arguments, then the same final norm and head).
 
-:meth:`ClosedLoop.generate` decodes greedily with the loop closed (:mod:`selfmodels.closed_loop.generate`).
+Greedy decoding with the loop closed, with a KV cache where the network has one: :mod:`selfmodels.closed_loop.generate`.
 """
 
 from __future__ import annotations
@@ -97,9 +97,3 @@ class ClosedLoop(nn.Module):
     def forward(self, ids: torch.Tensor, inject: bool = True) -> torch.Tensor:
         """Logits (B, T, V)."""
         return self.run(ids, inject).logits
-
-    def generate(self, ids: torch.Tensor, max_new_tokens: int, inject: bool = True, use_cache: bool = True):
-        """Greedy decoding with the loop closed: :func:`selfmodels.closed_loop.generate.generate`."""
-        from selfmodels.closed_loop.generate import generate
-
-        return generate(self, ids, max_new_tokens, inject=inject, use_cache=use_cache)
