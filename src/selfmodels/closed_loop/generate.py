@@ -116,7 +116,7 @@ def _check_length(closed: ClosedLoop, length: int) -> None:
     context = closed.trunk.context
     require(context is None or length <= context,
             f"the prompt and the tokens to generate make {length} positions, more than the {context} the network takes: "
-            "ask for fewer --max-new-tokens or give a shorter prompt")
+            "ask for fewer new tokens or give a shorter prompt")
 
 
 @torch.no_grad()
