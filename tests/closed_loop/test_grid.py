@@ -145,3 +145,16 @@ def test_reproduce_closed_loop_bad_input_is_one_message_and_exit_2(tmp_path, cap
     assert "unknown preset 'nope': known presets: full, quick" in err and len(err.strip().splitlines()) == 1
     assert main(["reproduce", "closed-loop", "--quick", "--workers", "0", "--out", str(tmp_path / "out")]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_closed_loop_measure_writes_the_battery_beside_the_result(corpus, tmp_path, capsys):
+    out, config = tmp_path / "run", tmp_path / "battery.json"
+    config.write_text(json.dumps({"config": {"battery": dataclasses.asdict(tiny_battery())}}))
+    argv = ["closed-loop", "--out", str(out), "--corpus", corpus, "--config", str(config), "--condition", "forward",
+            "--measure", "--quick", "--corpus.vocab-size", "300", "--gpt.n-layer", "3", "--gpt.n-head", "2",
+            "--gpt.d-model", "32", "--seq-len", "16", "--lm.steps", "2", "--lm.batch-size", "4", "--lm.eval-every", "2",
+            "--eval-windows", "4", "--forward.d-head", "8", "--pair", "0", "2", "--inject", "1", "--quiet"]
+    assert main(argv) == 0
+    record, battery = (json.loads((out / name).read_text()) for name in ("result.json", "battery.json"))
+    assert battery["training_key"] == record["key"] and battery["of"] == "final" and battery["skip_kl"] >= 0
+    assert "fresh observer's update R²" in capsys.readouterr().out
