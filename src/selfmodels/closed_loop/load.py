@@ -1,5 +1,6 @@
 """A trained closed loop on disk: :func:`save_model` writes ``model.safetensors``, :func:`load_closed_loop` reads a
-run directory back into a :class:`~selfmodels.closed_loop.model.ClosedLoop`.
+run directory back into a :class:`~selfmodels.closed_loop.model.ClosedLoop` (:func:`read_state`: the state dict of
+any file :func:`save_model` wrote, e.g. a snapshot).
 
 ``model.safetensors`` holds the whole loop's state dict (``network.*``, ``forward_model.*``, ``signal.*``,
 ``gate.*``); its metadata holds the run's key, the format and the names of tied tensors (a pretrained model whose LM
@@ -43,6 +44,16 @@ def save_model(closed: torch.nn.Module, path: str | Path, key: str) -> None:
     """Write the loop's state dict to ``path`` (atomically) with ``key``, the format and the tied names."""
     tensors, aliases = _untied(closed.state_dict())
     save_tensors(path, tensors, metadata={"key": key, "format": MODEL_FORMAT, "tied": json.dumps(aliases)})
+
+
+def read_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The state dict a :func:`save_model` file holds, every tied name restored (for ``load_state_dict``)."""
+    path = Path(path)
+    meta = _metadata(path)
+    state = load_tensors(path, device)
+    for tied, kept in json.loads(meta.get("tied") or "{}").items():
+        state[tied] = state[kept]
+    return state
 
 
 def _metadata(path: Path) -> dict:
@@ -109,9 +120,7 @@ def load_closed_loop(run_dir: str | Path, device: str | torch.device = "cpu"):
             f"{path} is not a closed-loop model file (format {meta.get('format')!r}, not {MODEL_FORMAT!r})")
     require(meta.get("key") == key, f"{path} belongs to another run (key {meta.get('key')} != config.json's {key}): "
                                     "copy the run directory whole, or run the closed-loop command again")
-    state = load_tensors(path, device)
-    for tied, kept in json.loads(meta.get("tied") or "{}").items():
-        state[tied] = state[kept]
+    state = read_state(path, device)
     closed = build_run(cfg, device, _tokenizer(run_dir, cfg))
     expected = closed.state_dict().keys()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
