@@ -41,6 +41,10 @@ from selfmodels.complexity.stacked_mlp import Unsupported
 from selfmodels.nets.gpt import GPT
 
 aten = torch.ops.aten
+# Chains x tokens per forward/backward pass: at 1,024 rows a 4d-wide activation of d = 64 (1 MiB) stays in a
+# core's L2 cache between the products and element-wise kernels that use it (the quick grid's 2 chains x
+# 16 windows x 64 tokens then run as two passes of 8 windows). Measured: benchmarks/lm_llc_batched.py.
+ROWS_PER_PASS = 1024
 _LN_EPS = 1e-5  # nn.LayerNorm's default, which the GPT uses
 
 # Per block, the parameters' names below ``blocks.{i}.``, in the order the forward uses them.
@@ -73,7 +77,8 @@ class StackedGPT:
     of (logits (B, T, V), targets (B, T)) (autograd on the logits, chain by chain).
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str], loss_fn: Callable[..., torch.Tensor]):
+    def __init__(self, model: nn.Module, names: Sequence[str], loss_fn: Callable[..., torch.Tensor],
+                 rows_per_pass: int = ROWS_PER_PASS):
         gpt, prefix, self.explicit_attention = gpt_of(model)
         if any(True for _ in model.buffers()):
             raise Unsupported("the model has buffers")
@@ -88,6 +93,7 @@ class StackedGPT:
         self.n_head, self.block_size = gpt.cfg.n_head, gpt.cfg.block_size
         self.loss_fn = loss_fn
         self.closed_form = loss_fn in (cross_entropy, next_token_cross_entropy)
+        self.rows_per_pass = rows_per_pass
 
     def losses_and_grads(self, params: Sequence[torch.Tensor], x: torch.Tensor, targets: tuple,
                          into: Sequence[torch.Tensor] | None = None,
@@ -100,10 +106,24 @@ class StackedGPT:
         into = [torch.zeros_like(p) for p in params] if into is None else list(into)
         if x.dim() != 2 or x.shape[1] > self.block_size:
             raise Unsupported(f"ids must be (B, T) with T <= {self.block_size}, got {tuple(x.shape)}")
+        C, B, T = params[0].shape[0], x.shape[0], x.shape[1]
         with torch.no_grad():
-            saved, logits = self._forward(params, x)                       # logits (C, N, V)
-            losses, grad = self._loss_and_logit_gradient(logits, targets)
-            self._backward(params, x, saved, grad, into, scale)
+            if not (self.closed_form and len(targets) == 1):
+                saved, logits = self._forward(params, x)                   # logits (C, N, V)
+                losses, grad = self._loss_and_logit_gradient(logits, targets)
+                self._backward(params, x, saved, grad, into, scale)
+                return losses, into
+            # The mean cross-entropy is a sum over windows: windows in groups of at most rows_per_pass chain
+            # tokens, each group's mean weighted by its share of the batch (activations stay in cache).
+            per_pass = max(1, self.rows_per_pass // (C * T))
+            losses = torch.zeros(C, dtype=params[0].dtype, device=params[0].device)
+            for start in range(0, B, per_pass):
+                xs, ys = x[start:start + per_pass], targets[0][start:start + per_pass]
+                share = xs.shape[0] / B
+                saved, logits = self._forward(params, xs)
+                part, grad = cross_entropy_with_logit_gradient(logits, ys.reshape(-1))
+                losses.add_(part, alpha=share)
+                self._backward(params, xs, saved, grad, into, scale * share)
         return losses, into
 
     # -- loss --------------------------------------------------------------------------------------
