@@ -20,18 +20,22 @@ the localization γ rather than the loss shapes the chains, and the estimate wou
 context length. devinterp's ``default_nbeta`` counts the loader's batch size in windows, so pass
 ``nbeta`` explicitly when comparing with it.
 
-**Attention under vmap.** On the vmap path the chains' forwards run as one ``torch.func.vmap``. Our GPT's
-fused attention kernel (``F.scaled_dot_product_attention``) has no vmap batching rule on CPU, so vmap
-runs it once per chain; ``explicit_attention=True`` has the GPT compute
-``softmax(Q Kᵀ / sqrt(d_head) + M_causal) V`` in plain tensor ops instead, which vmap batches over the
-chains (:meth:`selfmodels.nets.gpt.GPT.forward`). Both agree up to float rounding. Off by default:
-on the quick grid's GPT on CPU it measured no faster (``benchmarks/lm_llc_batched.py``; docs/llc.md,
-"Language models"), since the attention is a small part of a step and costs the same either way.
+**Chains of our GPT.** On CPU, ``batched="auto"`` runs our GPT's chains on the ``stacked`` path
+(:mod:`selfmodels.complexity.stacked_gpt`): the chains' weights stacked along a leading axis, every
+Linear one batched product, the fused attention kernel over the merged chains x windows axis, the
+backward written out (no autograd graph). On the vmap path the fused kernel
+(``F.scaled_dot_product_attention``) has no vmap batching rule on CPU and runs once per chain;
+``explicit_attention=True`` has the GPT compute ``softmax(Q Kᵀ / sqrt(d_head) + M_causal) V`` in plain
+tensor ops instead (:meth:`selfmodels.nets.gpt.GPT.forward`; the stacked path then writes that form out
+too). All agree up to float rounding (tests/complexity/test_lm_llc_stacked.py,
+test_lm_llc_batched.py); timings: ``benchmarks/lm_llc_batched.py`` and docs/llc.md, "Language models".
+Other models (Hugging Face LMs, wrappers such as the closed loop) take the vmap path as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
+
 import torch
 from torch import nn
 
@@ -40,6 +44,7 @@ from selfmodels.complexity.lm_logits import LogitsFn, LogitsOf, gpt_logits_expli
 from selfmodels.configs import to_dict
 from selfmodels.errors import require
 from selfmodels.nets.gpt import GPT
+
 
 def lm_token_count(windows: torch.Tensor, config: LLCConfig) -> int:
     """n in the default nβ = n / ln n: predicted tokens per minibatch (b·T), or in the dataset (N·T)."""
@@ -85,7 +90,8 @@ def lm_llc(model: nn.Module, windows: torch.Tensor, config: LLCConfig, device: s
     (``batched``: vmap where the model allows, else sequential); the model is not modified.
     ``explicit_attention`` (our :class:`~selfmodels.nets.gpt.GPT` only): attention in plain tensor ops that
     vmap batches over the chains, instead of the fused kernel that vmap runs chain by chain on CPU (module
-    docstring); on every path, so ``batched="sequential"`` with it is the one-chain-at-a-time reference.
+    docstring); on every path (stacked included), so ``batched="sequential"`` with it is the
+    one-chain-at-a-time reference.
     ``result.diagnostics`` adds ``nbeta_counts`` ("tokens"), ``nbeta_n``, ``tokens_per_window``.
     """
     config.validate()
@@ -110,4 +116,4 @@ def lm_llc(model: nn.Module, windows: torch.Tensor, config: LLCConfig, device: s
     return result
 
 
-__all__ = ["lm_llc", "LogitsOf", "next_token_cross_entropy", "lm_token_count", "gpt_logits_explicit_attention"]
+__all__ = ["lm_llc", "LogitsOf", "LogitsFn", "next_token_cross_entropy", "lm_token_count", "gpt_logits_explicit_attention"]

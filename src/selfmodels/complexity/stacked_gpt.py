@@ -17,7 +17,9 @@ backward) on the chains and windows merged into one batch axis, so it needs no v
 with ``explicit_attention`` it is written out as batched products (scores, softmax, P V and their
 backward). Gradients are added, scaled, into buffers the caller gives (``C <- C + scale A B`` inside
 the products), as :mod:`selfmodels.complexity.stacked_mlp` does, so the SGLD step puts its drift
-straight into its noise. Nothing builds an autograd graph; per step this is a few hundred tensor
+straight into its noise. For the mean cross-entropy (a sum over windows) the batch runs in passes of at
+most ``rows_per_pass`` chain tokens, each pass's gradient weighted by its share of the batch, so that
+the activations a pass writes are still in cache when it reads them back. Nothing builds an autograd graph; per step this is a few hundred tensor
 operations for all chains together, where ``vmap`` plus autograd (or one chain at a time) pays the
 dispatcher and the graph for every chain and op.
 
