@@ -12,15 +12,16 @@ from selfmodels.closed_loop.residuals import collect, loop_pass
 from selfmodels.complexity.config import LLCConfig
 
 
+@pytest.mark.parametrize("path", ["sequential", "vmap"])
 @pytest.mark.parametrize("condition", ["forward", "autoencoder"])
-def test_the_llc_samples_the_gpt_and_gate_only_and_changes_nothing(condition):
+def test_the_llc_samples_the_gpt_and_gate_only_and_changes_nothing(condition, path):
     closed = wake(tiny_loop(condition))
     closed.forward_model.requires_grad_(True)
     before = {k: v.clone() for k, v in closed.state_dict().items()}
     flags = {k: p.requires_grad for k, p in closed.named_parameters()}
     windows = torch.randint(0, VOCAB, (8, 17), generator=torch.Generator().manual_seed(0))
     out = loop_llc(closed, windows, LLCConfig(chains=1, draws=6, batch_size=4, epsilon=1e-4, gamma=100.0,
-                                             init_loss_batches=1, batched="sequential"))
+                                             init_loss_batches=1, batched=path))
     gpt_and_gate = sum(p.numel() for p in closed.gpt.parameters()) + sum(p.numel() for p in closed.gate.parameters())
     # the estimator's own count of what its chains moved: the GPT's and G's weights, F and the signal held fixed
     assert out["llc_sampled_params"] == gpt_and_gate == sampled_parameters(closed)
@@ -28,6 +29,16 @@ def test_the_llc_samples_the_gpt_and_gate_only_and_changes_nothing(condition):
     for k, v in closed.state_dict().items():  # no weight moved, F's included
         assert torch.equal(v, before[k]), k
     assert {k: p.requires_grad for k, p in closed.named_parameters()} == flags  # the caller's flags are back
+
+
+def test_open_loop_samples_the_gpt_alone_on_every_path():
+    # open loop never applies G: G has no gradient, so it is not sampled (vmap would refuse an unused input)
+    closed = tiny_loop("open-loop")
+    windows = torch.randint(0, VOCAB, (8, 17), generator=torch.Generator().manual_seed(2))
+    for path in ("sequential", "vmap"):
+        out = loop_llc(closed, windows, LLCConfig(chains=2, draws=3, batch_size=4, init_loss_batches=1, batched=path))
+        assert out["llc_sampled_params"] == sum(p.numel() for p in closed.gpt.parameters())
+        assert out["llc_path"] == path
 
 
 def test_weight_spread_is_the_sd_of_the_head_and_of_each_blocks_matrices():

@@ -3,12 +3,13 @@ the drift flag.
 
 - **LLC** (:func:`selfmodels.complexity.lm_llc.lm_llc`, the package's SGLD estimator under mean next-token
   cross-entropy, nβ = n / ln n with n the predicted tokens of a minibatch): the sampled weights are the GPT's and
-  G's only. F and the condition's signal module are held fixed at their trained values (``requires_grad`` off while
+  G's only (the GPT's alone when nothing is injected: open loop's G never enters the loss, so it has no gradient and
+  no effect on λ). F and the condition's signal module are held fixed at their trained values (``requires_grad`` off while
   sampling, so the estimator keeps them as constants): F is trained on its own MSE, not the LM loss, and is not at a
   minimum of the loss whose LLC is estimated. The caller's flags are restored afterwards; the estimator samples a
   copy, so no weight of the loop moves. The result is :meth:`LLCResult.summary` (``llc_*`` keys, ``llc_mean`` null
   when flagged), plus ``llc_sampled_params``, the estimator's count of the weights its chains move (tested: the
-  GPT's and G's).
+  GPT's and G's; the GPT's alone for a loop that injects nothing, open loop, whose G never enters the loss).
 - **Weight spread** (as the LM self-modeling area defines it): ``unembedding_sd`` = SD (Bessel) of every entry of
   the LM head's weight (V, d), i.e. :func:`selfmodels.complexity.weights.classification_weight_sd` over all V rows;
   ``block_weight_sd[k]`` = SD of every entry of block k's matrices (parameters of 2 or more dimensions);
@@ -41,6 +42,13 @@ def sampled_parameters(closed: ClosedLoop) -> int:
     return sum(p.numel() for p in closed.gpt.parameters()) + sum(p.numel() for p in closed.gate.parameters())
 
 
+@torch.no_grad()
+def injects(closed: ClosedLoop, windows: torch.Tensor) -> bool:
+    """Whether the loop adds anything to h_m (False for open loop), from one pass on the first window's first tokens."""
+    device = closed.gate.weight.device
+    return closed.run(windows[:1, : min(2, windows.shape[1])].long().to(device)).injected is not None
+
+
 def loop_llc(closed: ClosedLoop, windows: torch.Tensor, config: LLCConfig, device: torch.device | str = "cpu",
              progress: bool = False) -> dict:
     """The LLC of the GPT and G with F and the signal frozen, on training ``windows`` (N, T+1); see the module."""
@@ -50,7 +58,7 @@ def loop_llc(closed: ClosedLoop, windows: torch.Tensor, config: LLCConfig, devic
     try:
         closed.requires_grad_(False)
         closed.gpt.requires_grad_(True)
-        closed.gate.requires_grad_(True)
+        closed.gate.requires_grad_(injects(closed, windows))  # a gate that is never applied has no gradient
         result = lm_llc(closed, windows, config, device=device, progress=progress)
     finally:
         for name, p in closed.named_parameters():
