@@ -73,6 +73,21 @@ def test_stacked_gradients_equal_autograd_chain_by_chain(explicit_attention, los
             torch.testing.assert_close(got[c], start[c] - 0.5 * grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("rows_per_pass", [1, 14, 30])
+def test_windows_in_passes_give_the_one_pass_losses_and_gradients(rows_per_pass):
+    """The mean cross-entropy in passes of at most rows_per_pass chain tokens (2 chains x 7 tokens: 1, 1 and
+    2 windows per pass, the last pass of 5 windows smaller) equals one pass over the batch (float64)."""
+    gpt = _gpt(torch.float64)
+    names, params = _chains_around(gpt, chains=2, spread=0.2)
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randint(0, 11, (5, 7), generator=g), torch.randint(0, 11, (5, 7), generator=g)
+    one_pass = StackedGPT(gpt, names, next_token_cross_entropy, rows_per_pass=10_000).losses_and_grads(params, x, (y,))
+    passes = StackedGPT(gpt, names, next_token_cross_entropy, rows_per_pass=rows_per_pass).losses_and_grads(params, x, (y,))
+    torch.testing.assert_close(passes[0], one_pass[0], rtol=1e-12, atol=0.0)
+    for got, expected in zip(passes[1], one_pass[1]):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13)
+
+
 def test_the_bare_gpt_is_stacked_too():
     gpt = _gpt(torch.float64)
     names, params = _chains_around(gpt, chains=2, spread=0.1)

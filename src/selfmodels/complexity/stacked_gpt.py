@@ -95,6 +95,8 @@ class StackedGPT:
         self.n_head, self.block_size = gpt.cfg.n_head, gpt.cfg.block_size
         self.loss_fn = loss_fn
         self.closed_form = loss_fn in (cross_entropy, next_token_cross_entropy)
+        if rows_per_pass < 1:
+            raise ValueError(f"rows_per_pass must be at least 1, got {rows_per_pass}")
         self.rows_per_pass = rows_per_pass
 
     def losses_and_grads(self, params: Sequence[torch.Tensor], x: torch.Tensor, targets: tuple,
@@ -108,32 +110,33 @@ class StackedGPT:
         into = [torch.zeros_like(p) for p in params] if into is None else list(into)
         if x.dim() != 2 or x.shape[1] > self.block_size:
             raise Unsupported(f"ids must be (B, T) with T <= {self.block_size}, got {tuple(x.shape)}")
-        C, B, T = params[0].shape[0], x.shape[0], x.shape[1]
         with torch.no_grad():
-            if not (self.closed_form and len(targets) == 1):
-                saved, logits = self._forward(params, x)                   # logits (C, N, V)
-                losses, grad = self._loss_and_logit_gradient(logits, targets)
-                self._backward(params, x, saved, grad, into, scale)
-                return losses, into
-            # The mean cross-entropy is a sum over windows: windows in groups of at most rows_per_pass chain
-            # tokens, each group's mean weighted by its share of the batch (activations stay in cache).
-            per_pass = max(1, self.rows_per_pass // (C * T))
-            losses = torch.zeros(C, dtype=params[0].dtype, device=params[0].device)
-            for start in range(0, B, per_pass):
-                xs, ys = x[start:start + per_pass], targets[0][start:start + per_pass]
-                share = xs.shape[0] / B
-                saved, logits = self._forward(params, xs)
-                part, grad = cross_entropy_with_logit_gradient(logits, ys.reshape(-1))
-                losses.add_(part, alpha=share)
-                self._backward(params, xs, saved, grad, into, scale * share)
+            if self.closed_form and len(targets) == 1:
+                return self._mean_cross_entropy(params, x, targets[0], into, scale), into
+            saved, logits = self._forward(params, x)                       # logits (C, N, V)
+            losses, grad = self._autograd_logit_gradient(logits, targets)
+            self._backward(params, x, saved, grad, into, scale)
         return losses, into
 
     # -- loss --------------------------------------------------------------------------------------
-    def _loss_and_logit_gradient(self, logits, targets):
-        """L (C,) and dL/dlogits (C, N, V): closed form for the mean cross-entropy, else autograd."""
-        y = targets[0].reshape(-1)                                           # (N,)
-        if self.closed_form and len(targets) == 1:
-            return cross_entropy_with_logit_gradient(logits, y)
+    def _mean_cross_entropy(self, params, x, y, into, scale):
+        """The mean cross-entropy's losses (C,), its gradients added into ``into``. The loss is a sum over
+        windows, so windows go in passes of at most ``rows_per_pass`` chain tokens, each pass's mean and
+        gradient weighted by its share of the batch (its activations then stay in cache)."""
+        C, B, T = params[0].shape[0], x.shape[0], x.shape[1]
+        per_pass = max(1, self.rows_per_pass // (C * T))
+        losses = torch.zeros(C, dtype=params[0].dtype, device=params[0].device)
+        for start in range(0, B, per_pass):
+            xs, ys = x[start:start + per_pass], y[start:start + per_pass]
+            share = xs.shape[0] / B
+            saved, logits = self._forward(params, xs)                     # logits (C, n, V)
+            part, grad = cross_entropy_with_logit_gradient(logits, ys.reshape(-1))  # (softmax - onehot) / n
+            losses.add_(part, alpha=share)
+            self._backward(params, xs, saved, grad, into, scale * share)
+        return losses
+
+    def _autograd_logit_gradient(self, logits, targets):
+        """L (C,) and dL/dlogits (C, N, V) for any other loss, by autograd on the logits, chain by chain."""
         C, B = logits.shape[0], targets[0].shape[0]
         logits = logits.view(C, B, -1, logits.shape[-1]).requires_grad_(True)  # (C, B, T, V)
         with torch.enable_grad():
