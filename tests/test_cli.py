@@ -14,7 +14,8 @@ import pytest
 from selfmodels.cli import build_parser, main
 
 PIPELINE = [["forward", "train"], ["reproduce", "forward-self-models"], ["forward", "profile"], ["selfmodel-lm"],
-            ["regularize"], ["reproduce", "self-modeling"], ["reproduce", "self-modeling-transformers"], ["closed-loop"]]
+            ["regularize"], ["reproduce", "self-modeling"], ["reproduce", "self-modeling-transformers"], ["closed-loop"],
+            ["reproduce", "closed-loop"]]
 PRESET_COMMANDS = [c for c in PIPELINE if c != ["regularize"]]
 ALL = PIPELINE + [["forward", "eval"], ["forward", "sweep"], ["forward", "explore"], ["llc"], ["llc", "calibrate"]]
 
@@ -152,7 +153,7 @@ def _run_print_config(parser, argv, capsys) -> dict | None:
     return json.loads(capsys.readouterr().out)
 
 
-ONE_VALUE = {"--model.architecture", "--forward.architecture"}  # a registry with one entry so far (transformer)
+ONE_VALUE = {"--model.architecture", "--forward.architecture", "--battery.observer.model.architecture"}  # a registry with one entry so far (transformer)
 
 
 def _candidates(action, default) -> list[list[str]]:

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ["environment", "matmul_peak", "llc", "forward_train", "forward_compile", "subject_throughput",
-            "training_loops", "gpt_toy", "pytest_smoke"]
+            "peers", "multi_gpu", "training_loops", "gpt_toy", "pytest_smoke"]
 
 
 def _has_numbers(record) -> bool:

@@ -202,14 +202,14 @@ def test_lm_grid_runs_split_across_two_ranks_equal_one_process_and_rank_0_alone_
     assert all(p.startswith("lm-grid/runs/") for p in written[1])
 
 
-def _assert_close(a, b, path="") -> None:
-    """Equal JSON values, numbers to a relative 1e-6 (the same float32 chains, grouped differently)."""
+def _assert_close(a, b, path="", rel=1e-6) -> None:
+    """Equal JSON values, numbers to a relative ``rel`` (the same float32 chains, grouped differently)."""
     if isinstance(a, float) and isinstance(b, float):
-        assert a == pytest.approx(b, rel=1e-6), path
+        assert a == pytest.approx(b, rel=rel), path
     elif isinstance(a, (list, dict)):
         assert type(a) is type(b) and len(a) == len(b), path
         for key in (a if isinstance(a, dict) else range(len(a))):
-            _assert_close(a[key], b[key], f"{path}/{key}")
+            _assert_close(a[key], b[key], f"{path}/{key}", rel)
     else:
         assert a == b, path
 
@@ -233,9 +233,12 @@ def test_llc_command_and_calibration_on_two_ranks_match_one_and_rank_0_alone_wri
 
     keys = ("llc_mean", "llc_std", "llc_raw_mean", "llc_flags", "llc_per_chain", "llc_loss_at_wstar", "llc_loss_traces")
     two, ref = read_json(run_dir / "llc.json"), read_json(one / "llc.json")
-    _assert_close({k: two[k] for k in keys}, {k: ref[k] for k in keys})
+    # The LLC is n beta (mean L - L(w*)): the difference amplifies the losses' float32 rounding (1e-7 relative) by
+    # L / (mean L - L(w*)), here about 10, so its numbers agree to 1e-5, not 1e-6 (measured: 2.2e-6 apart).
+    _assert_close({k: two[k] for k in keys}, {k: ref[k] for k in keys}, rel=1e-5)
     cells = [read_json(d / "llc_calibration" / "calibration.json") for d in (run_dir, one)]
-    _assert_close([{k: c[k] for k in keys[:-1]} for c in cells[0]], [{k: c[k] for k in keys[:-1]} for c in cells[1]])
+    _assert_close([{k: c[k] for k in keys[:-1]} for c in cells[0]], [{k: c[k] for k in keys[:-1]} for c in cells[1]],
+                  rel=1e-5)
     assert _files(run.writes(1)) == set()
     assert _files(run.writes(0)) == {"run/llc.json", "run/llc_trace.png", *(f"run/llc_calibration/{name}" for name in (
         "calibration.jsonl", "calibration.json", "calibration.md", "calibration.png", "traces.safetensors"))}
