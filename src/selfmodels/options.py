@@ -487,6 +487,10 @@ def subject_shape(name: str) -> dict | None:
         return None
     if getattr(config, "is_encoder_decoder", False):  # not a subject at all: loading it says so, not a layer check
         return None
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:  # no causal LM (a ViT): the load says that, not a layer check
+        return None
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     blocks = getattr(text, "num_hidden_layers", None)
     positions = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)

@@ -67,9 +67,6 @@ class _Recording(torch.nn.Module):
         return torch.zeros(h.shape)
 
 
-@pytest.mark.xfail(strict=True, reason="as_predictor hands the forward model the residual on the residual's device, not "
-                                       "the model's (forward/evaluate.py: h.float() only); a source block on another GPU "
-                                       "than the forward model fails there")
 def test_the_predictor_feeds_the_forward_model_on_its_own_device():
     recording = _Recording()
     as_predictor(recording)(torch.ones(1, 3, 4, dtype=torch.bfloat16))

@@ -22,8 +22,15 @@ def batches_of(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.
 
 
 def as_predictor(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``h -> model(h)`` computed in float32 (the subject may run in bf16)."""
-    return lambda h: model(h.float())
+    """``h -> model(h)`` computed in float32 on the model's own device (the subject may run in bf16, its source block
+    on another GPU than the forward model), the prediction handed back on ``h``'s device."""
+    weight = next(model.parameters(), None)  # a parameter-free model (a baseline) runs where h is
+
+    def predict(h: torch.Tensor) -> torch.Tensor:
+        device = h.device if weight is None else weight.device
+        return model(h.to(device=device, dtype=torch.float32)).to(h.device)
+
+    return predict
 
 
 @torch.no_grad()
