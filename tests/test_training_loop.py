@@ -242,3 +242,41 @@ def test_until_stops_early_and_a_second_call_finishes_like_one(tmp_path):
     straight = Regression()
     train(straight, Schedule(8, log_every=2, checkpoint_every=2), tmp_path / "straight", progress=False)
     assert [line["loss"] for line in read_jsonl(tmp_path / METRICS)] == [line["loss"] for line in read_jsonl(tmp_path / "straight" / METRICS)]
+
+
+class _TiedLM(nn.Module):
+    """An embedding and an LM head over one weight (GPT-2's and SmolLM2's tie)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(11, 4)
+        self.head = nn.Linear(4, 11, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(self.embed(ids))
+
+
+def test_a_checkpoint_stores_a_tied_weight_once_and_restores_the_tie(tmp_path):
+    from safetensors import safe_open
+
+    from selfmodels.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = _TiedLM()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    nn.functional.cross_entropy(model(torch.arange(6)), torch.arange(6).flip(0)).backward()
+    opt.step()
+    save_checkpoint(tmp_path / "c.safetensors", 1, {"model": model}, {"opt": opt}, {})
+    with safe_open(str(tmp_path / "c.safetensors"), framework="pt") as handle:
+        names = [k for k in handle.keys() if k.startswith("model.")]
+    assert names == ["model.embed.weight"]  # once: safetensors refuses two names over one storage
+
+    torch.manual_seed(1)
+    again = _TiedLM()
+    again_opt = torch.optim.AdamW(again.parameters(), lr=0.1)
+    assert load_checkpoint(tmp_path / "c.safetensors", {"model": again}, {"opt": again_opt}, {})[0] == 1
+    assert again.head.weight is again.embed.weight  # still one parameter
+    torch.testing.assert_close(again.embed.weight, model.embed.weight, rtol=0, atol=0)
+    for a, b in zip(again_opt.state_dict()["state"].values(), opt.state_dict()["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in ("exp_avg", "exp_avg_sq"))

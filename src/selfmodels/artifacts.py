@@ -143,6 +143,21 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
         save_file(clean, str(tmp), metadata=metadata)
 
 
+def untied(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``tensors`` with each shared tensor once, under its first name, and ``{tied name: kept name}`` (safetensors
+    refuses two names over one storage, as a tied LM head and embedding are)."""
+    kept: dict[tuple, str] = {}
+    unique, aliases = {}, {}
+    for name, tensor in tensors.items():
+        where = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        if tensor.numel() and where in kept:
+            aliases[name] = kept[where]
+            continue
+        kept[where] = name
+        unique[name] = tensor
+    return unique, aliases
+
+
 def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Load a safetensors file; a missing or corrupt file becomes a :class:`UserError` naming it."""
     path = Path(path)

@@ -66,7 +66,7 @@ def _eval_windows(closed, out):
 MEASURES = ("val_loss", "val_loss_without_injection", "forward_cosine", "forward_mse", "injection_norm", "gate_norm")
 
 
-@pytest.mark.parametrize("family", [None, "llama"])
+@pytest.mark.parametrize("family", [None, "llama", "gpt2"])  # GPT-2's tied head goes through every checkpoint
 def test_a_finished_run_reloads_to_the_trained_loop(family, corpus, tmp_path):
     subject = None if family is None else str(save_tiny(tmp_path / family, family))
     out, record = _run(tmp_path, corpus, subject)

@@ -19,30 +19,16 @@ from pathlib import Path
 
 import torch
 
-from selfmodels.artifacts import load_tensors, read_json, save_tensors
+from selfmodels.artifacts import load_tensors, read_json, save_tensors, untied
 from selfmodels.errors import UserError, require
 
 MODEL_FORMAT = "closed-loop-model/1"
 RECORD_KEYS = ("selfmodels_version", "git_commit", "key")  # what write_config adds beside the settings
 
 
-def _untied(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The state dict with each shared tensor once (under its first name) and ``{tied name: kept name}``."""
-    kept: dict[tuple, str] = {}
-    tensors, aliases = {}, {}
-    for name, tensor in state.items():
-        where = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
-        if tensor.numel() and where in kept:
-            aliases[name] = kept[where]
-            continue
-        kept[where] = name
-        tensors[name] = tensor
-    return tensors, aliases
-
-
 def save_model(closed: torch.nn.Module, path: str | Path, key: str) -> None:
     """Write the loop's state dict to ``path`` (atomically) with ``key``, the format and the tied names."""
-    tensors, aliases = _untied(closed.state_dict())
+    tensors, aliases = untied(closed.state_dict())
     save_tensors(path, tensors, metadata={"key": key, "format": MODEL_FORMAT, "tied": json.dumps(aliases)})
 
 
