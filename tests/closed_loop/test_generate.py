@@ -40,7 +40,9 @@ def test_cached_greedy_decoding_equals_uncached_and_the_closed_loop_pass(family,
     assert cached.sequences.shape == (2, PROMPT + STEPS)
     assert torch.equal(cached.sequences, uncached.sequences)
     torch.testing.assert_close(cached.logits, uncached.logits, rtol=0, atol=1e-5)  # attention over cached keys
-    check_greedy(closed, uncached, PROMPT)  # the whole sequence through the hooks: the pass, bit for bit
+    # the whole prefix through the hooks each step: the pass, up to the BLAS blocking a shorter sequence's products
+    # differently (bit for bit on a 2-core AVX-512 Xeon, 1.2e-6 apart on a 2-core AVX2 EPYC)
+    check_greedy(closed, uncached, PROMPT, atol=1e-5)
     check_greedy(closed, cached, PROMPT, atol=1e-5)
 
 
@@ -75,7 +77,7 @@ def test_our_gpt_recomputes_the_whole_prefix_and_decodes_the_closed_loop(conditi
     closed = wake(tiny_loop(condition, shift=2))
     prompt = ids()[:, :PROMPT]
     generated = generate(closed, prompt, STEPS)
-    check_greedy(closed, generated, PROMPT)  # bit for bit: each step is the pass on the prefix
+    check_greedy(closed, generated, PROMPT, atol=1e-5)  # each step is the pass on the prefix (shapes differ: see above)
     x = ids()
     with torch.no_grad(), closed_forward(closed):  # the hooks on our GPT's blocks compute the same pass
         hooked = closed.gpt(x)

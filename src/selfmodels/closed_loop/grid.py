@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from selfmodels import distributed
-from selfmodels.artifacts import load_tensors, read_json, read_jsonl, write_json
+from selfmodels.artifacts import read_json, read_jsonl, write_json
 from selfmodels.closed_loop.conditions import CONDITIONS
 from selfmodels.closed_loop.config import PRESETS, ClosedLoopConfig
 from selfmodels.configs import from_dict, to_dict
@@ -177,12 +177,12 @@ def load_trained(cfg: ClosedLoopConfig, run_dir: str | Path, weights: str, token
     :func:`~selfmodels.closed_loop.load.load_closed_loop` and its checks; ``step_N``: a snapshot, built as the run
     was, :func:`~selfmodels.closed_loop.build.build_run`), frozen, in eval mode."""
     from selfmodels.closed_loop.build import build_run
-    from selfmodels.closed_loop.load import load_closed_loop
+    from selfmodels.closed_loop.load import load_closed_loop, read_state
 
     if weights == "final":
         return load_closed_loop(run_dir, device)
     closed = build_run(cfg, device, tokenizer)
-    closed.load_state_dict(load_tensors(weights_path(run_dir, weights), device))
+    closed.load_state_dict(read_state(weights_path(run_dir, weights), device))
     return closed.eval().requires_grad_(False)
 
 

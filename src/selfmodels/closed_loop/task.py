@@ -12,7 +12,8 @@ autoencoder) at F's lr, decay and clip. F is co-trained in every condition, open
 rest: the NaN guard, checkpoints and resume (the window generators are the data position), ``metrics.jsonl``.
 
 With ``snapshots`` (a directory), every evaluation also keeps the whole closed loop's weights as
-``step_N.safetensors`` beside ``step_N.json`` (``step``, ``val_loss``): the open-loop snapshots the grid compares
+``step_N.safetensors`` (as :func:`~selfmodels.closed_loop.load.save_model` writes the final model: tied tensors once)
+beside ``step_N.json`` (``step``, ``val_loss``): the open-loop snapshots the grid compares
 the other conditions with at matched validation loss. An evaluation repeated on resume rewrites its pair (atomic).
 """
 
@@ -23,8 +24,9 @@ import torch.nn.functional as F
 
 from pathlib import Path
 
-from selfmodels.artifacts import save_tensors, write_json
+from selfmodels.artifacts import write_json
 from selfmodels.closed_loop.config import LoopConfig
+from selfmodels.closed_loop.load import save_model
 from selfmodels.closed_loop.measure import evaluate, gate_norm
 from selfmodels.closed_loop.model import ClosedLoop
 from selfmodels.optim import make_adamw
@@ -84,7 +86,7 @@ class ClosedLoopTask(Task):
         measured = evaluate(self.closed, *self.val, self.lm.batch_size)
         kept = ("val_loss", "val_loss_without_injection", "dependency")
         if self.snapshots is not None:  # weights first, then the line naming them (a crash leaves no dangling line)
-            save_tensors(self.snapshots / f"step_{step}.safetensors", self.closed.state_dict())
+            save_model(self.closed, self.snapshots / f"step_{step}.safetensors", self._identity.get("key", ""))
             write_json(self.snapshots / f"step_{step}.json", {"step": step, "val_loss": measured["val_loss"]})
         return {(k if k in kept else f"val_{k}"): v for k, v in measured.items() if k != "gate_norm"}
 
