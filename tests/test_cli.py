@@ -218,7 +218,9 @@ def test_every_documented_flag_changes_the_resolved_config(command, capsys):
 @pytest.mark.parametrize("command", PRESET_COMMANDS, ids=" ".join)
 def test_presets_are_listed_and_default_to_the_papers_setting(command, capsys):
     text = _help(command, capsys)
-    names = "full, paper-toy, quick" if command in (["forward", "train"], ["reproduce", "forward-self-models"]) else "full, quick"
+    names = {("forward", "train"): "full, paper-toy, quick", ("reproduce", "forward-self-models"): "full, paper-toy, quick",
+             ("closed-loop",): "full, quick, smollm2", ("reproduce", "closed-loop"): "full, quick, smollm2"}.get(
+        tuple(command), "full, quick")
     assert f"one of: {names}" in text and "(full: the paper's setting)" in text and "(default: full)" in text
     assert _config([*command, "--out", "x"], capsys)["preset"] == "full"
     assert _config([*command, "--out", "x", "--quick"], capsys)["preset"] == "quick"

@@ -48,7 +48,7 @@ def test_one_condition_end_to_end_read_back_and_other_settings_refused(corpus, t
     (["--pair", "2", "1"], "do not satisfy i <= m < j"),
     (["--inject", "2"], "do not satisfy i <= m < j"),  # m = j
     (["--pair", "1", "2", "--inject", "0"], "do not satisfy i <= m < j"),  # m < i
-    (["--pair", "0", "3"], "index j (target) = 3 is out of range for a GPT with 3 blocks"),
+    (["--pair", "0", "3"], "index j (target) = 3 is out of range for a network with 3 blocks"),
     (["--pair", "-2", "2"], "index i (source) = -2 is out of range"),
     (["--shift", "0"], "--shift must be at least 1"),
 ])

@@ -123,12 +123,44 @@ def test_equal_flops_count_the_forward_model_and_the_gate_at_the_quick_size():
     assert flops["equal_flops_steps"] == round(cfg.lm.steps * (1 + flops["share"]))
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_pretrained_subjects_flops_count_every_weight_but_the_embedding_lookup(family):
+    from closed_loop_hf import tiny_model
+    from selfmodels.closed_loop.grid import subject_flops_per_token
+
+    model = tiny_model(family)
+    c = model.config
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    weights = total if family == "gpt2" else total - embedding  # GPT-2's tied head: its one matrix is the head's
+    attention = c.num_hidden_layers * 4 * (16 // 2) * c.hidden_size
+    assert subject_flops_per_token(model, c.num_hidden_layers, c.hidden_size, 16) == 2 * weights + attention
+
+
+def test_the_grid_fine_tunes_a_pretrained_subject_in_its_own_tokens(tmp_path, monkeypatch):
+    from closed_loop_hf import save_tiny, word_corpus
+
+    monkeypatch.setenv("SELFMODELS_CACHE", str(tmp_path / "cache"))
+    corpus, subject = word_corpus(tmp_path), str(save_tiny(tmp_path / "llama", "llama"))
+    grid = tiny_grid(corpus, seeds=[0])
+    grid = dataclasses.replace(grid, base=dataclasses.replace(grid.base, main=subject))
+    results = run_grid(grid, tmp_path / "grid", progress=False)
+    assert [r["run"] for r in results["runs"]] == ["open-loop-seed0", "forward-seed0", "open-loop-equal-flops-seed0"]
+    for name in ("open-loop-seed0", "forward-seed0"):
+        record = json.loads((tmp_path / "grid" / "runs" / name / "result.json").read_text())
+        battery = json.loads((tmp_path / "grid" / "runs" / name / "battery.json").read_text())
+        assert record["main"] == subject and record["subject"]["family"] == "llama"
+        assert battery["training_key"] == record["key"] and battery["skip_kl"] >= 0
+    flops = results["settings"]["flops"]
+    assert flops["equal_flops_steps"] > grid.base.lm.steps and flops["per_token"]["gpt"] > 0
+
+
 def test_a_grid_without_open_loop_or_with_an_unknown_condition_is_refused(corpus):
     with pytest.raises(UserError, match="needs the open-loop condition"):
         tiny_grid(corpus, conditions=["forward"]).validate()
     with pytest.raises(UserError, match="unknown closed-loop condition 'feedback'; registered: open-loop"):
         tiny_grid(corpus, conditions=["open-loop", "feedback"]).validate()
-    with pytest.raises(UserError, match="unknown preset 'nope': known presets: full, quick"):
+    with pytest.raises(UserError, match="unknown preset 'nope': known presets: full, quick, smollm2"):
         preset_grid("nope")
 
 
@@ -136,13 +168,13 @@ def test_reproduce_closed_loop_bad_input_is_one_message_and_exit_2(tmp_path, cap
     with pytest.raises(SystemExit) as flag:
         main(["reproduce", "closed-loop", "--preset", "nope", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert flag.value.code == 2 and "invalid choice: 'nope'" in err and "'full', 'quick'" in err
+    assert flag.value.code == 2 and "invalid choice: 'nope'" in err and "'full', 'quick', 'smollm2'" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
     config = tmp_path / "config.json"  # in a config file: the presets' own message
     config.write_text(json.dumps({"preset": "nope", "out": str(tmp_path / "out")}))
     assert main(["reproduce", "closed-loop", "--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "unknown preset 'nope': known presets: full, quick" in err and len(err.strip().splitlines()) == 1
+    assert "unknown preset 'nope': known presets: full, quick, smollm2" in err and len(err.strip().splitlines()) == 1
     assert main(["reproduce", "closed-loop", "--quick", "--workers", "0", "--out", str(tmp_path / "out")]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err and not (tmp_path / "out").exists()
 

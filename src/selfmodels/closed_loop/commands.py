@@ -18,7 +18,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from selfmodels.options import Command, Presets, runner
+from selfmodels.options import GPT, Command, Presets, check_seq_len, check_subject, runner, subject_shape
 
 LOOP_FLAGS = ("condition", "source", "target", "inject", "shift")
 
@@ -31,6 +31,17 @@ def _pair(cfg, args: argparse.Namespace):
     return dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, source=source, target=target))
 
 
+def check_shape(cfg) -> None:
+    """A pretrained subject's indices against the blocks and ``--seq-len`` against the positions its config states,
+    before any weights or text are read (our GPT's settings were checked with the rest)."""
+    if cfg.main == GPT:
+        return
+    check_subject(cfg.main)
+    shape = subject_shape(cfg.main)
+    cfg.validate(shape and shape["blocks"])
+    check_seq_len(cfg.seq_len, cfg.main, shape)
+
+
 def _closed_loop(r, args: argparse.Namespace) -> int:
     from selfmodels.closed_loop.run import run_condition
     from selfmodels.curves import check_sinks
@@ -39,6 +50,7 @@ def _closed_loop(r, args: argparse.Namespace) -> int:
 
     log = check_sinks(r.log)  # a missing extra stops here, before any work starts
     check_corpus(r.config.corpus.corpus)
+    check_shape(r.config)
     set_threads(r.threads)
     device = resolve_device(r.device)
     record = run_condition(r.config, r.out, device=device, progress=not r.quiet, log=log)
@@ -46,12 +58,9 @@ def _closed_loop(r, args: argparse.Namespace) -> int:
           f"({record['val_loss_without_injection']:.4f} without the injection), F's cosine {record['forward_cosine']:.3f} "
           f"(skip {record['skip_cosine']:.3f}), gate norm {record['gate_norm']:.3f}")
     if r.measure:
-        from selfmodels.closed_loop.data import load_data
-        from selfmodels.closed_loop.grid import measure_run
+        from selfmodels.closed_loop.grid import measure_run, run_data
 
-        cfg = r.config
-        battery = measure_run(cfg, r.out, "final", load_data(cfg.corpus, cfg.seq_len, cfg.eval_windows), device,
-                              progress=not r.quiet)
+        battery = measure_run(r.config, r.out, "final", run_data(r.config), device, progress=not r.quiet)
         print(f"wrote {Path(r.out) / 'battery.json'}: fresh observer's update R² {battery['observer']['on']['update_r2']:.3f} "
               f"(cosine {battery['observer']['on']['cosine']:.3f}), skip KL {battery['skip_kl']:.3f} nats")
     return 0
@@ -69,6 +78,7 @@ def _reproduce(r, args: argparse.Namespace) -> int:
     grid = preset_grid(r.preset, workers=workers, device=str(resolve_device(r.device)))
     grid.validate()
     check_corpus(grid.base.corpus.corpus)
+    check_shape(grid.base)
     if distributed.is_main():
         Path(r.out).mkdir(parents=True, exist_ok=True)
         write_config(r.out, r.record())  # a valid --config file that reruns this reproduction
@@ -108,16 +118,17 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
                      help="also measure the trained loop with the battery (--battery.*): battery.json beside result.json")
 
     parser = command.parser(
-        commands, "closed-loop", help="train our GPT with its forward model's prediction fed back (one condition); measure it",
+        commands, "closed-loop", help="train a network with its forward model's prediction fed back (one condition); measure it",
         description="Train one condition of the closed loop h_m <- h_m + G(sg(F(h_i))) (or a control) on our GPT from "
-        "scratch, F co-trained on the on-policy h_j, and measure validation loss with and without the injection, F's "
-        "cosine beside the skip's, the gate and injection norms. Resumable; writes config.json and result.json to "
+        "scratch or, with --subject, as a fine-tune of a pretrained model, F co-trained on the on-policy h_j, and "
+        "measure validation loss with and without the injection, F's cosine beside the skip's, the gate and injection "
+        "norms (--measure: also the battery). Resumable; writes config.json, model.safetensors and result.json to "
         "--out. The default preset, full, is the author's setting (4 x 4 x 256, 10,000 steps), sized for a GPU; "
-        "--preset quick is CPU-sized.",
+        "--preset quick is CPU-sized; --preset smollm2 fine-tunes SmolLM2-135M (one GPU).",
         main_flags=main_flags, exclude=tuple(f"loop.{name}" for name in LOOP_FLAGS))
     parser.set_defaults(func=runner(command, _closed_loop))
 
-    command = Command("reproduce closed-loop", presets=Presets(None, (), names_=("full", "quick")),
+    command = Command("reproduce closed-loop", presets=Presets(None, (), names_=PRESETS.names()),
                       options={"out": None, "workers": None, "device": "auto", "quiet": False})
     rep = command.parser(
         reproduce, "closed-loop",
@@ -128,7 +139,7 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
         "every run measured by the battery (fresh observer, probes, robustness, LLC); results.json, report.md with 95% "
         "CIs beside the author's two runs, and the plots. Resumable: finished runs and measurements are read back. "
         "Preset quick: the 4 x 4 x 64 GPT on the offline corpus (CPU); full (the default): the author's 4 x 4 x 256 "
-        "setting (one GPU).",
+        "setting (one GPU); smollm2: SmolLM2-135M fine-tuned, F 4 -> 7 injected after block 5 (one GPU).",
         extra=lambda p: command._opt(p.add_argument_group("reproduction options"), "--workers", "workers", type=int,
                                      metavar="N", help="runs in parallel processes of 1 thread each (none: 2, 1 on a "
                                      "1-core machine)"))

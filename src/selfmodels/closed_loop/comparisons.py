@@ -52,7 +52,7 @@ HEADLINE = (
     ("robust_loss_increase", "loss increase, perturbation after the injection (r = largest)"),
     ("robust_loss_increase_source", "loss increase, perturbation at h_i (r = largest)"),
     ("robust_response", "response ||Δh_j|| / ||δ||, after the injection (r = largest)"),
-    ("llc_mean", "LLC of the GPT and G (F frozen)"),
+    ("llc_mean", "LLC of the network and G (F frozen)"),
     ("unembedding_sd", "unembedding SD"),
     ("block_weight_sd_mean", "mean block weight SD"),
     ("observer_update_r2", "fresh observer's R² on h_j - h_m"),

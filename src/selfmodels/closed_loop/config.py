@@ -16,7 +16,7 @@ from selfmodels.errors import require
 from selfmodels.forward.config import ForwardModelConfig
 from selfmodels.nets.config import GPTConfig
 from selfmodels.options import Presets
-from selfmodels.subjects.config import CorpusConfig, LMTrainConfig
+from selfmodels.subjects.config import GPT_NAME, CorpusConfig, LMTrainConfig
 
 RESULT_VERSION = 1
 
@@ -30,12 +30,15 @@ def default_bottleneck(d_model: int) -> int:
     return 16 if d_model <= 64 else 64
 
 
-def check_indices(source: int, inject: int, target: int, n_layers: int) -> None:
-    """One message when (i, m, j) is out of range for ``n_layers`` blocks or not ``i <= m < j``."""
+def check_indices(source: int, inject: int, target: int, n_layers: int | None) -> None:
+    """One message when (i, m, j) is out of range for ``n_layers`` blocks or not ``i <= m < j`` (``n_layers`` None:
+    a pretrained subject not read yet; only the lower bound and the order are checked)."""
     for name, value in (("i (source)", source), ("m (inject)", inject), ("j (target)", target)):
-        require(-1 <= value <= n_layers - 1,
-                f"closed-loop index {name} = {value} is out of range for a GPT with {n_layers} blocks: indices run from "
-                f"-1 (the embeddings) to {n_layers - 1} (after the last block)")
+        require(value >= -1, f"closed-loop index {name} = {value} is out of range: indices run from -1 (the embeddings) "
+                             "up to the last block's")
+        require(n_layers is None or value <= n_layers - 1,
+                f"closed-loop index {name} = {value} is out of range for a network with {n_layers} blocks: indices run "
+                f"from -1 (the embeddings) to {(n_layers or 0) - 1} (after the last block)")
     require(source <= inject < target,
             f"closed-loop indices i = {source}, m = {inject}, j = {target} do not satisfy i <= m < j (F reads h_i, G "
             "writes into h_m, F predicts h_j): set --pair I J and --inject M accordingly")
@@ -59,8 +62,9 @@ class LoopConfig:
                                    "(F's input stays detached); off: F learns from its MSE alone")
     bottleneck: int | None = option(None, "the autoencoder's bottleneck width (none: 64, or 16 at d <= 64)")
 
-    def validate(self, n_layers: int) -> None:
-        """Everything that can be wrong with the loop for a model of ``n_layers`` blocks, as one message."""
+    def validate(self, n_layers: int | None) -> None:
+        """Everything that can be wrong with the loop for a model of ``n_layers`` blocks (None: not known yet), as one
+        message."""
         CONDITIONS.get(self.condition)  # unknown -> UserError listing the registered ones
         check_indices(self.source, self.inject, self.target, n_layers)
         require(self.shift >= 1, f"--shift must be at least 1 (position t receives the prediction for t - k), got "
@@ -73,7 +77,7 @@ class LoopConfig:
 
 @dataclass
 class ClosedLoopConfig:
-    """One closed-loop run: our GPT trained from scratch in one condition."""
+    """One closed-loop run: one condition on our GPT trained from scratch or on a pretrained subject fine-tuned."""
 
     main: str = option("gpt", "gpt (ours, trained from scratch) or a pretrained model to fine-tune (--subject)", cli=False)
     seq_len: int = option(64, "tokens per window (our GPT's context)")
@@ -86,8 +90,11 @@ class ClosedLoopConfig:
     seed: int = option(0, "seed of the initialisation and the data order (every condition of a seed starts alike)")
     battery: BatteryConfig = field(default_factory=BatteryConfig)  # what measures the trained loop; not in key()
 
-    def validate(self) -> None:
-        self.loop.validate(self.gpt.n_layer)
+    def validate(self, n_layers: int | None = None) -> None:
+        """Everything that can be wrong, as one message. The indices are checked against our GPT's ``--gpt.n-layer``
+        or, for a pretrained subject, against ``n_layers`` (its config's blocks; None before it is read: the command
+        reads its config first, the build checks them against the loaded model)."""
+        self.loop.validate(self.gpt.n_layer if self.main == GPT_NAME else n_layers)
         require(self.seq_len >= 2, f"--seq-len must be at least 2, got {self.seq_len}")
         require(self.eval_windows >= 1, f"--eval-windows must be at least 1, got {self.eval_windows}")
         require(not self.corpus.bos, "our GPT's BPE has no BOS token: run without --corpus.bos")

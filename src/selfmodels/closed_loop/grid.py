@@ -40,6 +40,7 @@ from selfmodels.closed_loop.config import PRESETS, ClosedLoopConfig
 from selfmodels.configs import from_dict, to_dict
 from selfmodels.errors import UserError, require
 from selfmodels.stages import content_key
+from selfmodels.subjects.config import GPT_NAME
 from selfmodels.workers import check_workers, run_units
 
 OPEN = "open-loop"
@@ -110,19 +111,36 @@ def preset_grid(name: str, workers: int = 1, device: str = "cpu", threads: int =
 
 
 # ---- FLOPs ----------------------------------------------------------------------------------------
-def training_flops(cfg: ClosedLoopConfig, vocab_size: int) -> dict:
-    """Training FLOPs per token of the GPT, F and G (:data:`FLOPS_RULE`), their share and the equal-FLOPs steps."""
+def subject_flops_per_token(model: torch.nn.Module, n_layers: int, d_model: int, seq_len: int) -> int:
+    """Forward FLOPs per token of a pretrained causal LM by :data:`FLOPS_RULE`'s rule: 2 per weight of everything but
+    the input embedding (a lookup; a tied head's weight is counted once, as the head's), plus the attention products
+    at the average causal length, ``n_layers x 2 x 2 x (T / 2) x d``."""
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight.data_ptr() == embedding.data_ptr()
+    weights = sum(p.numel() for p in model.parameters()) - (0 if tied else embedding.numel())
+    return 2 * weights + n_layers * 2 * 2 * (seq_len // 2) * d_model
+
+
+def training_flops(cfg: ClosedLoopConfig, vocab_size: int | None, subject=None) -> dict:
+    """Training FLOPs per token of the network (our GPT, or the pretrained ``subject``), F and G
+    (:data:`FLOPS_RULE`), their share and the equal-FLOPs steps."""
     from selfmodels.forward.architectures import build_forward_model
     from selfmodels.nets.gpt import GPT
 
-    gpt_cfg = dataclasses.replace(cfg.gpt, vocab_size=vocab_size, block_size=cfg.seq_len)
-    with torch.device("meta"):  # shapes only: nothing is allocated
-        gpt = GPT(gpt_cfg)
-        forward = build_forward_model(cfg.forward, gpt_cfg.d_model)
-    d = gpt_cfg.d_model
+    if subject is None:
+        gpt_cfg = dataclasses.replace(cfg.gpt, vocab_size=vocab_size, block_size=cfg.seq_len)
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            network = GPT(gpt_cfg).flops_per_token()
+        d = gpt_cfg.d_model
+    else:
+        d = subject.d_model
+        network = subject_flops_per_token(subject.model, subject.n_layers, d, cfg.seq_len)
+    with torch.device("meta"):
+        forward = build_forward_model(cfg.forward, d)
     per_forward = getattr(forward, "flops_per_token", None)
     forward_flops = per_forward(cfg.seq_len) if per_forward else 2 * sum(p.numel() for p in forward.parameters())
-    parts = {"gpt": 3 * gpt.flops_per_token(), "forward": 3 * forward_flops, "gate": 3 * 2 * d * d}
+    parts = {"gpt": 3 * network, "forward": 3 * forward_flops, "gate": 3 * 2 * d * d}
     share = (parts["forward"] + parts["gate"]) / parts["gpt"]
     return {"per_token": parts, "share": share, "steps": cfg.lm.steps,
             "equal_flops_steps": int(round(cfg.lm.steps * (1 + share))), "rule": FLOPS_RULE}
@@ -132,13 +150,20 @@ def training_flops(cfg: ClosedLoopConfig, vocab_size: int) -> dict:
 _WORKER: dict[str, Any] = {}  # this process's text, loaded once per distinct data settings
 
 
-def _data(cfg: ClosedLoopConfig):
-    from selfmodels.closed_loop.data import load_data
+def run_data(cfg: ClosedLoopConfig):
+    """The runs' text (our BPE's tokens, or a pretrained subject's own tokenizer's), loaded once per process."""
+    return _subject_and_data(cfg)[1]
 
-    key = repr((to_dict(cfg.corpus), cfg.seq_len, cfg.eval_windows))
+
+def _subject_and_data(cfg: ClosedLoopConfig):
+    """``(subject, data)``: the pretrained subject as loaded (None for our GPT) and its text, kept per process."""
+    from selfmodels.closed_loop.data import load_data, load_subject_data
+
+    key = repr((cfg.main, to_dict(cfg.corpus), cfg.seq_len, cfg.eval_windows))
     if key not in _WORKER:
         _WORKER.clear()
-        _WORKER[key] = load_data(cfg.corpus, cfg.seq_len, cfg.eval_windows)
+        _WORKER[key] = (None, load_data(cfg.corpus, cfg.seq_len, cfg.eval_windows)) if cfg.main == GPT_NAME else \
+            load_subject_data(cfg.main, cfg.corpus, cfg.seq_len, cfg.eval_windows, torch.device("cpu"))
     return _WORKER[key]
 
 
@@ -146,12 +171,12 @@ def _train(cfg: dict, run_dir: str, device: str, snapshots: bool) -> dict:
     from selfmodels.closed_loop.run import run_condition
 
     config = from_dict(ClosedLoopConfig, cfg)
-    return run_condition(config, run_dir, device=device, progress=False, data=_data(config), snapshots=snapshots)
+    return run_condition(config, run_dir, device=device, progress=False, data=run_data(config), snapshots=snapshots)
 
 
 def _measure(cfg: dict, run_dir: str, weights: str, device: str) -> dict:
     config = from_dict(ClosedLoopConfig, cfg)
-    return measure_run(config, run_dir, weights, _data(config), device)
+    return measure_run(config, run_dir, weights, run_data(config), device)
 
 
 def battery_key(cfg: ClosedLoopConfig, weights: str) -> str:
@@ -272,8 +297,9 @@ def run_grid(grid: ClosedLoopGrid, out: str | Path, progress: bool = True) -> di
     grid.validate()
     check_workers(grid.workers)  # before any data is loaded
     with distributed.main_first():  # fit the BPE and cut the streams once, before the workers read the cache
-        data = _data(grid.base)
-    flops = training_flops(grid.base, data.tokenizer.get_vocab_size())
+        subject, data = _subject_and_data(grid.base)
+    vocab_size = None if subject is not None else data.tokenizer.get_vocab_size()  # our GPT's head is our BPE's
+    flops = training_flops(grid.base, vocab_size, subject)
     runs = grid.runs(flops["equal_flops_steps"])
     device = str(distributed.local_device(torch.device(grid.device)))
     units = dict(workers=grid.workers, threads=grid.threads, progress=progress)

@@ -126,9 +126,13 @@ def _setup(results: dict) -> list[str]:
     b, g, f, loop, flops = s["base"], s["base"]["gpt"], s["base"]["forward"], s["base"]["loop"], s["flops"]
     bat = b["battery"]
     per = flops["per_token"]
+    network = (f"Our GPT {g['n_layer']} x {g['n_head']} x {g['d_model']}, context {b['seq_len']}, vocabulary "
+               f"{b['corpus']['vocab_size']} (byte-level BPE on the {b['corpus']['corpus']} corpus)"
+               if b.get("main", "gpt") == "gpt" else
+               f"The pretrained {b['main']} fine-tuned (in eval mode), context {b['seq_len']}, its own tokenizer on the "
+               f"{b['corpus']['corpus']} corpus")
     return ["## Setup\n",
-            f"Our GPT {g['n_layer']} x {g['n_head']} x {g['d_model']}, context {b['seq_len']}, vocabulary "
-            f"{b['corpus']['vocab_size']} (byte-level BPE on the {b['corpus']['corpus']} corpus), {b['lm']['steps']} steps x "
+            f"{network}, {b['lm']['steps']} steps x "
             f"{b['lm']['batch_size']} windows, AdamW lr {b['lm']['lr']} (decay {b['lm']['weight_decay']}), evaluated every "
             f"{b['lm']['eval_every']} steps on {b['eval_windows']} held-out windows. Loop: F reads h_{loop['source']}, "
             f"predicts h_{loop['target']}, G writes into h_{loop['inject']} (shift k = {loop['shift']}); F: "
