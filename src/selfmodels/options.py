@@ -505,6 +505,18 @@ def check_seq_len(seq_len: int, name: str, shape: dict | None, flag: str = "--se
                         "at most")
 
 
+def pair_into(group: str) -> Callable[[Any, argparse.Namespace], Any]:
+    """A command's ``finish`` for ``--pair I J``: it sets ``<group>.source`` and ``<group>.target`` of the settings."""
+
+    def finish(cfg, args: argparse.Namespace):
+        if getattr(args, "pair", None) is None:
+            return cfg
+        source, target = args.pair
+        return dataclasses.replace(cfg, **{group: dataclasses.replace(getattr(cfg, group), source=source, target=target)})
+
+    return finish
+
+
 def check_run_dir(path: Path, flag: str, what: str) -> None:
     """A positional run directory that exists and is a directory."""
     p = Path(path)
@@ -515,4 +527,4 @@ def check_run_dir(path: Path, flag: str, what: str) -> None:
 
 
 __all__ = ["Command", "CommandParser", "Presets", "Resolved", "check_run_dir", "check_seq_len", "check_subject",
-           "read_config_file", "runner", "subject_shape"]
+           "pair_into", "read_config_file", "runner", "subject_shape"]

@@ -14,21 +14,12 @@ condition x seeds 0, 1, 2 on the preset's settings, the equal-FLOPs open loop, t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from pathlib import Path
 
-from selfmodels.options import GPT, Command, Presets, check_seq_len, check_subject, runner, subject_shape
+from selfmodels.options import GPT, Command, Presets, check_seq_len, check_subject, pair_into, runner, subject_shape
 
 LOOP_FLAGS = ("condition", "source", "target", "inject", "shift")
-
-
-def _pair(cfg, args: argparse.Namespace):
-    """``--pair I J``: F's source and target (loop.source, loop.target)."""
-    if getattr(args, "pair", None) is None:
-        return cfg
-    source, target = args.pair
-    return dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, source=source, target=target))
 
 
 def check_shape(cfg) -> None:
@@ -97,7 +88,7 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
 
     command = Command("closed-loop", ClosedLoopConfig, PRESETS,
                       options={"out": None, "device": "auto", "threads": None, "quiet": False, "log": [], "measure": False},
-                      finish=_pair,
+                      finish=pair_into("loop"),
                       derived={"gpt.vocab_size": "the tokenizer's: set --corpus.vocab-size",
                                "gpt.block_size": "our GPT's context is --seq-len",
                                "forward.d_model": "the GPT's width",

@@ -15,18 +15,10 @@ import os
 import sys
 from pathlib import Path
 
-from selfmodels.options import Command, Presets, check_seq_len, check_subject, runner, subject_shape
+from selfmodels.options import Command, Presets, check_seq_len, check_subject, pair_into, runner, subject_shape
 
 SHARED = {"out": None, "device": "auto", "threads": None, "quiet": False, "log": []}
 OBJECTIVE_FLAGS = ("method", "strength", "site", "loss", "flow", "source", "target")
-
-
-def _pair(cfg, args: argparse.Namespace):
-    """``--pair I J``: the forward form's layer pair (objective.source, objective.target)."""
-    if getattr(args, "pair", None) is None:
-        return cfg
-    source, target = args.pair
-    return dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, source=source, target=target))
 
 
 def _selfmodel_lm(r, args: argparse.Namespace) -> int:
@@ -106,7 +98,7 @@ def _llc_choice(text: str) -> str:
 def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParsersAction) -> None:
     from selfmodels.lm_selfmodeling.config import FLOWS, LOSSES, METHODS, PRESETS, LMRunConfig  # torch-free
 
-    command = Command("selfmodel-lm", LMRunConfig, PRESETS, options=dict(SHARED), subject="main", finish=_pair,
+    command = Command("selfmodel-lm", LMRunConfig, PRESETS, options=dict(SHARED), subject="main", finish=pair_into("objective"),
                       derived={"gpt.vocab_size": "the tokenizer's: set --corpus.vocab-size",
                                "gpt.block_size": "our GPT's context is --seq-len"})
 
