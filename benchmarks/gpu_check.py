@@ -83,6 +83,8 @@ import time
 import traceback
 from pathlib import Path
 
+from _shapes import SUBJECTS  # benchmarks/ (this script's folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SRC = ROOT / "src"
@@ -784,14 +786,6 @@ def sec_forward_compile(ctx: Ctx) -> None:
 
 
 # ---------------------------------------------------------------------------- 5. subject throughput
-SUBJECTS = {
-    "smollm2_135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
-    "llama_3_2_1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
-}
-
-
 def sec_subject_throughput(ctx: Ctx) -> None:
     torch = ctx.torch
     from transformers import AutoModelForCausalLM, LlamaConfig

@@ -53,7 +53,7 @@ from selfmodels.subjects.hf import HFSubject
 from selfmodels.subjects.hf_loading import SMOLLM2_CACHE_NAME, load_causal_lm
 from _machine import cpu_name  # benchmarks/ (this script's folder is on sys.path)
 from _peak_memory import measure_in_child, peak_growth
-from gpu_check import SUBJECTS as SHAPES
+from _shapes import SUBJECTS as SHAPES
 
 SOURCE, TARGET = 7, 8
 MODELS = ("smollm2", "llama-1b-shape")
