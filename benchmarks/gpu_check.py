@@ -1257,7 +1257,7 @@ def main() -> int:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (a dry run)")
     p.add_argument("--quick", action="store_true", help="small shapes and few steps (the CPU dry run of the tests)")
     p.add_argument("--out", default=None, help="JSON file (default: $OUT/gpu_check.json if $OUT is set, else gpu_check.json)")
-    p.add_argument("--budget", type=float, default=None, help="total seconds (default 280; 60 with --quick)")
+    p.add_argument("--budget", type=float, default=None, help="total seconds (default 280; 100 with --quick)")
     p.add_argument("--sections", default=None, help=f"comma-separated subset of: {','.join(NAMES)}")
     p.add_argument("--corpus", default=None, help=f"text file for gpt_toy (default {DEFAULT_CORPUS.relative_to(ROOT)})")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -1267,7 +1267,7 @@ def main() -> int:
     if args.child:
         return child(args)
     if args.budget is None:
-        args.budget = 60.0 if args.quick else 280.0
+        args.budget = 100.0 if args.quick else 280.0  # quick: every section some numbers on a slow 2-core CPU
     parent = Parent(args)
     rc = parent.run()
     print(f"[gpu_check] wrote {parent.out}", file=sys.stderr)
