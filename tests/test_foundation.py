@@ -13,6 +13,21 @@ from selfmodels.cli import main
 from selfmodels.errors import UserError
 
 
+def test_saved_tensors_that_share_a_storage_are_stored_once_and_read_back_under_every_name(tmp_path):
+    from safetensors import safe_open
+
+    embedding = torch.nn.Embedding(7, 3)
+    head = torch.nn.Linear(3, 7, bias=False)
+    head.weight = embedding.weight  # a tied LM head, as GPT-2's and SmolLM2's state dicts hold it
+    state = {"embed.weight": embedding.weight, "head.weight": head.weight, "other": torch.ones(2)}
+    artifacts.save_tensors(tmp_path / "w.safetensors", state, metadata={"mine": "kept"})
+    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as handle:
+        assert sorted(handle.keys()) == ["embed.weight", "other"] and handle.metadata()["mine"] == "kept"
+    loaded = artifacts.load_tensors(tmp_path / "w.safetensors")
+    assert sorted(loaded) == ["embed.weight", "head.weight", "other"]
+    assert loaded["head.weight"] is loaded["embed.weight"] and torch.equal(loaded["embed.weight"], embedding.weight)
+
+
 def test_write_json_is_atomic_and_nan_becomes_null(tmp_path):
     path = tmp_path / "r.json"
     artifacts.write_json(path, {"a": float("nan"), "b": torch.tensor([1.0, 2.0]), "c": 3})

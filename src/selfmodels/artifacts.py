@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from selfmodels import __version__
 from selfmodels.errors import UserError
@@ -137,15 +137,22 @@ def keep_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> None:
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors atomically (tensors are made contiguous and moved to CPU)."""
-    clean = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    """Save tensors as safetensors atomically (tensors are made contiguous and moved to CPU). A tensor two names share
+    (a tied LM head and embedding: safetensors refuses two names over one storage) is stored once, under its first
+    name; the metadata's ``tied`` maps each other name to it, and :func:`load_tensors` gives every name back."""
+    unique, aliases = _untied(tensors)
+    clean = {name: t.detach().to("cpu").contiguous() for name, t in unique.items()}
+    if aliases:
+        metadata = {**(metadata or {}), TIED: json.dumps(aliases)}
     with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata=metadata)
 
 
-def untied(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """``tensors`` with each shared tensor once, under its first name, and ``{tied name: kept name}`` (safetensors
-    refuses two names over one storage, as a tied LM head and embedding are)."""
+TIED = "tied"  # the metadata key of save_tensors' {tied name: kept name}
+
+
+def _untied(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``tensors`` with each shared tensor once, under its first name, and ``{tied name: kept name}``."""
     kept: dict[tuple, str] = {}
     unique, aliases = {}, {}
     for name, tensor in tensors.items():
@@ -159,14 +166,20 @@ def untied(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], d
 
 
 def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Load a safetensors file; a missing or corrupt file becomes a :class:`UserError` naming it."""
+    """Load a safetensors file, every tied name of :func:`save_tensors` restored (as the same tensor as the name it
+    was stored under); a missing or corrupt file becomes a :class:`UserError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist")
     try:
-        return load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, ValueError) as exc:
+        with safe_open(str(path), framework="pt", device=str(device)) as handle:
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            tied = json.loads((handle.metadata() or {}).get(TIED) or "{}")
+    except (SafetensorError, OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise UserError(f"{path} is corrupt or not a safetensors file ({exc}); delete it to start that run again") from None
+    for name, kept in tied.items():
+        tensors[name] = tensors[kept]
+    return tensors
 
 
 def git_commit() -> str | None:

@@ -1,8 +1,8 @@
 """Training checkpoints as one safetensors file: module weights, optimizer state, data-order RNG, step.
 
 Keys: ``{name}.{param}`` for modules, ``opt.{name}.{param_index}.{state_key}`` for optimizer tensors,
-``rng.{name}`` for torch.Generator states; a tensor two names share (a tied LM head) is stored once, under its first
-name, and the metadata's ``tied`` maps the other name to it. The step, the optimizers' hyper-parameters, any non-tensor
+``rng.{name}`` for torch.Generator states (a tensor two names share, a tied LM head, is stored once and read back
+under both: :func:`~selfmodels.artifacts.save_tensors`). The step, the optimizers' hyper-parameters, any non-tensor
 optimizer state and the caller's ``extra`` travel as JSON in the file's string metadata. Nothing is
 unpickled, so a checkpoint from anyone is safe to open. Used by every training loop in the package.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from selfmodels.artifacts import load_tensors, save_tensors, untied
+from selfmodels.artifacts import load_tensors, save_tensors
 from selfmodels.errors import UserError
 
 
@@ -44,9 +44,8 @@ def save_checkpoint(
                     plain.setdefault(name, {}).setdefault(str(index), {})[key] = value
     for name, gen in generators.items():
         tensors[f"rng.{name}"] = gen.get_state()
-    tensors, aliases = untied(tensors)
     meta = {"step": str(step), "param_groups": json.dumps(groups), "optim_plain": json.dumps(plain),
-            "extra": json.dumps(extra or {}), "tied": json.dumps(aliases)}
+            "extra": json.dumps(extra or {})}
     save_tensors(path, tensors, metadata=meta)
 
 
@@ -65,8 +64,6 @@ def load_checkpoint(
         groups = json.loads(meta["param_groups"])
         plain = json.loads(meta.get("optim_plain", "{}"))
         extra = json.loads(meta.get("extra", "{}"))
-        for tied, kept in json.loads(meta.get("tied", "{}")).items():
-            tensors[tied] = tensors[kept]
         for name, module in modules.items():
             prefix = f"{name}."
             module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})

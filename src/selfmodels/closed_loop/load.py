@@ -3,9 +3,9 @@ run directory back into a :class:`~selfmodels.closed_loop.model.ClosedLoop` (:fu
 any file :func:`save_model` wrote, e.g. a snapshot).
 
 ``model.safetensors`` holds the whole loop's state dict (``network.*``, ``forward_model.*``, ``signal.*``,
-``gate.*``); its metadata holds the run's key, the format and the names of tied tensors (a pretrained model whose LM
-head shares the embedding's weights, as GPT-2's and SmolLM2's do: safetensors stores one tensor once, so the tied
-name is written as an alias of the name kept). Reloading rebuilds the run's modules from its ``config.json`` with
+``gate.*``; a tied LM head, as GPT-2's and SmolLM2's, is stored once and read back under both names:
+:func:`~selfmodels.artifacts.save_tensors`); its metadata holds the run's key and the format. Reloading rebuilds the
+run's modules from its ``config.json`` with
 :func:`~selfmodels.closed_loop.build.build_run` (our GPT with the run's ``tokenizer.json``; a pretrained subject loaded
 by name again, then overwritten), checks that the config's key is its settings' and the weights' key the config's,
 and loads every tensor (strictly: none missing, none unexpected). Anything wrong is one :class:`UserError` naming
@@ -14,12 +14,11 @@ the file and the fix. The reloaded loop computes the saved loop's logits bit for
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from selfmodels.artifacts import load_tensors, read_json, save_tensors, untied
+from selfmodels.artifacts import load_tensors, read_json, save_tensors
 from selfmodels.errors import UserError, require
 
 MODEL_FORMAT = "closed-loop-model/1"
@@ -28,18 +27,14 @@ RECORD_KEYS = ("selfmodels_version", "git_commit", "key")  # what write_config a
 
 def save_model(closed: torch.nn.Module, path: str | Path, key: str) -> None:
     """Write the loop's state dict to ``path`` (atomically) with ``key``, the format and the tied names."""
-    tensors, aliases = untied(closed.state_dict())
-    save_tensors(path, tensors, metadata={"key": key, "format": MODEL_FORMAT, "tied": json.dumps(aliases)})
+    save_tensors(path, closed.state_dict(), metadata={"key": key, "format": MODEL_FORMAT})  # tied tensors once
 
 
 def read_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """The state dict a :func:`save_model` file holds, every tied name restored (for ``load_state_dict``)."""
     path = Path(path)
-    meta = _metadata(path)
-    state = load_tensors(path, device)
-    for tied, kept in json.loads(meta.get("tied") or "{}").items():
-        state[tied] = state[kept]
-    return state
+    _metadata(path)  # missing or corrupt: the closed loop's own message
+    return load_tensors(path, device)
 
 
 def _metadata(path: Path) -> dict:
