@@ -129,8 +129,9 @@ def register(commands: argparse._SubParsersAction, reproduce: argparse._SubParse
         "trained for the closed loop's training FLOPs (its snapshots give the comparison at matched validation loss), "
         "every run measured by the battery (fresh observer, probes, robustness, LLC); results.json, report.md with 95% "
         "CIs beside the author's two runs, and the plots. Resumable: finished runs and measurements are read back. "
-        "Preset quick: the 4 x 4 x 64 GPT on the offline corpus, 4,000 steps, F 0 -> 3 injected after block 0 (CPU); full (the default): the author's 4 x 4 x 256 "
-        "setting (one GPU); smollm2: SmolLM2-135M fine-tuned, F 4 -> 7 injected after block 5 (one GPU).",
+        "Preset quick: the 4 x 4 x 64 GPT on the offline corpus, 4,000 steps, F 0 -> 3 injected after block 0 (CPU); "
+        "full (the default): the author's 4 x 4 x 256 setting (one GPU); smollm2: SmolLM2-135M fine-tuned, F 4 -> 7 "
+        "injected after block 5 (one GPU).",
         extra=lambda p: command._opt(p.add_argument_group("reproduction options"), "--workers", "workers", type=int,
                                      metavar="N", help="runs in parallel processes of 1 thread each (none: 2, 1 on a "
                                      "1-core machine)"))
